@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", secretsync_api::crd::crds_yaml().unwrap());
+}

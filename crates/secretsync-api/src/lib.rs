@@ -1,0 +1,21 @@
+//! Custom resource types of secretsync (`secretsync.dev/v1alpha1`): [`SecretSource`] and
+//! [`SecretBinding`], the label/annotation names the operator uses, and CRD generation.
+
+pub mod binding;
+pub mod constants;
+pub mod crd;
+pub mod duration;
+pub mod manifest;
+pub mod source;
+mod schema;
+
+pub use binding::*;
+pub use constants::*;
+pub use duration::{DurationError, parse_duration};
+pub use source::*;
+
+/// Condition type used by both kinds.
+pub const CONDITION_READY: &str = "Ready";
+
+/// Re-export of the Kubernetes condition type used in status.
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
