@@ -1,1 +1,169 @@
-//! placeholder
+//! Secret backends (env, file, Vault/OpenBao KV, AWS Secrets Manager), the shared read
+//! cache with request coalescing, key mapping, and binding resolution.
+//!
+//! Keys passed to a [`Backend`] are relative to the source's `prefix`; each backend applies
+//! the prefix its own way (the env backend, for example, does not upper-case it).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use secretsync_api::{BackendKind, SecretSourceSpec};
+
+pub mod aws;
+pub mod cache;
+pub mod dotenv;
+pub mod env;
+mod error;
+pub mod file;
+pub mod hash;
+pub mod keys;
+pub mod resolve;
+mod value;
+pub mod vault;
+
+pub use cache::{CacheStats, SourceCache};
+pub use error::{BackendError, Reason};
+pub use value::SecretValue;
+
+/// One read: a key relative to the source prefix and an optional version
+/// (Vault KV v2 version number; AWS version stage or version id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReadRequest {
+    /// Remote key relative to the prefix.
+    pub key: String,
+    /// Version pin.
+    pub version: Option<String>,
+}
+
+impl ReadRequest {
+    /// A read of the current version of `key`.
+    pub fn latest(key: impl Into<String>) -> Self {
+        ReadRequest {
+            key: key.into(),
+            version: None,
+        }
+    }
+}
+
+/// A connection to one secret store, built once per source generation and shared.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Which backend this is (metrics label, status).
+    fn kind(&self) -> BackendKind;
+
+    /// Reads one value. Vault returns the JSON of the secret's field map; AWS returns
+    /// `SecretString` bytes or the raw `SecretBinary`.
+    async fn read(&self, req: &ReadRequest) -> Result<SecretValue, BackendError>;
+
+    /// Reads several values; backends with a batch API override this to use one request.
+    /// The result has one entry per request, in order.
+    async fn read_batch(&self, reqs: &[ReadRequest]) -> Vec<Result<SecretValue, BackendError>> {
+        futures::future::join_all(reqs.iter().map(|r| self.read(r))).await
+    }
+
+    /// Lists keys (relative to the prefix) that start with `under`, a literal key prefix
+    /// (may be empty). Backends may return more keys than asked; callers filter.
+    async fn list(&self, under: &str) -> Result<Vec<String>, BackendError>;
+
+    /// One cheap call proving the configuration and credentials work.
+    async fn validate(&self) -> Result<(), BackendError>;
+}
+
+/// Where backends get credentials that live in the cluster (Secrets, service-account
+/// tokens). `render` answers from manifests, the controller from the API server.
+#[async_trait]
+pub trait Credentials: Send + Sync {
+    /// The value of `key` in Secret `name` in the source's namespace.
+    async fn secret_value(&self, name: &str, key: &str) -> Result<SecretValue, BackendError>;
+
+    /// A Vault token from the environment (`VAULT_TOKEN`), used by `render` when a token
+    /// auth Secret is not supplied. The controller never falls back.
+    async fn vault_token_fallback(&self) -> Option<SecretValue> {
+        None
+    }
+
+    /// A token for `service_account` (the operator's own when `None`), for Vault
+    /// Kubernetes auth.
+    async fn service_account_token(
+        &self,
+        service_account: Option<&str>,
+        audiences: &[String],
+    ) -> Result<SecretValue, BackendError>;
+}
+
+/// Credentials provider that has none: every lookup is `InvalidConfig`.
+pub struct NoCredentials;
+
+#[async_trait]
+impl Credentials for NoCredentials {
+    async fn secret_value(&self, name: &str, key: &str) -> Result<SecretValue, BackendError> {
+        Err(BackendError::invalid_config(format!(
+            "Secret {name:?} (key {key:?}) is not available"
+        )))
+    }
+
+    async fn service_account_token(
+        &self,
+        _service_account: Option<&str>,
+        _audiences: &[String],
+    ) -> Result<SecretValue, BackendError> {
+        Err(BackendError::invalid_config(
+            "no service account token is available",
+        ))
+    }
+}
+
+/// Operator-wide policy and credential access used to build backends.
+#[derive(Clone)]
+pub struct BuildContext {
+    /// Globs of environment variable names the env backend may read.
+    pub env_allow: env::EnvPolicy,
+    /// Root folder the file backend is confined to.
+    pub file_root: PathBuf,
+    /// Credential lookups for the source's namespace.
+    pub credentials: Arc<dyn Credentials>,
+}
+
+/// Builds the backend a source spec describes. Vault logs in here, so a client and its
+/// token are made once per source generation, never per read.
+pub async fn build_backend(
+    spec: &SecretSourceSpec,
+    ctx: &BuildContext,
+) -> Result<Arc<dyn Backend>, BackendError> {
+    let prefix = spec.prefix().to_string();
+    if spec.env.is_some() as u8
+        + spec.file.is_some() as u8
+        + spec.vault.is_some() as u8
+        + spec.aws.is_some() as u8
+        != 1
+    {
+        return Err(BackendError::invalid_config(
+            "exactly one of spec.env, spec.file, spec.vault or spec.aws must be set",
+        ));
+    }
+    if let Some(_env) = &spec.env {
+        return Ok(Arc::new(env::EnvBackend::new(
+            prefix,
+            ctx.env_allow.clone(),
+        )));
+    }
+    if let Some(file) = &spec.file {
+        return Ok(Arc::new(file::FileBackend::new(
+            prefix,
+            file,
+            &ctx.file_root,
+        )?));
+    }
+    if let Some(vault) = &spec.vault {
+        return Ok(Arc::new(
+            vault::VaultBackend::connect(prefix, vault, ctx.credentials.as_ref()).await?,
+        ));
+    }
+    if let Some(aws) = &spec.aws {
+        return Ok(Arc::new(
+            aws::AwsBackend::connect(prefix, aws, ctx.credentials.as_ref()).await?,
+        ));
+    }
+    Err(BackendError::invalid_config("no backend configured"))
+}

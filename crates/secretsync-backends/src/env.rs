@@ -1,0 +1,184 @@
+//! Environment-variable backend, confined to the operator's `--env-allow` globs.
+
+use async_trait::async_trait;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use secretsync_api::BackendKind;
+
+use crate::keys::env_var_name;
+use crate::{Backend, BackendError, ReadRequest, SecretValue};
+
+/// Which variables the env backend may read.
+#[derive(Clone, Debug)]
+pub struct EnvPolicy {
+    set: GlobSet,
+    patterns: Vec<String>,
+    allow_all: bool,
+}
+
+impl EnvPolicy {
+    /// Nothing is allowed (the operator's default).
+    pub fn deny_all() -> Self {
+        EnvPolicy {
+            set: GlobSet::empty(),
+            patterns: Vec::new(),
+            allow_all: false,
+        }
+    }
+
+    /// Everything is allowed (`render` on a developer machine).
+    pub fn allow_all() -> Self {
+        EnvPolicy {
+            allow_all: true,
+            ..Self::deny_all()
+        }
+    }
+
+    /// Variables matching any of the globs are allowed.
+    pub fn from_globs<S: AsRef<str>>(globs: &[S]) -> Result<Self, BackendError> {
+        let mut builder = GlobSetBuilder::new();
+        let mut patterns = Vec::new();
+        for g in globs {
+            let g = g.as_ref().trim();
+            if g.is_empty() {
+                continue;
+            }
+            builder.add(Glob::new(g).map_err(|e| {
+                BackendError::invalid_config(format!("invalid --env-allow glob {g:?}: {e}"))
+            })?);
+            patterns.push(g.to_string());
+        }
+        let set = builder
+            .build()
+            .map_err(|e| BackendError::invalid_config(format!("invalid --env-allow globs: {e}")))?;
+        Ok(EnvPolicy {
+            set,
+            patterns,
+            allow_all: false,
+        })
+    }
+
+    /// Whether variable `name` may be read.
+    pub fn allows(&self, name: &str) -> bool {
+        self.allow_all || self.set.is_match(name)
+    }
+}
+
+/// Reads the operator's environment.
+pub struct EnvBackend {
+    prefix: String,
+    policy: EnvPolicy,
+}
+
+impl EnvBackend {
+    /// A backend reading variables `prefix + NAME`.
+    pub fn new(prefix: String, policy: EnvPolicy) -> Self {
+        EnvBackend { prefix, policy }
+    }
+}
+
+#[async_trait]
+impl Backend for EnvBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Env
+    }
+
+    async fn read(&self, req: &ReadRequest) -> Result<SecretValue, BackendError> {
+        if req.version.is_some() {
+            return Err(BackendError::invalid_config(format!(
+                "remote key {:?}: the env backend has no versions",
+                req.key
+            )));
+        }
+        let name = env_var_name(&self.prefix, &req.key);
+        if !self.policy.allows(&name) {
+            return Err(BackendError::access_denied(format!(
+                "environment variable {name:?} (remote key {:?}) is not allowed by the operator's --env-allow",
+                req.key
+            )));
+        }
+        match std::env::var_os(&name) {
+            Some(v) => Ok(SecretValue::new(v.into_encoded_bytes())),
+            None => Err(BackendError::new(
+                crate::Reason::SecretNotFound,
+                format!(
+                    "environment variable {name:?} (remote key {:?}) is not set",
+                    req.key
+                ),
+            )),
+        }
+    }
+
+    async fn list(&self, _under: &str) -> Result<Vec<String>, BackendError> {
+        // Keys are the variable names after the prefix; the glob is matched against them.
+        let mut keys: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| k.starts_with(&self.prefix) && self.policy.allows(k))
+            .map(|k| k[self.prefix.len()..].to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn validate(&self) -> Result<(), BackendError> {
+        if !self.policy.allow_all && self.policy.patterns.is_empty() {
+            return Err(BackendError::access_denied(
+                "the operator allows no environment variables (configure --env-allow)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn allow_list_is_enforced() {
+        // SAFETY: set_var in tests; these names are unique to this test.
+        unsafe {
+            std::env::set_var("SSYNC_T1_DATABASE_URL", "postgres://x");
+            std::env::set_var("SSYNC_T1_OTHER", "o");
+            std::env::set_var("SSYNC_T1X_SECRET", "no");
+        }
+        let b = EnvBackend::new(
+            "SSYNC_T1_".into(),
+            EnvPolicy::from_globs(&["SSYNC_T1_DATABASE_*"]).unwrap(),
+        );
+        let v = b.read(&ReadRequest::latest("database/url")).await.unwrap();
+        assert_eq!(v.as_str(), Some("postgres://x"));
+        let denied = b.read(&ReadRequest::latest("other")).await.unwrap_err();
+        assert_eq!(denied.reason, crate::Reason::AccessDenied);
+        let missing = b
+            .read(&ReadRequest::latest("database/nope"))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.reason, crate::Reason::SecretNotFound);
+        assert_eq!(b.list("").await.unwrap(), vec!["DATABASE_URL".to_string()]);
+
+        let none = EnvBackend::new("SSYNC_T1_".into(), EnvPolicy::deny_all());
+        assert_eq!(
+            none.read(&ReadRequest::latest("database/url"))
+                .await
+                .unwrap_err()
+                .reason,
+            crate::Reason::AccessDenied
+        );
+        assert_eq!(
+            none.validate().await.unwrap_err().reason,
+            crate::Reason::AccessDenied
+        );
+        assert!(none.list("").await.unwrap().is_empty());
+
+        let all = EnvBackend::new("SSYNC_T1".into(), EnvPolicy::allow_all());
+        assert_eq!(
+            all.list("").await.unwrap(),
+            vec![
+                "X_SECRET".to_string(),
+                "_DATABASE_URL".into(),
+                "_OTHER".into()
+            ]
+        );
+    }
+}

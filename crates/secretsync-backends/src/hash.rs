@@ -1,0 +1,1 @@
+//! HMAC of synced data.
