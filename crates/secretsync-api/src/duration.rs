@@ -48,9 +48,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
         };
         rest = &rest[len..];
         let part = unit.checked_mul(u32::try_from(n).map_err(|_| err())?);
-        total = part
-            .and_then(|p| total.checked_add(p))
-            .ok_or_else(err)?;
+        total = part.and_then(|p| total.checked_add(p)).ok_or_else(err)?;
     }
     Ok(total)
 }

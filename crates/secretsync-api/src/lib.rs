@@ -6,8 +6,8 @@ pub mod constants;
 pub mod crd;
 pub mod duration;
 pub mod manifest;
-pub mod source;
 mod schema;
+pub mod source;
 
 pub use binding::*;
 pub use constants::*;

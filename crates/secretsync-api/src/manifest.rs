@@ -70,8 +70,12 @@ fn push_value(
     out: &mut Vec<Manifest>,
 ) -> Result<(), ManifestError> {
     let parse_err = |message: String| ManifestError::Parse { index, message };
-    let meta: TypeMeta = serde_yaml::from_value(value.clone())
-        .map_err(|e| parse_err(format!("not a Kubernetes object: {}", redact_yaml_error(&e))))?;
+    let meta: TypeMeta = serde_yaml::from_value(value.clone()).map_err(|e| {
+        parse_err(format!(
+            "not a Kubernetes object: {}",
+            redact_yaml_error(&e)
+        ))
+    })?;
     let typed = |e: serde_yaml::Error| {
         parse_err(format!(
             "invalid {} {}: {}",

@@ -133,14 +133,16 @@ impl KeyGlob {
     }
 }
 
-/// Adds `(secret_key, value)` pairs coming from remote keys into `out`, sanitising names and
-/// refusing two different remote keys that land on one Secret key.
+/// Adds a value under the sanitised form of `name` into `out`, refusing two different
+/// origins (remote keys, or `key:field` for extracted fields) that land on one Secret key.
 pub fn insert_sanitized(
     out: &mut BTreeMap<String, (String, SecretValue)>,
-    remote_name: &str,
+    name: &str,
+    origin: &str,
     value: SecretValue,
 ) -> Result<(), BackendError> {
-    let name = sanitize_secret_key(remote_name);
+    let remote_name = origin;
+    let name = sanitize_secret_key(name);
     if let Some((existing, _)) = out.get(&name) {
         if existing != remote_name {
             return Err(BackendError::new(
@@ -228,9 +230,12 @@ mod tests {
     #[test]
     fn collisions() {
         let mut out = BTreeMap::new();
-        insert_sanitized(&mut out, "db/user", SecretValue::from("a")).unwrap();
-        insert_sanitized(&mut out, "db/pass", SecretValue::from("b")).unwrap();
-        let err = insert_sanitized(&mut out, "db:user", SecretValue::from("c")).unwrap_err();
+        insert_sanitized(&mut out, "db/user", "db/user", SecretValue::from("a")).unwrap();
+        insert_sanitized(&mut out, "db/pass", "db/pass", SecretValue::from("b")).unwrap();
+        // The same origin twice is not a collision.
+        insert_sanitized(&mut out, "db/pass", "db/pass", SecretValue::from("b")).unwrap();
+        let err =
+            insert_sanitized(&mut out, "db:user", "db:user", SecretValue::from("c")).unwrap_err();
         assert_eq!(err.reason, crate::Reason::KeyCollision, "{err}");
         assert!(out.contains_key("db_user") && out.contains_key("db_pass"));
     }

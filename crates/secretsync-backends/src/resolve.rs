@@ -1,1 +1,380 @@
-//! Binding resolution.
+//! Resolving a binding's `data`, `dataFrom` and `template` into the Secret's data. Shared by
+//! `secretsync render` and the controller, so both write the same bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use secretsync_api::{MergePolicy, SecretBindingSpec};
+use zeroize::Zeroizing;
+
+use crate::keys::{KeyGlob, extract_all, extract_property, insert_sanitized, is_valid_secret_key};
+use crate::{BackendError, ReadRequest, Reason, SecretValue, SourceCache};
+
+/// The Secret data a binding resolves to.
+pub type SecretData = BTreeMap<String, SecretValue>;
+
+enum Planned {
+    Data { index: usize, req: ReadRequest },
+    Extract { index: usize, req: ReadRequest },
+    Found { index: usize, req: ReadRequest },
+}
+
+/// Reads every remote key the binding needs (one batch through the shared cache) and
+/// builds the Secret data. `bypass` skips cached values (force-sync). Errors name the
+/// field and key at fault, never a value.
+pub async fn resolve(
+    spec: &SecretBindingSpec,
+    cache: &SourceCache,
+    bypass: bool,
+) -> Result<SecretData, BackendError> {
+    let mut plan = Vec::new();
+    for (index, item) in spec.data.iter().enumerate() {
+        plan.push(Planned::Data {
+            index,
+            req: ReadRequest {
+                key: item.remote_ref.key.clone(),
+                version: item.remote_ref.version.clone(),
+            },
+        });
+    }
+    for (index, item) in spec.data_from.iter().enumerate() {
+        match (&item.extract, &item.find) {
+            (Some(ext), None) => plan.push(Planned::Extract {
+                index,
+                req: ReadRequest {
+                    key: ext.key.clone(),
+                    version: ext.version.clone(),
+                },
+            }),
+            (None, Some(find)) => {
+                let ctx = || format!("spec.dataFrom[{index}].find {:?}", find.name);
+                let glob = KeyGlob::new(&find.name).map_err(|e| e.context(ctx()))?;
+                let keys = cache
+                    .list(glob.literal_prefix())
+                    .await
+                    .map_err(|e| e.context(ctx()))?;
+                for key in keys.into_iter().filter(|k| glob.is_match(k)) {
+                    plan.push(Planned::Found {
+                        index,
+                        req: ReadRequest::latest(key),
+                    });
+                }
+            }
+            _ => {
+                return Err(BackendError::invalid_config(format!(
+                    "spec.dataFrom[{index}] needs exactly one of extract or find"
+                )));
+            }
+        }
+    }
+
+    let unique: Vec<ReadRequest> = plan
+        .iter()
+        .map(|p| match p {
+            Planned::Data { req, .. }
+            | Planned::Extract { req, .. }
+            | Planned::Found { req, .. } => req.clone(),
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let values: BTreeMap<ReadRequest, Result<SecretValue, BackendError>> = unique
+        .iter()
+        .cloned()
+        .zip(cache.get_many(&unique, bypass).await)
+        .collect();
+    let value_of = |req: &ReadRequest| -> Result<&SecretValue, BackendError> {
+        match values.get(req) {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(BackendError::unavailable("value missing from batch")),
+        }
+    };
+
+    // dataFrom first, then explicit data, which wins over dataFrom for the same key.
+    let mut from: BTreeMap<String, (String, SecretValue)> = BTreeMap::new();
+    for p in &plan {
+        match p {
+            Planned::Extract { index, req } => {
+                let ctx = format!("spec.dataFrom[{index}].extract (remote key {:?})", req.key);
+                let v = value_of(req).map_err(|e| e.context(&ctx))?;
+                for (field, fv) in extract_all(v, &req.key).map_err(|e| e.context(&ctx))? {
+                    let origin = format!("{}:{field}", req.key);
+                    insert_sanitized(&mut from, &field, &origin, fv)
+                        .map_err(|e| e.context(&ctx))?;
+                }
+            }
+            Planned::Found { index, req } => {
+                let ctx = format!("spec.dataFrom[{index}].find (remote key {:?})", req.key);
+                let v = value_of(req).map_err(|e| e.context(&ctx))?;
+                insert_sanitized(&mut from, &req.key, &req.key, v.clone())
+                    .map_err(|e| e.context(&ctx))?;
+            }
+            Planned::Data { .. } => {}
+        }
+    }
+    let mut data: SecretData = from.into_iter().map(|(k, (_, v))| (k, v)).collect();
+    let mut explicit = BTreeSet::new();
+    for p in &plan {
+        if let Planned::Data { index, req } = p {
+            let item = &spec.data[*index];
+            let ctx = format!(
+                "spec.data[{index}] (secretKey {:?}, remote key {:?})",
+                item.secret_key, req.key
+            );
+            if !is_valid_secret_key(&item.secret_key) {
+                return Err(BackendError::invalid_config(format!(
+                    "{ctx}: secretKey must consist of alphanumerics, '-', '_' or '.'"
+                )));
+            }
+            if !explicit.insert(item.secret_key.clone()) {
+                return Err(BackendError::new(
+                    Reason::KeyCollision,
+                    format!("{ctx}: secretKey is used by more than one spec.data entry"),
+                ));
+            }
+            let v = value_of(req).map_err(|e| e.context(&ctx))?;
+            let v = match &item.remote_ref.property {
+                Some(prop) => extract_property(v, &req.key, prop).map_err(|e| e.context(&ctx))?,
+                None => v.clone(),
+            };
+            data.insert(item.secret_key.clone(), v);
+        }
+    }
+
+    match &spec.target.template {
+        Some(t) => {
+            let rendered = render_templates(&t.data, &data)?;
+            Ok(match t.merge_policy {
+                MergePolicy::Replace => rendered,
+                MergePolicy::Merge => {
+                    data.extend(rendered);
+                    data
+                }
+            })
+        }
+        None => Ok(data),
+    }
+}
+
+/// Renders `spec.target.template.data` with the resolved keys as variables.
+pub fn render_templates(
+    templates: &BTreeMap<String, String>,
+    data: &SecretData,
+) -> Result<SecretData, BackendError> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    // Values that are not UTF-8 cannot be templated; referencing them is an undefined error.
+    let ctx: BTreeMap<&str, Zeroizing<String>> = data
+        .iter()
+        .filter_map(|(k, v)| {
+            v.as_str()
+                .map(|s| (k.as_str(), Zeroizing::new(s.to_string())))
+        })
+        .collect();
+    let ctx_view: BTreeMap<&str, &str> = ctx.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut out = SecretData::new();
+    for (key, src) in templates {
+        if !is_valid_secret_key(key) {
+            return Err(BackendError::invalid_config(format!(
+                "spec.target.template.data key {key:?} is not a valid Secret key"
+            )));
+        }
+        let rendered = env.render_str(src, &ctx_view).map_err(|e| {
+            BackendError::new(
+                Reason::InvalidTemplate,
+                format!(
+                    "spec.target.template.data[{key:?}]: {}",
+                    describe_template_error(&e)
+                ),
+            )
+        })?;
+        out.insert(key.clone(), SecretValue::from_string(rendered));
+    }
+    Ok(out)
+}
+
+/// A template error description that cannot contain values: the detail text is kept only
+/// for kinds whose detail is about the template itself (syntax, names).
+fn describe_template_error(e: &minijinja::Error) -> String {
+    use minijinja::ErrorKind as K;
+    let line = e.line().map(|l| format!(" (line {l})")).unwrap_or_default();
+    let detail = match e.kind() {
+        K::SyntaxError
+        | K::UndefinedError
+        | K::UnknownFilter
+        | K::UnknownFunction
+        | K::UnknownTest
+        | K::UnknownMethod
+        | K::TooManyArguments
+        | K::MissingArgument => e.detail().map(|d| format!(": {d}")).unwrap_or_default(),
+        _ => String::new(),
+    };
+    format!("{}{detail}{line}", e.kind())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::NoopObserver;
+    use crate::{Backend, file::FileBackend};
+    use secretsync_api::{
+        DataFromItem, DataItem, FileFormat, FileSource, FindSpec, RemoteRef, SecretBindingSpec,
+        TemplateSpec,
+    };
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn cache_over(dir: &std::path::Path, root: &std::path::Path) -> SourceCache {
+        let b: Arc<dyn Backend> = Arc::new(
+            FileBackend::new(
+                String::new(),
+                &FileSource {
+                    path: dir.display().to_string(),
+                    format: FileFormat::Dir,
+                },
+                root,
+            )
+            .unwrap(),
+        );
+        SourceCache::new(b, Duration::ZERO, Arc::new(NoopObserver))
+    }
+
+    fn item(secret_key: &str, key: &str, property: Option<&str>) -> DataItem {
+        DataItem {
+            secret_key: secret_key.into(),
+            remote_ref: RemoteRef {
+                key: key.into(),
+                property: property.map(Into::into),
+                version: None,
+            },
+        }
+    }
+
+    fn fixture() -> (tempfile::TempDir, std::path::PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        std::fs::write(
+            dir.join("db/creds"),
+            r#"{"username":"shop","password":"s3cret"}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("db/host"), "db.internal").unwrap();
+        std::fs::write(dir.join("db_port"), "5432").unwrap();
+        std::fs::write(dir.join("db:port"), "5433").unwrap();
+        std::fs::write(dir.join("api_token"), "tok").unwrap();
+        (root, dir)
+    }
+
+    #[tokio::test]
+    async fn data_extract_find_and_template() {
+        let (root, dir) = fixture();
+        let cache = cache_over(&dir, root.path());
+        let mut spec = SecretBindingSpec {
+            data: vec![item("pw", "db/creds", Some("password"))],
+            data_from: vec![
+                DataFromItem {
+                    extract: Some(RemoteRef {
+                        key: "db/creds".into(),
+                        ..Default::default()
+                    }),
+                    find: None,
+                },
+                DataFromItem {
+                    extract: None,
+                    find: Some(FindSpec {
+                        name: "db/h*".into(),
+                    }),
+                },
+            ],
+            ..Default::default()
+        };
+        let data = resolve(&spec, &cache, false).await.unwrap();
+        let keys: Vec<_> = data.keys().cloned().collect();
+        assert_eq!(keys, vec!["db_host", "password", "pw", "username"]);
+        assert_eq!(data["db_host"].as_str(), Some("db.internal"));
+        assert_eq!(data["pw"].as_str(), Some("s3cret"));
+
+        spec.target.template = Some(TemplateSpec {
+            merge_policy: MergePolicy::Replace,
+            data: [(
+                "DATABASE_URL".to_string(),
+                "postgres://{{ username }}:{{ password }}@{{ db_host }}:5432/shop".to_string(),
+            )]
+            .into(),
+        });
+        let data = resolve(&spec, &cache, false).await.unwrap();
+        assert_eq!(data.len(), 1);
+        assert_eq!(
+            data["DATABASE_URL"].as_str(),
+            Some("postgres://shop:s3cret@db.internal:5432/shop")
+        );
+        spec.target.template.as_mut().unwrap().merge_policy = MergePolicy::Merge;
+        assert_eq!(resolve(&spec, &cache, false).await.unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn collisions_and_errors_name_the_field() {
+        let (root, dir) = fixture();
+        let cache = cache_over(&dir, root.path());
+        let spec = SecretBindingSpec {
+            data_from: vec![DataFromItem {
+                extract: None,
+                find: Some(FindSpec {
+                    name: "db?port".into(),
+                }),
+            }],
+            ..Default::default()
+        };
+        let err = resolve(&spec, &cache, false).await.unwrap_err();
+        assert_eq!(err.reason, Reason::KeyCollision, "{err}");
+        assert!(err.message.contains("spec.dataFrom[0]"), "{err}");
+
+        let spec = SecretBindingSpec {
+            data: vec![item("a", "missing", None)],
+            ..Default::default()
+        };
+        let err = resolve(&spec, &cache, false).await.unwrap_err();
+        assert_eq!(err.reason, Reason::SecretNotFound);
+        assert!(err.message.contains("spec.data[0]"), "{err}");
+
+        let spec = SecretBindingSpec {
+            data: vec![item("a", "db/host", Some("x"))],
+            ..Default::default()
+        };
+        let err = resolve(&spec, &cache, false).await.unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidJson);
+        assert!(!err.to_string().contains("db.internal"));
+
+        let spec = SecretBindingSpec {
+            data: vec![item("a", "db/host", None), item("a", "api_token", None)],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(&spec, &cache, false).await.unwrap_err().reason,
+            Reason::KeyCollision
+        );
+    }
+
+    #[test]
+    fn template_errors_hide_values() {
+        let data: SecretData = [("password".to_string(), SecretValue::from("CANARY-x"))].into();
+        let t = |src: &str| -> BTreeMap<String, String> {
+            [("out".to_string(), src.to_string())].into()
+        };
+        let err = render_templates(&t("{{ nope }}"), &data).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidTemplate);
+        assert!(err.message.contains("out"));
+        let err = render_templates(&t("{{ password | int }}"), &data).unwrap_err();
+        assert!(!err.message.contains("CANARY"), "{err}");
+        let err = render_templates(&t("{% if %}"), &data).unwrap_err();
+        assert!(err.message.contains("syntax"), "{err}");
+        let err = render_templates(&t("{{ password + 1 }}"), &data).unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("CANARY"), "{err}");
+        let bad_key: BTreeMap<String, String> = [("a/b".to_string(), "x".to_string())].into();
+        assert_eq!(
+            render_templates(&bad_key, &data).unwrap_err().reason,
+            Reason::InvalidConfig
+        );
+    }
+}
