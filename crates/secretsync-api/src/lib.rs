@@ -6,6 +6,7 @@ pub mod constants;
 pub mod crd;
 pub mod duration;
 pub mod manifest;
+pub mod secret;
 mod schema;
 pub mod source;
 
