@@ -1,1 +1,100 @@
-fn main() {}
+//! The `secretsync` binary: `run` (the controller), `crds` and `render`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+mod render;
+
+/// Sync secrets from env, files, Vault/OpenBao and AWS Secrets Manager into Kubernetes
+/// Secrets, and restart workloads when they rotate.
+#[derive(Parser)]
+#[command(name = "secretsync", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print both CRDs as YAML.
+    Crds,
+    /// Resolve bindings from manifests locally and print the Secret manifests.
+    Render(RenderArgs),
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    /// Manifest files or folders (SecretSource, SecretBinding and credential Secrets).
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    files: Vec<PathBuf>,
+    /// Namespace for manifests that name none.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Root folder the file backend may read (relative `spec.file.path`s resolve against it).
+    #[arg(long, env = "SECRETSYNC_FILE_ROOT", default_value = secretsync_api::DEFAULT_FILE_ROOT)]
+    file_root: PathBuf,
+    /// File holding the HMAC key for the data-hash annotation. Default: an all-zero key, so
+    /// the printed hash differs from the cluster's.
+    #[arg(long)]
+    hmac_key_file: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds => {
+            print!("{}", secretsync_api::crd::crds_yaml()?);
+            Ok(())
+        }
+        Command::Render(args) => {
+            init_stderr_logging();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(run_render(args))
+        }
+    }
+}
+
+fn init_stderr_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run_render(args: RenderArgs) -> Result<()> {
+    install_crypto_provider();
+    let hmac_key = match &args.hmac_key_file {
+        Some(p) => secretsync_backends::hash::HmacKey::new(
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        ),
+        None => secretsync_backends::hash::HmacKey::new(vec![0; 32]),
+    };
+    let opts = render::RenderOptions {
+        inputs: args.files,
+        namespace: args.namespace,
+        file_root: args.file_root,
+        hmac_key,
+    };
+    let out = render::render(&opts).await?;
+    print!("{}", render::to_yaml(&out.secrets)?);
+    for e in &out.errors {
+        eprintln!("error: {e}");
+    }
+    if !out.errors.is_empty() {
+        anyhow::bail!("{} binding(s) failed to render", out.errors.len());
+    }
+    Ok(())
+}
+
+/// kube, vaultrs and the AWS SDK all use rustls; pin the process-wide provider to
+/// aws-lc-rs so no library has to guess (guessing panics when two providers are linked).
+fn install_crypto_provider() {
+    // Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,31 @@
+# secretsync — developer entry points. `make test` is the one test command.
+CARGO ?= cargo
+BIN := target/debug/secretsync
+
+.PHONY: build test lint fmt crds demo clean
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## Runs every test: unit, integration against real OpenBao and moto servers (installed
+## into .venv on first use and started on loopback), CRD and example checks, end-to-end.
+test:
+	scripts/test-servers.sh $(CARGO) test --workspace --all-targets --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Regenerates crds/ from the Rust types.
+crds:
+	$(CARGO) run -q -p secretsync -- crds > crds/secretsync-crds.yaml
+
+## Renders the quickstart's Secrets locally (file backend, no cluster needed).
+demo:
+	$(CARGO) run -q -p secretsync -- render -f examples/quickstart/ --file-root examples
+
+clean:
+	$(CARGO) clean
