@@ -1,0 +1,206 @@
+//! A planted canary value must never appear in an error message, a log line or `Debug`
+//! output, whichever error path is taken.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secretsync_api::{
+    DataFromItem, DataItem, FileFormat, FileSource, FindSpec, RemoteRef, SecretBindingSpec,
+    TemplateSpec,
+};
+use secretsync_backends::cache::NoopObserver;
+use secretsync_backends::env::{EnvBackend, EnvPolicy};
+use secretsync_backends::file::FileBackend;
+use secretsync_backends::{Backend, ReadRequest, SecretValue, SourceCache, resolve::resolve};
+
+const CANARY: &str = "CANARY-9f81c2-do-not-leak";
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn check(seen: &mut Vec<String>, what: &str, text: String) {
+    assert!(!text.contains(CANARY), "{what} leaked the canary: {text}");
+    assert!(
+        !text.contains("do-not-leak"),
+        "{what} leaked part of the canary: {text}"
+    );
+    seen.push(what.to_string());
+}
+
+fn binding(data: Vec<DataItem>, data_from: Vec<DataFromItem>) -> SecretBindingSpec {
+    SecretBindingSpec {
+        data,
+        data_from,
+        ..Default::default()
+    }
+}
+
+fn item(key: &str, property: Option<&str>) -> DataItem {
+    DataItem {
+        secret_key: "out".into(),
+        remote_ref: RemoteRef {
+            key: key.into(),
+            property: property.map(Into::into),
+            version: None,
+        },
+    }
+}
+
+#[test]
+fn canary_never_leaks_from_local_backends_and_resolution() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("plain"), CANARY).unwrap();
+    std::fs::write(dir.join("json"), format!(r#"{{"user":"{CANARY}","n":1}}"#)).unwrap();
+    std::fs::write(dir.join("a_b"), CANARY).unwrap();
+    std::fs::write(dir.join("a:b"), CANARY).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("s"), CANARY).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("s"), dir.join("escape")).unwrap();
+    let bad_dotenv = root.path().join("bad.env");
+    std::fs::write(&bad_dotenv, format!("OK=1\n{CANARY}\n")).unwrap();
+    let bad_json = root.path().join("bad.json");
+    std::fs::write(&bad_json, format!(r#"{{"k": "{CANARY}"#)).unwrap();
+    let bad_yaml = root.path().join("bad.yaml");
+    std::fs::write(&bad_yaml, format!("k: [{CANARY}\n")).unwrap();
+    // SAFETY: test-only variable with a unique name.
+    unsafe { std::env::set_var("CANARYTEST_SECRET", CANARY) };
+
+    let mut seen = Vec::new();
+    rt.block_on(async {
+        let file = |path: &std::path::Path, format| {
+            FileBackend::new(
+                String::new(),
+                &FileSource {
+                    path: path.display().to_string(),
+                    format,
+                },
+                root.path(),
+            )
+            .unwrap()
+        };
+        let dirb: Arc<dyn Backend> = Arc::new(file(&dir, FileFormat::Dir));
+        let cache = SourceCache::new(dirb.clone(), Duration::ZERO, Arc::new(NoopObserver));
+
+        // Backend-level error paths.
+        let e = dirb.read(&ReadRequest::latest("escape")).await.unwrap_err();
+        check(&mut seen, "symlink escape", format!("{e} {e:?}"));
+        let e = dirb.read(&ReadRequest::latest("../x")).await.unwrap_err();
+        check(&mut seen, "dotdot key", format!("{e} {e:?}"));
+        for (p, f) in [
+            (&bad_dotenv, FileFormat::Dotenv),
+            (&bad_json, FileFormat::Json),
+            (&bad_yaml, FileFormat::Yaml),
+        ] {
+            let e = file(p, f)
+                .read(&ReadRequest::latest("k"))
+                .await
+                .unwrap_err();
+            check(&mut seen, "bad structured file", format!("{e} {e:?}"));
+        }
+        let env = EnvBackend::new("CANARYTEST_".into(), EnvPolicy::deny_all());
+        let e = env.read(&ReadRequest::latest("secret")).await.unwrap_err();
+        check(&mut seen, "env denied", format!("{e} {e:?}"));
+
+        // Resolution error paths.
+        let specs = vec![
+            (
+                "property on non-JSON",
+                binding(vec![item("plain", Some("x"))], vec![]),
+            ),
+            (
+                "missing property",
+                binding(vec![item("json", Some("nope"))], vec![]),
+            ),
+            (
+                "extract non-JSON",
+                binding(
+                    vec![],
+                    vec![DataFromItem {
+                        extract: Some(RemoteRef {
+                            key: "plain".into(),
+                            ..Default::default()
+                        }),
+                        find: None,
+                    }],
+                ),
+            ),
+            (
+                "key collision",
+                binding(
+                    vec![],
+                    vec![DataFromItem {
+                        extract: None,
+                        find: Some(FindSpec { name: "a?b".into() }),
+                    }],
+                ),
+            ),
+            ("missing key", binding(vec![item("nope", None)], vec![])),
+        ];
+        for (what, spec) in specs {
+            let e = resolve(&spec, &cache, false).await.unwrap_err();
+            check(&mut seen, what, format!("{e} {e:?}"));
+        }
+        for tpl in [
+            "{{ out | int }}",
+            "{{ out + 1 }}",
+            "{{ out.x.y }}",
+            "{{ out[5:] | nope }}",
+        ] {
+            let mut spec = binding(vec![item("plain", None)], vec![]);
+            spec.target.template = Some(TemplateSpec {
+                data: [("t".to_string(), tpl.to_string())].into(),
+                ..Default::default()
+            });
+            match resolve(&spec, &cache, false).await {
+                Err(e) => check(&mut seen, "template error", format!("{e} {e:?}")),
+                Ok(data) => check(&mut seen, "template debug", format!("{data:?}")),
+            }
+        }
+        // Successful reads: Debug of the values and of the cache's results.
+        let ok = resolve(
+            &binding(vec![item("json", Some("user"))], vec![]),
+            &cache,
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok["out"].as_str(), Some(CANARY));
+        check(&mut seen, "resolved data Debug", format!("{ok:?}"));
+        check(
+            &mut seen,
+            "SecretValue Debug",
+            format!("{:?}", SecretValue::from(CANARY)),
+        );
+    });
+    assert!(seen.len() >= 15, "too few paths driven: {seen:?}");
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        !logs.contains(CANARY),
+        "a log line leaked the canary: {logs}"
+    );
+}
