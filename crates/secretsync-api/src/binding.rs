@@ -44,6 +44,7 @@ pub struct SecretBindingSpec {
     /// `0` syncs only when the binding, its source or the Secret changes. Default `1h`.
     /// Refreshes are jittered by ±10%.
     #[serde(default = "default_refresh_interval")]
+    #[schemars(length(max = 32))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^(0|([0-9]+(ms|s|m|h))+)$')")
         .message("spec.refreshInterval must be a duration such as 30s, 5m, 1h30m or 0"))]
     pub refresh_interval: String,
@@ -52,10 +53,12 @@ pub struct SecretBindingSpec {
     pub target: TargetSpec,
     /// Single keys: each entry becomes one key of the Secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
     pub data: Vec<DataItem>,
     /// Many keys at once: every field of a JSON value (`extract`) or every remote key
     /// matching a glob (`find`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
     pub data_from: Vec<DataFromItem>,
     /// Whether rotations of this Secret may restart workloads that opted in.
     #[serde(default)]
@@ -158,6 +161,7 @@ pub enum MergePolicy {
 #[serde(rename_all = "camelCase")]
 pub struct DataItem {
     /// Key in the Secret.
+    #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[-._a-zA-Z0-9]+$')")
         .message("spec.data[].secretKey must consist of alphanumerics, '-', '_' or '.'"))]
     pub secret_key: String,

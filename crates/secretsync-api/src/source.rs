@@ -60,6 +60,7 @@ pub struct CacheSpec {
     /// backend again. Kubernetes-style duration (`30s`, `5m`, `1h`); `0` disables caching
     /// (concurrent reads of one key are still coalesced into one request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^(0|([0-9]+(ms|s|m|h))+)$')")
         .message("spec.cache.ttl must be a duration such as 30s, 5m, 1h30m or 0"))]
     pub ttl: Option<String>,
@@ -110,6 +111,7 @@ fn default_kv_version() -> u8 {
 #[serde(rename_all = "camelCase")]
 pub struct VaultSource {
     /// Server address, e.g. `https://vault.example:8200`.
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') || self.startsWith('http://')")
         .message("spec.vault.server must be an http:// or https:// URL"))]
     pub server: String,
