@@ -1,0 +1,640 @@
+//! AWS Secrets Manager backend against a real moto server.
+//!
+//! Run with `make test` or `scripts/test-servers.sh cargo test -p secretsync-backends --test aws`;
+//! without `SECRETSYNC_TEST_MOTO_ENDPOINT` the tests fail with that instruction.
+
+mod moto_support;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use moto_support::{
+    ADMIN_ACCESS_KEY_ID, MotoRequestCounter, REGION, admin_client, create_binary, create_string,
+    moto_endpoint, put_string, random_hex, unique_prefix,
+};
+use secretsync_api::{AwsAuth, AwsSecretRef, AwsSource};
+use secretsync_backends::aws::{AwsBackend, AwsOptions};
+use secretsync_backends::{Backend, BackendError, Credentials, ReadRequest, Reason, SecretValue};
+
+const CREDS_SECRET: &str = "aws-creds";
+
+/// `Credentials` answering from a map of (Secret name, key) → value.
+#[derive(Default)]
+struct MapCredentials(HashMap<(String, String), String>);
+
+impl MapCredentials {
+    fn with(mut self, name: &str, key: &str, value: &str) -> Self {
+        self.0
+            .insert((name.to_string(), key.to_string()), value.to_string());
+        self
+    }
+
+    /// Static keys under `aws-creds` / `access-key-id`, `secret-access-key`.
+    fn keys(access_key_id: &str) -> Self {
+        MapCredentials::default()
+            .with(CREDS_SECRET, "access-key-id", access_key_id)
+            .with(CREDS_SECRET, "secret-access-key", "test-secret-access-key")
+    }
+}
+
+#[async_trait]
+impl Credentials for MapCredentials {
+    async fn secret_value(&self, name: &str, key: &str) -> Result<SecretValue, BackendError> {
+        self.0
+            .get(&(name.to_string(), key.to_string()))
+            .map(|v| SecretValue::from(v.as_str()))
+            .ok_or_else(|| {
+                BackendError::new(
+                    Reason::SecretNotFound,
+                    format!("Secret {name:?} has no key {key:?}"),
+                )
+            })
+    }
+
+    async fn service_account_token(
+        &self,
+        _service_account: Option<&str>,
+        _audiences: &[String],
+    ) -> Result<SecretValue, BackendError> {
+        Err(BackendError::invalid_config("no service account tokens"))
+    }
+}
+
+fn secret_ref() -> AwsSecretRef {
+    AwsSecretRef {
+        name: CREDS_SECRET.to_string(),
+        access_key_id_key: "access-key-id".to_string(),
+        secret_access_key_key: "secret-access-key".to_string(),
+        session_token_key: None,
+    }
+}
+
+/// A source pointing at `endpoint` with static keys from [`MapCredentials::keys`].
+fn source(endpoint: &str) -> AwsSource {
+    AwsSource {
+        region: REGION.to_string(),
+        endpoint: Some(endpoint.to_string()),
+        auth: Some(AwsAuth {
+            secret_ref: Some(secret_ref()),
+            role_arn: None,
+        }),
+    }
+}
+
+async fn backend(prefix: &str) -> AwsBackend {
+    AwsBackend::connect(
+        prefix.to_string(),
+        &source(&moto_endpoint()),
+        &MapCredentials::keys("AKIDSECRETSYNCTEST"),
+    )
+    .await
+    .expect("connect")
+}
+
+/// Options that give up quickly, for unreachable endpoints.
+fn fast_fail() -> AwsOptions {
+    AwsOptions {
+        operation_timeout: Duration::from_secs(3),
+        attempt_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_millis(500),
+        max_attempts: 2,
+        initial_backoff: Duration::from_millis(10),
+    }
+}
+
+/// An address nothing listens on: bind an ephemeral port, then close it.
+fn closed_port_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn text(v: &SecretValue) -> &str {
+    v.as_str().expect("utf-8 value")
+}
+
+fn reason<T: std::fmt::Debug>(r: &Result<T, BackendError>) -> Reason {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.reason,
+    }
+}
+
+#[tokio::test]
+async fn reads_string_and_binary_secrets_under_the_prefix() {
+    let endpoint = moto_endpoint();
+    let admin = admin_client(&endpoint);
+    let prefix = unique_prefix("read");
+    let binary = [0u8, 159, 146, 150, 255, b'\n'];
+    create_string(
+        &admin,
+        &format!("{prefix}db/url"),
+        "postgres://db:5432/shop",
+    )
+    .await;
+    create_binary(&admin, &format!("{prefix}tls/key"), &binary).await;
+    // Same key without the prefix: must not be what the backend reads.
+    let bare = format!("{}db/url", unique_prefix("read-bare"));
+    create_string(&admin, &bare, "wrong").await;
+
+    let b = backend(&prefix).await;
+    let url = b
+        .read(&ReadRequest::latest("db/url"))
+        .await
+        .expect("string");
+    assert_eq!(text(&url), "postgres://db:5432/shop");
+    let key = b
+        .read(&ReadRequest::latest("tls/key"))
+        .await
+        .expect("binary");
+    assert_eq!(key.as_bytes(), &binary);
+    b.validate().await.expect("validate");
+}
+
+#[tokio::test]
+async fn missing_secret_is_secret_not_found() {
+    let prefix = unique_prefix("missing");
+    let b = backend(&prefix).await;
+    let err = b
+        .read(&ReadRequest::latest("does/not/exist"))
+        .await
+        .expect_err("missing");
+    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
+    assert!(
+        err.message.contains(&format!("{prefix}does/not/exist")),
+        "message names the secret: {err}"
+    );
+}
+
+#[tokio::test]
+async fn version_stages_and_ids_after_rotation() {
+    let endpoint = moto_endpoint();
+    let admin = admin_client(&endpoint);
+    let prefix = unique_prefix("versions");
+    let name = format!("{prefix}api/token");
+    let v1 = create_string(&admin, &name, "first").await;
+    let v2 = put_string(&admin, &name, "second").await;
+    assert_ne!(v1, v2);
+
+    let b = backend(&prefix).await;
+    let at = |version: &str| ReadRequest {
+        key: "api/token".to_string(),
+        version: Some(version.to_string()),
+    };
+    let read = |r: ReadRequest| {
+        let b = &b;
+        async move { b.read(&r).await }
+    };
+    assert_eq!(text(&read(at("AWSPREVIOUS")).await.unwrap()), "first");
+    assert_eq!(text(&read(at("AWSCURRENT")).await.unwrap()), "second");
+    assert_eq!(
+        text(&read(ReadRequest::latest("api/token")).await.unwrap()),
+        "second"
+    );
+    assert_eq!(text(&read(at(&v1)).await.unwrap()), "first");
+    assert_eq!(text(&read(at(&v2)).await.unwrap()), "second");
+
+    let err = read(at("NO_SUCH_STAGE")).await.expect_err("unknown stage");
+    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
+    let err = read(at("00000000-0000-0000-0000-000000000000"))
+        .await
+        .expect_err("unknown version id");
+    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
+}
+
+#[tokio::test]
+async fn list_returns_keys_under_the_literal_prefix() {
+    let endpoint = moto_endpoint();
+    let admin = admin_client(&endpoint);
+    let prefix = unique_prefix("list");
+    for key in [
+        "db/user",
+        "db/password",
+        "db/nested/deep",
+        "dbx",
+        "api/token",
+    ] {
+        create_string(&admin, &format!("{prefix}{key}"), "v").await;
+    }
+    // A neighbour whose name shares the first characters of the prefix.
+    let neighbour = format!("{}db/user", prefix.trim_end_matches('/'));
+    create_string(&admin, &neighbour, "v").await;
+
+    let b = backend(&prefix).await;
+    assert_eq!(
+        b.list("").await.expect("list all"),
+        [
+            "api/token",
+            "db/nested/deep",
+            "db/password",
+            "db/user",
+            "dbx"
+        ]
+    );
+    assert_eq!(
+        b.list("db/").await.expect("list db/"),
+        ["db/nested/deep", "db/password", "db/user"]
+    );
+    assert_eq!(
+        b.list("db").await.expect("list db"),
+        ["db/nested/deep", "db/password", "db/user", "dbx"]
+    );
+    assert!(b.list("nothing/").await.expect("list none").is_empty());
+
+    // Without a source prefix the names come back whole.
+    let unprefixed = backend("").await;
+    let all = unprefixed.list(&prefix).await.expect("list unprefixed");
+    assert_eq!(all.len(), 5);
+    assert!(all.iter().all(|k| k.starts_with(&prefix)), "{all:?}");
+}
+
+#[tokio::test]
+async fn list_follows_pagination() {
+    let endpoint = moto_endpoint();
+    let admin = admin_client(&endpoint);
+    let prefix = unique_prefix("list-pages");
+    // ListSecrets returns at most 100 per page.
+    let futs = (0..105).map(|i| {
+        let admin = admin.clone();
+        let name = format!("{prefix}k{i:03}");
+        async move { create_string(&admin, &name, "v").await }
+    });
+    futures::future::join_all(futs).await;
+    let keys = backend(&prefix).await.list("").await.expect("list");
+    let expected: Vec<String> = (0..105).map(|i| format!("k{i:03}")).collect();
+    assert_eq!(keys, expected);
+}
+
+#[tokio::test]
+async fn read_batch_uses_batch_api_with_per_key_results() {
+    let endpoint = moto_endpoint();
+    let admin = admin_client(&endpoint);
+    let counter = MotoRequestCounter::start(&endpoint).await;
+    let prefix = unique_prefix("batch");
+    let keys: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
+    let missing = "k13";
+    for key in keys.iter().filter(|k| *k != missing) {
+        create_string(&admin, &format!("{prefix}{key}"), &format!("value-{key}")).await;
+    }
+    let versioned_name = format!("{prefix}rotated");
+    create_string(&admin, &versioned_name, "old").await;
+    put_string(&admin, &versioned_name, "new").await;
+
+    let b = backend(&prefix).await;
+    let mut reqs: Vec<ReadRequest> = keys.iter().map(ReadRequest::latest).collect();
+    // A duplicate and a versioned read ride along.
+    reqs.push(ReadRequest::latest("k00"));
+    reqs.push(ReadRequest {
+        key: "rotated".to_string(),
+        version: Some("AWSPREVIOUS".to_string()),
+    });
+    let results = b.read_batch(&reqs).await;
+    assert_eq!(results.len(), reqs.len());
+    for (req, res) in reqs.iter().zip(&results).take(25) {
+        if req.key == missing {
+            assert_eq!(reason(res), Reason::SecretNotFound);
+            let err = res.as_ref().unwrap_err();
+            assert!(err.message.contains(&format!("{prefix}{missing}")), "{err}");
+        } else {
+            let v = res.as_ref().unwrap_or_else(|e| panic!("{}: {e}", req.key));
+            assert_eq!(text(v), format!("value-{}", req.key));
+        }
+    }
+    assert_eq!(text(results[25].as_ref().unwrap()), "value-k00");
+    assert_eq!(text(results[26].as_ref().unwrap()), "old");
+
+    // 25 distinct unversioned keys = 2 batch calls (20 + 5); only the versioned read used
+    // GetSecretValue.
+    assert_eq!(counter.count("BatchGetSecretValue", &prefix).await, 2);
+    assert_eq!(counter.count("GetSecretValue", &prefix).await, 1);
+    assert_eq!(counter.count_reads(&prefix).await, 3);
+}
+
+#[tokio::test]
+async fn request_counter_counts_reads_of_this_test_only() {
+    let endpoint = moto_endpoint();
+    let admin = admin_client(&endpoint);
+    let counter = MotoRequestCounter::start(&endpoint).await;
+    let prefix = unique_prefix("count");
+    create_string(&admin, &format!("{prefix}a"), "1").await;
+    create_string(&admin, &format!("{prefix}b"), "2").await;
+    let b = backend(&prefix).await;
+    assert_eq!(counter.count_reads(&prefix).await, 0);
+
+    for _ in 0..3 {
+        b.read(&ReadRequest::latest("a")).await.expect("read");
+    }
+    assert_eq!(counter.count("GetSecretValue", &prefix).await, 3);
+    assert_eq!(counter.count("BatchGetSecretValue", &prefix).await, 0);
+
+    let res = b
+        .read_batch(&[ReadRequest::latest("a"), ReadRequest::latest("b")])
+        .await;
+    assert!(res.iter().all(Result::is_ok), "{res:?}");
+    assert_eq!(counter.count("GetSecretValue", &prefix).await, 3);
+    assert_eq!(counter.count("BatchGetSecretValue", &prefix).await, 1);
+    assert_eq!(counter.count_reads(&prefix).await, 4);
+
+    // A second test's prefix sees none of these.
+    assert_eq!(counter.count_reads(&unique_prefix("count")).await, 0);
+}
+
+#[tokio::test]
+async fn static_credentials_come_from_the_credentials_secret() {
+    let endpoint = moto_endpoint();
+    let admin = admin_client(&endpoint);
+    let counter = MotoRequestCounter::start(&endpoint).await;
+    let prefix = unique_prefix("static");
+    create_string(&admin, &format!("{prefix}k"), "v").await;
+    let access_key_id = format!("AKID{}", random_hex().to_uppercase());
+    let creds = MapCredentials::keys(&access_key_id).with(CREDS_SECRET, "session-token", "tok");
+    let mut spec = source(&endpoint);
+    if let Some(auth) = spec.auth.as_mut()
+        && let Some(r) = auth.secret_ref.as_mut()
+    {
+        r.session_token_key = Some("session-token".to_string());
+    }
+
+    let b = AwsBackend::connect(prefix.clone(), &spec, &creds)
+        .await
+        .expect("connect");
+    assert_eq!(text(&b.read(&ReadRequest::latest("k")).await.unwrap()), "v");
+    let reqs = counter.matching("GetSecretValue", &prefix).await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        reqs[0].access_key_id().as_deref(),
+        Some(access_key_id.as_str())
+    );
+    assert_eq!(reqs[0].header("x-amz-security-token"), Some("tok"));
+
+    // A missing credential Secret key is a configuration error of the source.
+    let err = AwsBackend::connect(prefix.clone(), &spec, &MapCredentials::keys("AKID"))
+        .await
+        .err()
+        .expect("missing session token key");
+    assert_eq!(err.reason, Reason::InvalidConfig, "{err}");
+    assert!(err.message.contains("session-token"), "{err}");
+}
+
+#[tokio::test]
+async fn assume_role_reads_through_the_assumed_role() {
+    let endpoint = moto_endpoint();
+    let admin = admin_client(&endpoint);
+    let counter = MotoRequestCounter::start(&endpoint).await;
+    let prefix = unique_prefix("assume");
+    create_string(&admin, &format!("{prefix}k"), "through-role").await;
+    let base_key = format!("AKID{}", random_hex().to_uppercase());
+    let role_arn = format!("arn:aws:iam::123456789012:role/reader-{}", random_hex());
+    let mut spec = source(&endpoint);
+    if let Some(auth) = spec.auth.as_mut() {
+        auth.role_arn = Some(role_arn.clone());
+    }
+
+    let b = AwsBackend::connect(prefix.clone(), &spec, &MapCredentials::keys(&base_key))
+        .await
+        .expect("connect");
+    assert_eq!(
+        text(&b.read(&ReadRequest::latest("k")).await.unwrap()),
+        "through-role"
+    );
+    // Credentials are cached: a second read does not assume the role again.
+    b.read(&ReadRequest::latest("k")).await.unwrap();
+
+    let all = counter.requests().await;
+    let assumes: Vec<_> = all
+        .iter()
+        .filter(|r| r.operation == "AssumeRole")
+        .filter(|r| r.form_field("RoleArn").as_deref() == Some(role_arn.as_str()))
+        .collect();
+    assert_eq!(assumes.len(), 1, "one AssumeRole for {role_arn}");
+    assert_eq!(
+        assumes[0].form_field("RoleSessionName").as_deref(),
+        Some("secretsync")
+    );
+    assert_eq!(
+        assumes[0].access_key_id().as_deref(),
+        Some(base_key.as_str())
+    );
+    let reads = counter.matching("GetSecretValue", &prefix).await;
+    assert_eq!(reads.len(), 2);
+    for r in reads {
+        let key = r.access_key_id().expect("signed");
+        assert_ne!(key, base_key, "reads use the assumed role's keys");
+        assert_ne!(key, ADMIN_ACCESS_KEY_ID);
+        assert!(r.header("x-amz-security-token").is_some());
+    }
+}
+
+#[tokio::test]
+async fn unreachable_backend_is_backend_unavailable() {
+    let endpoint = closed_port_endpoint();
+    let creds = MapCredentials::keys("AKIDSECRETSYNCTEST");
+    let started = Instant::now();
+    let b = AwsBackend::connect_with("p/".to_string(), &source(&endpoint), &creds, &fast_fail())
+        .await
+        .expect("connect makes no network call");
+
+    let err = b.read(&ReadRequest::latest("k")).await.expect_err("read");
+    assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
+    assert!(err.message.contains("p/k"), "{err}");
+    assert_eq!(reason(&b.list("").await), Reason::BackendUnavailable);
+    assert_eq!(reason(&b.validate().await), Reason::BackendUnavailable);
+    let batch = b
+        .read_batch(&[ReadRequest::latest("a"), ReadRequest::latest("b")])
+        .await;
+    assert!(
+        batch
+            .iter()
+            .all(|r| r.as_ref().err().map(|e| e.reason) == Some(Reason::BackendUnavailable)),
+        "{batch:?}"
+    );
+
+    // With a role to assume, the STS call fails first: still transient.
+    let mut spec = source(&endpoint);
+    if let Some(auth) = spec.auth.as_mut() {
+        auth.role_arn = Some("arn:aws:iam::123456789012:role/reader".to_string());
+    }
+    let b = AwsBackend::connect_with("p/".to_string(), &spec, &creds, &fast_fail())
+        .await
+        .expect("connect");
+    let err = b.read(&ReadRequest::latest("k")).await.expect_err("read");
+    assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
+
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn invalid_configuration_is_rejected_at_connect() {
+    let creds = MapCredentials::keys("AKIDSECRETSYNCTEST");
+    let cases = [
+        AwsSource {
+            region: "".to_string(),
+            ..source("http://127.0.0.1:1")
+        },
+        AwsSource {
+            region: "EU West".to_string(),
+            ..source("http://127.0.0.1:1")
+        },
+        source("127.0.0.1:5000"),
+        AwsSource {
+            auth: Some(AwsAuth {
+                secret_ref: None,
+                role_arn: Some("reader".to_string()),
+            }),
+            ..source("http://127.0.0.1:1")
+        },
+        AwsSource {
+            auth: Some(AwsAuth {
+                secret_ref: Some(AwsSecretRef {
+                    name: "other".to_string(),
+                    ..secret_ref()
+                }),
+                role_arn: None,
+            }),
+            ..source("http://127.0.0.1:1")
+        },
+    ];
+    for spec in cases {
+        let err = AwsBackend::connect(String::new(), &spec, &creds)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{spec:?} should be rejected"));
+        assert_eq!(err.reason, Reason::InvalidConfig, "{spec:?}: {err}");
+    }
+}
+
+/// Collects formatted tracing output.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+// current_thread runtime: the thread-local subscriber sees every event of the test.
+#[tokio::test(flavor = "current_thread")]
+async fn canary_value_never_appears_in_errors_or_logs() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let endpoint = moto_endpoint();
+    let admin = admin_client(&endpoint);
+    let prefix = unique_prefix("canary");
+    let canary = format!("CANARY-{}", random_hex());
+    let name = format!("{prefix}secret");
+    create_string(&admin, &name, &canary).await;
+    put_string(&admin, &name, &format!("{canary}-v2")).await;
+    create_string(
+        &admin,
+        &format!("{prefix}json"),
+        &format!("{{\"p\":\"{canary}\"}}"),
+    )
+    .await;
+
+    let b = backend(&prefix).await;
+    // The value itself is read fine (and must not be logged while being read).
+    let v = b.read(&ReadRequest::latest("secret")).await.expect("read");
+    assert!(!format!("{v:?}").contains(&canary));
+
+    let mut errors: Vec<BackendError> = Vec::new();
+    let at = |version: &str| ReadRequest {
+        key: "secret".to_string(),
+        version: Some(version.to_string()),
+    };
+    for req in [
+        at("NO_SUCH_STAGE"),
+        at("00000000-0000-0000-0000-000000000000"),
+        ReadRequest::latest("missing"),
+    ] {
+        errors.push(b.read(&req).await.expect_err("error path"));
+    }
+    let batch = b
+        .read_batch(&[
+            ReadRequest::latest("secret"),
+            ReadRequest::latest("json"),
+            ReadRequest::latest("missing"),
+            at("NOPE"),
+        ])
+        .await;
+    errors.extend(batch.into_iter().filter_map(Result::err));
+
+    // A secret scheduled for deletion.
+    admin
+        .delete_secret()
+        .secret_id(&name)
+        .recovery_window_in_days(7)
+        .send()
+        .await
+        .expect("delete");
+    let err = b
+        .read(&ReadRequest::latest("secret"))
+        .await
+        .expect_err("deleted");
+    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
+    errors.push(err);
+    let batch = b
+        .read_batch(&[ReadRequest::latest("secret"), ReadRequest::latest("json")])
+        .await;
+    assert_eq!(reason(&batch[0]), Reason::SecretNotFound);
+    errors.extend(batch.into_iter().filter_map(Result::err));
+
+    // Unreachable backend, with the canary as the secret access key (the SDK logs the
+    // access key id at debug level, which is not a secret; the secret key must not show).
+    let down = AwsBackend::connect_with(
+        prefix.clone(),
+        &source(&closed_port_endpoint()),
+        &MapCredentials::keys("AKIDSECRETSYNCTEST").with(
+            CREDS_SECRET,
+            "secret-access-key",
+            &canary,
+        ),
+        &fast_fail(),
+    )
+    .await
+    .expect("connect");
+    errors.push(
+        down.read(&ReadRequest::latest("secret"))
+            .await
+            .expect_err("down"),
+    );
+    errors.push(down.list("").await.expect_err("down"));
+
+    assert!(errors.len() >= 8, "{errors:?}");
+    for e in &errors {
+        assert!(!e.to_string().contains(&canary), "Display leaks: {e}");
+        assert!(!format!("{e:?}").contains(&canary), "Debug leaks: {e:?}");
+        assert!(!e.message.contains("CANARY"), "{e}");
+    }
+    let logged = logs.text();
+    assert!(
+        logged.contains("GetSecretValue"),
+        "debug events were captured"
+    );
+    assert!(!logged.contains("CANARY"), "logs leak the value:\n{logged}");
+}
