@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/secretsync
 
-.PHONY: build test lint fmt crds demo clean
+.PHONY: build test lint fmt crds demo clean image
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -29,3 +29,8 @@ demo:
 
 clean:
 	$(CARGO) clean
+
+IMAGE ?= secretsync:dev
+## Builds the container image (needs a Docker engine).
+image:
+	docker build -t $(IMAGE) .
