@@ -1,0 +1,1215 @@
+//! Vault backend against a real OpenBao dev server.
+//!
+//! Run via `make test` or `scripts/test-servers.sh cargo test -p secretsync-backends --test
+//! vault`: the script starts OpenBao (root token, file audit device) and exports its
+//! address. Every test works on its own random mounts/keys, so they run in parallel on one
+//! server. Tests that stop or seal a server start a private one.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use secretsync_api::{SecretKeySelector, VaultAppRoleAuth, VaultAuth, VaultSource, VaultTokenAuth};
+use secretsync_backends::vault::VaultBackend;
+use secretsync_backends::{
+    Backend, BackendError, Credentials, ReadRequest, Reason, SecretValue, keys,
+};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------
+// Environment and helpers
+// ---------------------------------------------------------------------------------------
+
+fn required_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: these tests need a real OpenBao server. Run them with \
+             `make test` or `scripts/test-servers.sh cargo test -p secretsync-backends \
+             --test vault`"
+        ),
+    }
+}
+
+fn bao_addr() -> String {
+    required_env("SECRETSYNC_TEST_BAO_ADDR")
+}
+
+fn root_token() -> String {
+    required_env("SECRETSYNC_TEST_BAO_TOKEN")
+}
+
+fn audit_log() -> PathBuf {
+    PathBuf::from(required_env("SECRETSYNC_TEST_BAO_AUDIT_LOG"))
+}
+
+/// A name no other test (or earlier run against the same server) uses.
+fn unique(tag: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{tag}-{}-{:x}-{}",
+        std::process::id(),
+        nanos & 0xffff_ffff,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Admin access to a server through its HTTP API (test setup only).
+#[derive(Clone)]
+struct Admin {
+    http: reqwest::Client,
+    addr: String,
+    token: String,
+    namespace: Option<String>,
+}
+
+impl Admin {
+    fn shared() -> Self {
+        Admin::new(&bao_addr(), &root_token())
+    }
+
+    fn new(addr: &str, token: &str) -> Self {
+        Admin {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            addr: addr.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            namespace: None,
+        }
+    }
+
+    fn in_namespace(&self, ns: &str) -> Self {
+        Admin {
+            namespace: Some(ns.to_string()),
+            ..self.clone()
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", &self.token);
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        if let Some(body) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(serde_json::to_vec(&body).unwrap());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(method, path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path} answered {status}: {value}"
+        );
+        value
+    }
+
+    async fn enable_kv(&self, mount: &str, version: u8) {
+        self.ok(
+            "POST",
+            &format!("sys/mounts/{mount}"),
+            Some(json!({"type": "kv", "options": {"version": version.to_string()}})),
+        )
+        .await;
+    }
+
+    async fn put_v2(&self, mount: &str, path: &str, data: Value) -> u64 {
+        let resp = self
+            .ok(
+                "POST",
+                &format!("{mount}/data/{path}"),
+                Some(json!({ "data": data })),
+            )
+            .await;
+        resp["data"]["version"].as_u64().unwrap()
+    }
+
+    async fn put_v1(&self, mount: &str, path: &str, data: Value) {
+        self.ok("POST", &format!("{mount}/{path}"), Some(data))
+            .await;
+    }
+
+    async fn policy(&self, name: &str, hcl: &str) {
+        self.ok(
+            "PUT",
+            &format!("sys/policies/acl/{name}"),
+            Some(json!({ "policy": hcl })),
+        )
+        .await;
+    }
+
+    async fn token_with_policy(&self, policy: &str) -> String {
+        let resp = self
+            .ok(
+                "POST",
+                "auth/token/create",
+                Some(json!({"policies": [policy], "ttl": "1h"})),
+            )
+            .await;
+        resp["auth"]["client_token"].as_str().unwrap().to_string()
+    }
+
+    /// Enables AppRole at `mount` with a role bound to `policy`; returns (role_id, secret_id).
+    async fn approle(&self, mount: &str, role: &str, policy: &str, ttl: &str) -> (String, String) {
+        self.ok(
+            "POST",
+            &format!("sys/auth/{mount}"),
+            Some(json!({"type": "approle"})),
+        )
+        .await;
+        self.ok(
+            "POST",
+            &format!("auth/{mount}/role/{role}"),
+            Some(json!({"token_policies": [policy], "token_ttl": ttl, "token_max_ttl": ttl})),
+        )
+        .await;
+        let role_id = self
+            .ok("GET", &format!("auth/{mount}/role/{role}/role-id"), None)
+            .await["data"]["role_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let secret_id = self
+            .ok("POST", &format!("auth/{mount}/role/{role}/secret-id"), None)
+            .await["data"]["secret_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (role_id, secret_id)
+    }
+}
+
+/// Credentials answered from a map of (Secret name, key) → value.
+#[derive(Default)]
+struct MapCredentials {
+    secrets: HashMap<(String, String), String>,
+    vault_token: Option<String>,
+}
+
+impl MapCredentials {
+    fn with(name: &str, key: &str, value: &str) -> Self {
+        let mut c = MapCredentials::default();
+        c.secrets
+            .insert((name.to_string(), key.to_string()), value.to_string());
+        c
+    }
+}
+
+#[async_trait]
+impl Credentials for MapCredentials {
+    async fn secret_value(&self, name: &str, key: &str) -> Result<SecretValue, BackendError> {
+        self.secrets
+            .get(&(name.to_string(), key.to_string()))
+            .map(|v| SecretValue::from(v.as_str()))
+            .ok_or_else(|| {
+                BackendError::invalid_config(format!("Secret {name:?} (key {key:?}) not found"))
+            })
+    }
+
+    async fn vault_token_fallback(&self) -> Option<SecretValue> {
+        self.vault_token.as_deref().map(SecretValue::from)
+    }
+
+    async fn service_account_token(
+        &self,
+        _service_account: Option<&str>,
+        _audiences: &[String],
+    ) -> Result<SecretValue, BackendError> {
+        Err(BackendError::invalid_config(
+            "no service account token in tests",
+        ))
+    }
+}
+
+fn token_auth() -> VaultAuth {
+    VaultAuth {
+        token: Some(VaultTokenAuth {
+            secret_ref: SecretKeySelector {
+                name: "vault-token".into(),
+                key: "token".into(),
+            },
+        }),
+        ..Default::default()
+    }
+}
+
+fn source(server: &str, mount: &str, kv_version: u8, auth: VaultAuth) -> VaultSource {
+    VaultSource {
+        server: server.to_string(),
+        namespace: None,
+        mount: mount.to_string(),
+        kv_version,
+        ca_bundle: None,
+        auth,
+    }
+}
+
+/// A token-auth backend on the shared server.
+async fn connect_token(prefix: &str, mount: &str, kv_version: u8, token: &str) -> VaultBackend {
+    VaultBackend::connect(
+        prefix.to_string(),
+        &source(&bao_addr(), mount, kv_version, token_auth()),
+        &MapCredentials::with("vault-token", "token", token),
+    )
+    .await
+    .unwrap()
+}
+
+fn json_of(value: &SecretValue) -> Value {
+    serde_json::from_slice(value.as_bytes()).unwrap()
+}
+
+fn text(value: &SecretValue) -> &str {
+    value.as_str().unwrap()
+}
+
+fn versioned(key: &str, version: &str) -> ReadRequest {
+    ReadRequest {
+        key: key.to_string(),
+        version: Some(version.to_string()),
+    }
+}
+
+async fn read_err(backend: &VaultBackend, req: ReadRequest) -> BackendError {
+    match backend.read(&req).await {
+        Ok(v) => panic!("read of {req:?} succeeded unexpectedly ({v:?})"),
+        Err(e) => e,
+    }
+}
+
+/// Counts the audit log's "request" entries whose path is exactly `path` (for example
+/// `secret/data/app/db`). Request entries are written before the request is handled, so
+/// every request answered so far is counted. Use a key no other test touches.
+///
+/// Reusable by the cache's coalescing test: N concurrent reads through `SourceCache`
+/// should show up here as one request.
+pub fn count_audit_requests(log: &Path, path: &str) -> usize {
+    let Ok(content) = std::fs::read_to_string(log) else {
+        return 0;
+    };
+    content
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| {
+            entry["type"] == "request" && entry["request"]["path"].as_str() == Some(path)
+        })
+        .count()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private OpenBao dev server, killed when dropped.
+struct PrivateBao {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateBao {
+    async fn start(tls: bool) -> PrivateBao {
+        let bin = required_env("SECRETSYNC_BAO_BIN");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.arg("server")
+            .arg("-dev")
+            .arg("-dev-root-token-id=root")
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            // Keep the dev server's token helper file out of the real home directory.
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if tls {
+            cmd.arg("-dev-tls")
+                .arg(format!("-dev-tls-cert-dir={}", dir.path().display()));
+        }
+        let child = cmd.spawn().unwrap();
+        let scheme = if tls { "https" } else { "http" };
+        let server = PrivateBao {
+            child,
+            addr: format!("{scheme}://127.0.0.1:{port}"),
+            dir,
+        };
+        server.wait_ready(tls).await;
+        server
+    }
+
+    async fn wait_ready(&self, tls: bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(2));
+            // With -dev-tls the CA file appears once the server has generated it.
+            if tls && let Ok(pem) = std::fs::read(self.dir.path().join("vault-ca.pem")) {
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default();
+                builder = builder.tls_certs_only(certs);
+            }
+            if let Ok(client) = builder.build() {
+                let ready = client
+                    .get(format!("{}/v1/sys/health", self.addr))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ready {
+                    return;
+                }
+            }
+            let log = std::fs::read_to_string(self.dir.path().join("bao.log")).unwrap_or_default();
+            assert!(
+                Instant::now() < deadline,
+                "private OpenBao did not start at {}; log:\n{log}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vault-ca.pem")).unwrap()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateBao {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reads
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn kv2_read_returns_the_field_map_as_json() {
+    let admin = Admin::shared();
+    let mount = unique("kv2");
+    admin.enable_kv(&mount, 2).await;
+    admin
+        .put_v2(
+            &mount,
+            "database/creds",
+            json!({"username": "shop", "password": "s3cret", "port": 5432, "opts": {"ssl": true}}),
+        )
+        .await;
+
+    let backend = connect_token("", &mount, 2, &root_token()).await;
+    backend.validate().await.unwrap();
+    let value = backend
+        .read(&ReadRequest::latest("database/creds"))
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(&value),
+        json!({"username": "shop", "password": "s3cret", "port": 5432, "opts": {"ssl": true}})
+    );
+
+    // property and extract are applied by the caller on the returned JSON.
+    let password = keys::extract_property(&value, "database/creds", "password").unwrap();
+    assert_eq!(text(&password), "s3cret");
+    let port = keys::extract_property(&value, "database/creds", "port").unwrap();
+    assert_eq!(text(&port), "5432");
+    let opts = keys::extract_property(&value, "database/creds", "opts").unwrap();
+    assert_eq!(json_of(&opts), json!({"ssl": true}));
+    let missing = keys::extract_property(&value, "database/creds", "nope").unwrap_err();
+    assert_eq!(missing.reason, Reason::SecretNotFound);
+
+    let all = keys::extract_all(&value, "database/creds").unwrap();
+    assert_eq!(
+        all.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["opts", "password", "port", "username"]
+    );
+    assert_eq!(text(&all["username"]), "shop");
+}
+
+#[tokio::test]
+async fn kv1_read_and_version_is_refused() {
+    let admin = Admin::shared();
+    let mount = unique("kv1");
+    admin.enable_kv(&mount, 1).await;
+    admin
+        .put_v1(
+            &mount,
+            "app/config",
+            json!({"url": "https://x", "token": "t0k"}),
+        )
+        .await;
+
+    let backend = connect_token("", &mount, 1, &root_token()).await;
+    let value = backend
+        .read(&ReadRequest::latest("app/config"))
+        .await
+        .unwrap();
+    assert_eq!(json_of(&value), json!({"url": "https://x", "token": "t0k"}));
+    let token = keys::extract_property(&value, "app/config", "token").unwrap();
+    assert_eq!(text(&token), "t0k");
+
+    let err = read_err(&backend, versioned("app/config", "1")).await;
+    assert_eq!(err.reason, Reason::InvalidConfig, "{err}");
+    assert!(err.message.contains("app/config"), "{err}");
+
+    let err = read_err(&backend, ReadRequest::latest("app/missing")).await;
+    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
+}
+
+#[tokio::test]
+async fn kv2_version_pins() {
+    let admin = Admin::shared();
+    let mount = unique("kv2v");
+    admin.enable_kv(&mount, 2).await;
+    assert_eq!(
+        admin.put_v2(&mount, "db", json!({"password": "one"})).await,
+        1
+    );
+    assert_eq!(
+        admin.put_v2(&mount, "db", json!({"password": "two"})).await,
+        2
+    );
+
+    let backend = connect_token("", &mount, 2, &root_token()).await;
+    let latest = backend.read(&ReadRequest::latest("db")).await.unwrap();
+    assert_eq!(json_of(&latest), json!({"password": "two"}));
+    let v1 = backend.read(&versioned("db", "1")).await.unwrap();
+    assert_eq!(json_of(&v1), json!({"password": "one"}));
+    let v2 = backend.read(&versioned("db", "2")).await.unwrap();
+    assert_eq!(json_of(&v2), json!({"password": "two"}));
+
+    for bad in ["abc", "-1", "0", "1.5"] {
+        let err = read_err(&backend, versioned("db", bad)).await;
+        assert_eq!(err.reason, Reason::InvalidConfig, "{bad}: {err}");
+        assert!(err.message.contains("\"db\""), "names the key: {err}");
+    }
+
+    let err = read_err(&backend, versioned("db", "7")).await;
+    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
+
+    // Soft-deleted and destroyed versions are not found.
+    admin
+        .ok(
+            "POST",
+            &format!("{mount}/delete/db"),
+            Some(json!({"versions": [1]})),
+        )
+        .await;
+    let err = read_err(&backend, versioned("db", "1")).await;
+    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
+    admin
+        .ok(
+            "PUT",
+            &format!("{mount}/destroy/db"),
+            Some(json!({"versions": [2]})),
+        )
+        .await;
+    let err = read_err(&backend, versioned("db", "2")).await;
+    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
+    let err = read_err(&backend, ReadRequest::latest("db")).await;
+    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
+}
+
+#[tokio::test]
+async fn prefix_is_prepended_and_invisible() {
+    let admin = Admin::shared();
+    let mount = unique("kvp");
+    admin.enable_kv(&mount, 2).await;
+    admin
+        .put_v2(
+            &mount,
+            "apps/shop/database",
+            json!({"url": "postgres://db"}),
+        )
+        .await;
+    admin
+        .put_v2(&mount, "apps/shopfront", json!({"url": "https://front"}))
+        .await;
+
+    let backend = connect_token("apps/shop/", &mount, 2, &root_token()).await;
+    let value = backend
+        .read(&ReadRequest::latest("database"))
+        .await
+        .unwrap();
+    assert_eq!(json_of(&value), json!({"url": "postgres://db"}));
+    assert_eq!(backend.list("").await.unwrap(), ["database"]);
+
+    // The prefix is literal: without a trailing slash it is a name prefix.
+    let backend = connect_token("apps/shop", &mount, 2, &root_token()).await;
+    let value = backend.read(&ReadRequest::latest("front")).await.unwrap();
+    assert_eq!(json_of(&value), json!({"url": "https://front"}));
+    assert_eq!(backend.list("").await.unwrap(), ["/database", "front"]);
+
+    // Keys cannot climb out of the prefix.
+    for bad in ["../other", "a//b", "./x", ""] {
+        let err = read_err(&backend, ReadRequest::latest(bad)).await;
+        assert_eq!(err.reason, Reason::InvalidConfig, "{bad:?}: {err}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Listing (find)
+// ---------------------------------------------------------------------------------------
+
+async fn seed_tree(admin: &Admin, mount: &str, version: u8) {
+    for key in [
+        "apps/shop/db",
+        "apps/shop/api/key",
+        "apps/shop/api/deep/er/most",
+        "apps/other/x",
+        "apps",
+        "top",
+    ] {
+        let data = json!({ "k": key });
+        if version == 2 {
+            admin.put_v2(mount, key, data).await;
+        } else {
+            admin.put_v1(mount, key, data).await;
+        }
+    }
+}
+
+async fn check_listing(backend: &VaultBackend) {
+    assert_eq!(
+        backend.list("").await.unwrap(),
+        [
+            "apps",
+            "apps/other/x",
+            "apps/shop/api/deep/er/most",
+            "apps/shop/api/key",
+            "apps/shop/db",
+            "top"
+        ]
+    );
+    assert_eq!(
+        backend.list("apps/").await.unwrap(),
+        [
+            "apps/other/x",
+            "apps/shop/api/deep/er/most",
+            "apps/shop/api/key",
+            "apps/shop/db"
+        ]
+    );
+    assert_eq!(
+        backend.list("apps/sh").await.unwrap(),
+        [
+            "apps/shop/api/deep/er/most",
+            "apps/shop/api/key",
+            "apps/shop/db"
+        ]
+    );
+    assert_eq!(backend.list("t").await.unwrap(), ["top"]);
+    assert!(backend.list("nothing/here/").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn kv2_list_is_recursive() {
+    let admin = Admin::shared();
+    let mount = unique("kv2l");
+    admin.enable_kv(&mount, 2).await;
+    let backend = connect_token("", &mount, 2, &root_token()).await;
+    assert!(backend.list("").await.unwrap().is_empty(), "empty mount");
+    seed_tree(&admin, &mount, 2).await;
+    check_listing(&backend).await;
+
+    let prefixed = connect_token("apps/", &mount, 2, &root_token()).await;
+    assert_eq!(
+        prefixed.list("").await.unwrap(),
+        [
+            "other/x",
+            "shop/api/deep/er/most",
+            "shop/api/key",
+            "shop/db"
+        ]
+    );
+    assert_eq!(
+        prefixed.list("shop/api/").await.unwrap(),
+        ["shop/api/deep/er/most", "shop/api/key"]
+    );
+}
+
+#[tokio::test]
+async fn kv1_list_is_recursive() {
+    let admin = Admin::shared();
+    let mount = unique("kv1l");
+    admin.enable_kv(&mount, 1).await;
+    let backend = connect_token("", &mount, 1, &root_token()).await;
+    assert!(backend.list("").await.unwrap().is_empty(), "empty mount");
+    seed_tree(&admin, &mount, 1).await;
+    check_listing(&backend).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Auth
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn token_auth_with_policy() {
+    let admin = Admin::shared();
+    let mount = unique("kvt");
+    admin.enable_kv(&mount, 2).await;
+    admin.put_v2(&mount, "allowed/a", json!({"v": "1"})).await;
+    admin.put_v2(&mount, "denied/b", json!({"v": "2"})).await;
+    let policy = unique("pol");
+    admin
+        .policy(
+            &policy,
+            &format!(
+                "path \"{mount}/data/allowed/*\" {{ capabilities = [\"read\"] }}\n\
+                 path \"{mount}/metadata/*\" {{ capabilities = [\"list\"] }}\n"
+            ),
+        )
+        .await;
+    let token = admin.token_with_policy(&policy).await;
+
+    let backend = connect_token("", &mount, 2, &token).await;
+    backend.validate().await.unwrap();
+    let value = backend
+        .read(&ReadRequest::latest("allowed/a"))
+        .await
+        .unwrap();
+    assert_eq!(json_of(&value), json!({"v": "1"}));
+    let err = read_err(&backend, ReadRequest::latest("denied/b")).await;
+    assert_eq!(err.reason, Reason::AccessDenied, "{err}");
+    assert!(err.message.contains("denied/b"), "{err}");
+    assert_eq!(backend.list("").await.unwrap(), ["allowed/a", "denied/b"]);
+}
+
+#[tokio::test]
+async fn token_falls_back_to_vault_token_env_only_when_secret_is_missing() {
+    let admin = Admin::shared();
+    let mount = unique("kvf");
+    admin.enable_kv(&mount, 2).await;
+    admin.put_v2(&mount, "k", json!({"v": "1"})).await;
+    let spec = source(&bao_addr(), &mount, 2, token_auth());
+
+    let creds = MapCredentials {
+        vault_token: Some(root_token()),
+        ..Default::default()
+    };
+    let backend = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .unwrap();
+    backend.read(&ReadRequest::latest("k")).await.unwrap();
+
+    // The Secret wins over the fallback.
+    let mut creds = MapCredentials::with("vault-token", "token", "wrong-token");
+    creds.vault_token = Some(root_token());
+    let backend = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .unwrap();
+    let err = read_err(&backend, ReadRequest::latest("k")).await;
+    assert_eq!(err.reason, Reason::AccessDenied, "{err}");
+
+    // Neither: InvalidConfig naming the Secret.
+    let err = VaultBackend::connect(String::new(), &spec, &MapCredentials::default())
+        .await
+        .err()
+        .expect("connect without credentials must fail");
+    assert_eq!(err.reason, Reason::InvalidConfig, "{err}");
+    assert!(err.message.contains("vault-token"), "{err}");
+}
+
+#[tokio::test]
+async fn wrong_token_is_access_denied() {
+    let admin = Admin::shared();
+    let mount = unique("kvw");
+    admin.enable_kv(&mount, 2).await;
+    admin.put_v2(&mount, "k", json!({"v": "1"})).await;
+    let backend = connect_token("", &mount, 2, "not-a-real-token").await;
+    let err = read_err(&backend, ReadRequest::latest("k")).await;
+    assert_eq!(err.reason, Reason::AccessDenied, "{err}");
+    let err = backend.validate().await.unwrap_err();
+    assert_eq!(err.reason, Reason::AccessDenied, "{err}");
+    let err = backend.list("").await.unwrap_err();
+    assert_eq!(err.reason, Reason::AccessDenied, "{err}");
+}
+
+#[tokio::test]
+async fn missing_key_is_not_found() {
+    let admin = Admin::shared();
+    let mount = unique("kvm");
+    admin.enable_kv(&mount, 2).await;
+    let backend = connect_token("", &mount, 2, &root_token()).await;
+    let err = read_err(&backend, ReadRequest::latest("no/such/key")).await;
+    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
+    assert!(err.message.contains("no/such/key"), "{err}");
+}
+
+fn approle_auth(mount: &str, role_id: &str) -> VaultAuth {
+    VaultAuth {
+        app_role: Some(VaultAppRoleAuth {
+            role_id: role_id.to_string(),
+            secret_ref: SecretKeySelector {
+                name: "approle".into(),
+                key: "secret-id".into(),
+            },
+            mount_path: mount.to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn approle_auth_reads_within_its_policy() {
+    let admin = Admin::shared();
+    let mount = unique("kva");
+    admin.enable_kv(&mount, 2).await;
+    admin
+        .put_v2(&mount, "shop/db", json!({"password": "pw"}))
+        .await;
+    admin
+        .put_v2(&mount, "other/db", json!({"password": "no"}))
+        .await;
+    let policy = unique("pol");
+    admin
+        .policy(
+            &policy,
+            &format!("path \"{mount}/data/shop/*\" {{ capabilities = [\"read\"] }}"),
+        )
+        .await;
+    let auth_mount = unique("approle");
+    let (role_id, secret_id) = admin.approle(&auth_mount, "shop", &policy, "1h").await;
+
+    let spec = source(&bao_addr(), &mount, 2, approle_auth(&auth_mount, &role_id));
+    let creds = MapCredentials::with("approle", "secret-id", &secret_id);
+    let backend = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .unwrap();
+    backend.validate().await.unwrap();
+    let value = backend.read(&ReadRequest::latest("shop/db")).await.unwrap();
+    assert_eq!(json_of(&value), json!({"password": "pw"}));
+    let err = read_err(&backend, ReadRequest::latest("other/db")).await;
+    assert_eq!(err.reason, Reason::AccessDenied, "{err}");
+
+    // A wrong secret ID fails at connect with AccessDenied.
+    let wrong = MapCredentials::with(
+        "approle",
+        "secret-id",
+        "00000000-0000-0000-0000-000000000000",
+    );
+    let err = VaultBackend::connect(String::new(), &spec, &wrong)
+        .await
+        .err()
+        .expect("wrong secret id must fail");
+    assert_eq!(err.reason, Reason::AccessDenied, "{err}");
+
+    // An auth mount that does not exist is a configuration error.
+    let spec = source(
+        &bao_addr(),
+        &mount,
+        2,
+        approle_auth("no-such-approle", &role_id),
+    );
+    let err = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .err()
+        .expect("missing auth mount must fail");
+    assert!(
+        matches!(err.reason, Reason::InvalidConfig | Reason::AccessDenied),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn approle_token_is_renewed_before_expiry() {
+    let admin = Admin::shared();
+    let mount = unique("kvr");
+    admin.enable_kv(&mount, 2).await;
+    admin.put_v2(&mount, "k", json!({"v": "1"})).await;
+    let policy = unique("pol");
+    admin
+        .policy(
+            &policy,
+            &format!("path \"{mount}/data/*\" {{ capabilities = [\"read\"] }}"),
+        )
+        .await;
+    let auth_mount = unique("approle");
+    // Tokens live 3 s and cannot be renewed past that: reads after 3 s only work if the
+    // backend logged in again.
+    let (role_id, secret_id) = admin.approle(&auth_mount, "r", &policy, "3s").await;
+    let spec = source(&bao_addr(), &mount, 2, approle_auth(&auth_mount, &role_id));
+    let creds = MapCredentials::with("approle", "secret-id", &secret_id);
+    let backend = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .unwrap();
+    let login_path = format!("auth/{auth_mount}/login");
+    for _ in 0..4 {
+        backend.read(&ReadRequest::latest("k")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    backend.read(&ReadRequest::latest("k")).await.unwrap();
+    let logins = count_audit_requests(&audit_log(), &login_path);
+    assert!(logins >= 2, "expected re-logins, saw {logins}");
+}
+
+#[tokio::test]
+async fn approle_relogs_in_once_after_403() {
+    let admin = Admin::shared();
+    let mount = unique("kv403");
+    admin.enable_kv(&mount, 2).await;
+    admin.put_v2(&mount, "k", json!({"v": "1"})).await;
+    let policy = unique("pol");
+    admin
+        .policy(
+            &policy,
+            &format!("path \"{mount}/data/k\" {{ capabilities = [\"read\"] }}"),
+        )
+        .await;
+    let auth_mount = unique("approle");
+    let (role_id, secret_id) = admin.approle(&auth_mount, "r", &policy, "1h").await;
+    let spec = source(&bao_addr(), &mount, 2, approle_auth(&auth_mount, &role_id));
+    let creds = MapCredentials::with("approle", "secret-id", &secret_id);
+    let backend = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .unwrap();
+    backend.read(&ReadRequest::latest("k")).await.unwrap();
+
+    // Revoke every token issued by this AppRole mount (as if it had been revoked or
+    // expired early), after the minimum re-login interval.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    admin
+        .ok(
+            "PUT",
+            &format!("sys/leases/revoke-prefix/auth/{auth_mount}"),
+            None,
+        )
+        .await;
+    let login_path = format!("auth/{auth_mount}/login");
+    let before = count_audit_requests(&audit_log(), &login_path);
+    backend.read(&ReadRequest::latest("k")).await.unwrap();
+    assert_eq!(count_audit_requests(&audit_log(), &login_path), before + 1);
+    // A policy denial on a fresh token does not trigger another login.
+    admin.put_v2(&mount, "denied", json!({"v": "2"})).await;
+    let err = read_err(&backend, ReadRequest::latest("denied")).await;
+    assert_eq!(err.reason, Reason::AccessDenied, "{err}");
+    assert_eq!(count_audit_requests(&audit_log(), &login_path), before + 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration errors
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bad_configuration_is_invalid_config() {
+    let creds = MapCredentials::with("vault-token", "token", "t");
+    let cases = [
+        ("not a url", None),
+        ("ftp://127.0.0.1:1", None),
+        ("http://127.0.0.1:1/vault", None),
+        ("https://127.0.0.1:1", Some("not a pem")),
+        (
+            "https://127.0.0.1:1",
+            Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+        ),
+    ];
+    for (server, ca) in cases {
+        let mut spec = source(server, "secret", 2, token_auth());
+        spec.ca_bundle = ca.map(str::to_string);
+        let err = VaultBackend::connect(String::new(), &spec, &creds)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{server} / {ca:?} must fail"));
+        assert_eq!(err.reason, Reason::InvalidConfig, "{server} {ca:?}: {err}");
+    }
+
+    let mut spec = source(&bao_addr(), "secret", 3, token_auth());
+    let err = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.reason, Reason::InvalidConfig, "{err}");
+
+    spec.kv_version = 2;
+    spec.auth = VaultAuth::default();
+    let err = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.reason, Reason::InvalidConfig, "{err}");
+
+    let mut both = token_auth();
+    both.app_role = approle_auth("approle", "r").app_role;
+    spec.auth = both;
+    let err = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.reason, Reason::InvalidConfig, "{err}");
+
+    // A token that cannot be sent as a header is refused, without echoing it.
+    let spec = source(&bao_addr(), "secret", 2, token_auth());
+    let bad = MapCredentials::with("vault-token", "token", "abc\u{1}def");
+    let err = VaultBackend::connect(String::new(), &spec, &bad)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.reason, Reason::InvalidConfig, "{err}");
+    assert!(!err.message.contains("abc"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Outages (private servers)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn stopped_server_is_backend_unavailable() {
+    let mut bao = PrivateBao::start(false).await;
+    let admin = Admin::new(&bao.addr, "root");
+    admin.put_v2("secret", "k", json!({"v": "1"})).await;
+    let spec = source(&bao.addr, "secret", 2, token_auth());
+    let backend = VaultBackend::connect(
+        String::new(),
+        &spec,
+        &MapCredentials::with("vault-token", "token", "root"),
+    )
+    .await
+    .unwrap();
+    backend.read(&ReadRequest::latest("k")).await.unwrap();
+
+    bao.stop();
+    let err = read_err(&backend, ReadRequest::latest("k")).await;
+    assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
+    assert!(err.message.contains("\"k\""), "{err}");
+    let err = backend.list("").await.unwrap_err();
+    assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
+    let err = backend.validate().await.unwrap_err();
+    assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
+}
+
+#[tokio::test]
+async fn sealed_server_is_backend_unavailable() {
+    let bao = PrivateBao::start(false).await;
+    let admin = Admin::new(&bao.addr, "root");
+    admin.put_v2("secret", "k", json!({"v": "1"})).await;
+    let spec = source(&bao.addr, "secret", 2, token_auth());
+    let backend = VaultBackend::connect(
+        String::new(),
+        &spec,
+        &MapCredentials::with("vault-token", "token", "root"),
+    )
+    .await
+    .unwrap();
+    backend.read(&ReadRequest::latest("k")).await.unwrap();
+
+    admin.ok("PUT", "sys/seal", None).await;
+    let err = read_err(&backend, ReadRequest::latest("k")).await;
+    assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
+    let err = backend.validate().await.unwrap_err();
+    assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
+}
+
+#[tokio::test]
+async fn tls_with_ca_bundle() {
+    let bao = PrivateBao::start(true).await;
+    let ca = bao.ca_pem();
+    let creds = MapCredentials::with("vault-token", "token", "root");
+    let mut spec = source(&bao.addr, "secret", 2, token_auth());
+    spec.ca_bundle = Some(ca.clone());
+    let backend = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .unwrap();
+    backend.validate().await.unwrap();
+    let err = read_err(&backend, ReadRequest::latest("missing")).await;
+    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
+
+    // Without the CA the server's certificate is not trusted.
+    spec.ca_bundle = None;
+    let backend = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .unwrap();
+    let err = backend.validate().await.unwrap_err();
+    assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
+    assert!(err.message.to_lowercase().contains("certificate"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Namespaces
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn namespaces_are_sent_as_header() {
+    let admin = Admin::shared();
+    let ns = unique("ns");
+    let (status, body) = admin
+        .call("POST", &format!("sys/namespaces/{ns}"), None)
+        .await;
+    assert!(
+        (200..300).contains(&status),
+        "this OpenBao does not support namespaces ({status}: {body})"
+    );
+    let in_ns = admin.in_namespace(&ns);
+    in_ns.enable_kv("kv", 2).await;
+    in_ns
+        .put_v2("kv", "app/db", json!({"password": "ns-pw"}))
+        .await;
+
+    let mut spec = source(&bao_addr(), "kv", 2, token_auth());
+    spec.namespace = Some(ns.clone());
+    let creds = MapCredentials::with("vault-token", "token", &root_token());
+    let backend = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .unwrap();
+    backend.validate().await.unwrap();
+    let value = backend.read(&ReadRequest::latest("app/db")).await.unwrap();
+    assert_eq!(json_of(&value), json!({"password": "ns-pw"}));
+    assert_eq!(backend.list("").await.unwrap(), ["app/db"]);
+
+    // Without the namespace the mount does not exist.
+    spec.namespace = None;
+    let backend = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .unwrap();
+    let err = read_err(&backend, ReadRequest::latest("app/db")).await;
+    assert_ne!(err.reason, Reason::BackendUnavailable, "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Request counting (audit log) and secret hygiene
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn audit_log_counts_every_read() {
+    let admin = Admin::shared();
+    let mount = unique("kvc");
+    admin.enable_kv(&mount, 2).await;
+    let key = unique("counted");
+    admin.put_v2(&mount, &key, json!({"v": "1"})).await;
+    let path = format!("{mount}/data/{key}");
+    let log = audit_log();
+    assert_eq!(count_audit_requests(&log, &path), 1, "the write");
+
+    let backend = connect_token("", &mount, 2, &root_token()).await;
+    for _ in 0..100 {
+        backend
+            .read(&ReadRequest::latest(key.as_str()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(count_audit_requests(&log, &path), 101);
+}
+
+/// Captures every tracing event (all levels, all crates) into a buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn canary_never_appears_in_errors_or_logs() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let canary = format!("CANARY-{}", unique("c"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let messages = tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(canary_scenario(&canary))
+    });
+    assert!(messages.len() >= 6, "{messages:?}");
+    for m in &messages {
+        assert!(!m.contains(&canary), "canary leaked into an error: {m}");
+    }
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("vault request"), "debug events are emitted");
+    assert!(!logs.contains(&canary), "canary leaked into logs");
+    assert!(!logs.contains("CANARY"), "canary leaked into logs");
+}
+
+/// Drives error paths around a planted canary value; returns every error's Display and
+/// Debug text.
+async fn canary_scenario(canary: &str) -> Vec<String> {
+    let admin = Admin::shared();
+    let mount = unique("kvcan");
+    admin.enable_kv(&mount, 2).await;
+    admin
+        .put_v2(
+            &mount,
+            "app",
+            json!({"password": canary, "nested": {"inner": canary}, "list": [canary]}),
+        )
+        .await;
+    let mut errors: Vec<BackendError> = Vec::new();
+
+    let good = connect_token("", &mount, 2, &root_token()).await;
+    let value = good.read(&ReadRequest::latest("app")).await.unwrap();
+    assert!(!format!("{value:?}").contains(canary));
+    let all = keys::extract_all(&value, "app").unwrap();
+    assert!(!format!("{all:?}").contains(canary));
+    // Missing property.
+    errors.push(keys::extract_property(&value, "app", "missing").unwrap_err());
+    // A property on a value that is not JSON (the canary string itself).
+    let password = keys::extract_property(&value, "app", "password").unwrap();
+    errors.push(keys::extract_property(&password, "app", "x").unwrap_err());
+    errors.push(keys::extract_all(&password, "app").unwrap_err());
+    // Wrong token.
+    let bad = connect_token("", &mount, 2, "wrong-token").await;
+    errors.push(bad.read(&ReadRequest::latest("app")).await.unwrap_err());
+    errors.push(bad.list("").await.unwrap_err());
+    // Missing and deleted versions.
+    errors.push(good.read(&versioned("app", "9")).await.unwrap_err());
+    admin
+        .ok(
+            "POST",
+            &format!("{mount}/delete/app"),
+            Some(json!({"versions": [1]})),
+        )
+        .await;
+    errors.push(good.read(&versioned("app", "1")).await.unwrap_err());
+    // A KV v1 read of a v2 mount (wrong kvVersion) answers with a different body shape.
+    let v1 = connect_token("", &mount, 1, &root_token()).await;
+    if let Err(e) = v1.read(&ReadRequest::latest("app")).await {
+        errors.push(e);
+    }
+
+    let mut out = Vec::new();
+    for e in errors {
+        out.push(e.to_string());
+        out.push(format!("{e:?}"));
+    }
+    let _ = std::io::stderr().flush();
+    out
+}
