@@ -1,1 +1,28 @@
-//! placeholder
+//! Test kit of secretsync: an in-process fake Kubernetes API server faithful enough for
+//! `kube::Client`, kube-runtime watchers and `kubectl`, plus an end-to-end harness that
+//! starts processes (the operator, OpenBao, moto) and cleans them up.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), secretsync_testkit::TestkitError> {
+//! let server = secretsync_testkit::FakeApiServer::start().await?;
+//! server.install_secretsync_crds()?;
+//! let client = server.client().await?;
+//! # let _ = client; Ok(()) }
+//! ```
+
+mod discovery;
+pub mod harness;
+mod http;
+mod managed;
+mod patch;
+mod resources;
+pub mod selectors;
+mod server;
+mod status;
+mod store;
+mod util;
+mod validation;
+
+pub use server::{FakeApiServer, Options, TestkitError, kubeconfig_for};
+pub use status::{ApiError, Cause, Details};
+pub use store::DEFAULT_AUDIENCE;

@@ -1,0 +1,528 @@
+//! Conformance of the fake API server through `kube::Client`: CRUD, selectors, pagination,
+//! optimistic concurrency, validation, finalizers, garbage collection, patches, faults.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::Status;
+use kube::{Client, ResourceExt};
+use secretsync_testkit::FakeApiServer;
+use secretsync_testkit::harness::wait_for;
+use serde_json::json;
+
+async fn setup() -> (FakeApiServer, Client) {
+    let server = FakeApiServer::start().await.expect("start fake");
+    let client = server.client().await.expect("client");
+    (server, client)
+}
+
+fn secret(name: &str, labels: &[(&str, &str)]) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.into());
+    s.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    s.data = Some(BTreeMap::from([(
+        "k".to_string(),
+        ByteString(b"v".to_vec()),
+    )]));
+    s
+}
+
+fn cm(name: &str) -> ConfigMap {
+    let mut c = ConfigMap::default();
+    c.metadata.name = Some(name.into());
+    c.data = Some(BTreeMap::from([("a".to_string(), "1".to_string())]));
+    c
+}
+
+fn api_err(e: kube::Error) -> Status {
+    match e {
+        kube::Error::Api(s) => *s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn crud_roundtrip() {
+    let (_s, client) = setup().await;
+    let api: Api<Secret> = Api::namespaced(client, "ns1");
+    let created = api
+        .create(&PostParams::default(), &secret("a", &[]))
+        .await
+        .unwrap();
+    assert!(created.metadata.uid.is_some());
+    assert!(created.metadata.resource_version.is_some());
+    assert!(created.metadata.creation_timestamp.is_some());
+    assert_eq!(created.metadata.generation, None);
+    assert_eq!(created.type_.as_deref(), Some("Opaque"));
+    let got = api.get("a").await.unwrap();
+    assert_eq!(got.data.unwrap()["k"].0, b"v");
+    let err = api_err(
+        api.create(&PostParams::default(), &secret("a", &[]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (409, "AlreadyExists"));
+    let err = api_err(api.get("nope").await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (404, "NotFound"));
+    api.delete("a", &DeleteParams::default()).await.unwrap();
+    assert!(api.get_opt("a").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn generate_name_and_string_data() {
+    let (_s, client) = setup().await;
+    let api: Api<Secret> = Api::namespaced(client, "ns1");
+    let mut s = Secret::default();
+    s.metadata.generate_name = Some("gen-".into());
+    s.string_data = Some(BTreeMap::from([("p".to_string(), "hello".to_string())]));
+    let created = api.create(&PostParams::default(), &s).await.unwrap();
+    let name = created.name_any();
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+    assert_eq!(created.data.unwrap()["p"].0, b"hello");
+    assert!(created.string_data.is_none());
+}
+
+#[tokio::test]
+async fn label_selectors() {
+    let (_s, client) = setup().await;
+    let api: Api<Secret> = Api::namespaced(client, "sel");
+    for (n, l) in [
+        ("a", vec![("app", "web"), ("tier", "fe")]),
+        ("b", vec![("app", "db")]),
+        ("c", vec![("app", "cache"), ("tier", "be")]),
+        ("d", vec![]),
+    ] {
+        api.create(&PostParams::default(), &secret(n, &l))
+            .await
+            .unwrap();
+    }
+    let names = |sel: &'static str| {
+        let api = api.clone();
+        async move {
+            let mut v: Vec<String> = api
+                .list(&ListParams::default().labels(sel))
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|s| s.name_any())
+                .collect();
+            v.sort();
+            v.join(",")
+        }
+    };
+    assert_eq!(names("app=web").await, "a");
+    assert_eq!(names("app==db").await, "b");
+    assert_eq!(names("app!=web").await, "b,c,d");
+    assert_eq!(names("app in (web,db)").await, "a,b");
+    assert_eq!(names("app notin (web,db)").await, "c,d");
+    assert_eq!(names("tier").await, "a,c");
+    assert_eq!(names("!tier").await, "b,d");
+    assert_eq!(names("app,!tier").await, "b");
+    assert_eq!(names("").await, "a,b,c,d");
+}
+
+#[tokio::test]
+async fn field_selectors_and_cluster_wide_list() {
+    let (_s, client) = setup().await;
+    for ns in ["n1", "n2"] {
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        api.create(&PostParams::default(), &secret("x", &[]))
+            .await
+            .unwrap();
+        api.create(&PostParams::default(), &secret("y", &[]))
+            .await
+            .unwrap();
+    }
+    let all: Api<Secret> = Api::all(client.clone());
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        4
+    );
+    let xs = all
+        .list(&ListParams::default().fields("metadata.name=x"))
+        .await
+        .unwrap();
+    assert_eq!(xs.items.len(), 2);
+    let n2 = all
+        .list(&ListParams::default().fields("metadata.namespace=n2,metadata.name!=x"))
+        .await
+        .unwrap();
+    assert_eq!(n2.items.len(), 1);
+    assert_eq!(n2.items[0].namespace().as_deref(), Some("n2"));
+}
+
+#[tokio::test]
+async fn pagination() {
+    let (_s, client) = setup().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "pg");
+    for i in 0..7 {
+        api.create(&PostParams::default(), &cm(&format!("cm-{i}")))
+            .await
+            .unwrap();
+    }
+    let mut lp = ListParams::default().limit(3);
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = api.list(&lp).await.unwrap();
+        pages += 1;
+        seen.extend(page.items.iter().map(|c| c.name_any()));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => {
+                assert!(page.metadata.remaining_item_count.unwrap() > 0);
+                lp = lp.continue_token(&c);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let want: Vec<String> = (0..7).map(|i| format!("cm-{i}")).collect();
+    assert_eq!(seen, want);
+}
+
+#[tokio::test]
+async fn optimistic_concurrency() {
+    let (_s, client) = setup().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "oc");
+    api.create(&PostParams::default(), &cm("c")).await.unwrap();
+    let mut first = api.get("c").await.unwrap();
+    let mut second = first.clone();
+    first.data = Some(BTreeMap::from([("a".into(), "2".into())]));
+    let updated = api
+        .replace("c", &PostParams::default(), &first)
+        .await
+        .unwrap();
+    assert_ne!(
+        updated.metadata.resource_version,
+        second.metadata.resource_version
+    );
+    second.data = Some(BTreeMap::from([("a".into(), "3".into())]));
+    let err = api_err(
+        api.replace("c", &PostParams::default(), &second)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    // a no-op update keeps the resource version
+    let again = api
+        .replace("c", &PostParams::default(), &updated)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.metadata.resource_version,
+        updated.metadata.resource_version
+    );
+}
+
+#[tokio::test]
+async fn validation_errors() {
+    let (_s, client) = setup().await;
+    let api: Api<Secret> = Api::namespaced(client, "v");
+    api.create(&PostParams::default(), &secret("ok", &[]))
+        .await
+        .unwrap();
+    let err = api_err(
+        api.patch(
+            "ok",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"bad": "not base64!"}})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    let causes = err.details.unwrap().causes;
+    assert_eq!(causes[0].field, "data[bad]");
+    let err = api_err(
+        api.create(&PostParams::default(), &secret("Bad_Name", &[]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("metadata.name"), "{}", err.message);
+    let mut nameless = secret("x", &[]);
+    nameless.metadata.name = None;
+    let err = api_err(
+        api.create(&PostParams::default(), &nameless)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+}
+
+#[tokio::test]
+async fn finalizer_blocks_deletion() {
+    let (_s, client) = setup().await;
+    let api: Api<Secret> = Api::namespaced(client, "fin");
+    let mut s = secret("f", &[]);
+    s.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    api.create(&PostParams::default(), &s).await.unwrap();
+    let res = api.delete("f", &DeleteParams::default()).await.unwrap();
+    let pending = res
+        .left()
+        .expect("object returned while finalizers pending");
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    let still = api.get("f").await.unwrap();
+    assert!(still.metadata.deletion_timestamp.is_some());
+    api.patch(
+        "f",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(api.get_opt("f").await.unwrap().is_none());
+}
+
+fn owner_ref(c: &ConfigMap) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: c.name_any(),
+        uid: c.uid().unwrap(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+#[tokio::test]
+async fn garbage_collection_of_owned_objects() {
+    let (_s, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "gc");
+    let secrets: Api<Secret> = Api::namespaced(client, "gc");
+    let o1 = cms.create(&PostParams::default(), &cm("o1")).await.unwrap();
+    let o2 = cms.create(&PostParams::default(), &cm("o2")).await.unwrap();
+    let mut single = secret("single", &[]);
+    single.metadata.owner_references = Some(vec![owner_ref(&o1)]);
+    secrets
+        .create(&PostParams::default(), &single)
+        .await
+        .unwrap();
+    let mut shared = secret("shared", &[]);
+    let mut r2 = owner_ref(&o2);
+    r2.controller = None;
+    shared.metadata.owner_references = Some(vec![owner_ref(&o1), r2]);
+    secrets
+        .create(&PostParams::default(), &shared)
+        .await
+        .unwrap();
+
+    cms.delete("o1", &DeleteParams::default()).await.unwrap();
+    wait_for(Duration::from_secs(5), || async {
+        secrets.get_opt("single").await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
+    let s = secrets.get("shared").await.unwrap();
+    let refs = s.metadata.owner_references.unwrap();
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].name, "o2");
+
+    cms.delete("o2", &DeleteParams::default()).await.unwrap();
+    wait_for(Duration::from_secs(5), || async {
+        secrets.get_opt("shared").await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
+
+    // orphan propagation keeps dependents
+    let o3 = cms.create(&PostParams::default(), &cm("o3")).await.unwrap();
+    let mut kept = secret("kept", &[]);
+    kept.metadata.owner_references = Some(vec![owner_ref(&o3)]);
+    secrets.create(&PostParams::default(), &kept).await.unwrap();
+    cms.delete("o3", &DeleteParams::orphan()).await.unwrap();
+    let k = secrets.get("kept").await.unwrap();
+    assert!(k.metadata.owner_references.is_none());
+}
+
+#[tokio::test]
+async fn patch_types() {
+    let (_s, client) = setup().await;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "p");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [
+                    {"name": "app", "image": "app:1", "env": [{"name": "A", "value": "1"}]},
+                    {"name": "side", "image": "side:1"}
+                ]}
+            }
+        }
+    }))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &d).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    let patched = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {
+                "metadata": {"annotations": {"secretsync.dev/restartedAt": "now"}},
+                "spec": {"containers": [{"name": "app", "env": [{"name": "B", "value": "2"}]}]}
+            }}})),
+        )
+        .await
+        .unwrap();
+    let spec = patched.spec.template.spec.unwrap();
+    assert_eq!(spec.containers.len(), 2);
+    assert_eq!(spec.containers[0].image.as_deref(), Some("app:1"));
+    let env: Vec<String> = spec.containers[0]
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(env, ["A", "B"]);
+    assert_eq!(patched.metadata.generation, Some(2));
+
+    // label-only change: generation unchanged
+    let labelled = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(labelled.metadata.generation, Some(2));
+
+    // status subresource: main writes ignore status, status writes keep generation
+    let st = api
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.status.unwrap().replicas, Some(3));
+    assert_eq!(st.metadata.generation, Some(2));
+    let ignored = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 9}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ignored.status.unwrap().replicas, Some(3));
+
+    let cms: Api<ConfigMap> = Api::namespaced(client, "p");
+    cms.create(&PostParams::default(), &cm("j")).await.unwrap();
+    let jp: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "add", "path": "/data/b", "value": "2"},
+        {"op": "remove", "path": "/data/a"}
+    ]))
+    .unwrap();
+    let out = cms
+        .patch("j", &PatchParams::default(), &Patch::<()>::Json(jp))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.data.unwrap(),
+        BTreeMap::from([("b".to_string(), "2".to_string())])
+    );
+}
+
+#[tokio::test]
+async fn fault_injection_then_success() {
+    let (server, client) = setup().await;
+    let api: Api<Secret> = Api::namespaced(client.clone(), "f");
+    api.create(&PostParams::default(), &secret("s", &[]))
+        .await
+        .unwrap();
+    server.reset_counts();
+    server.fail_next("get", "secrets", 2, 500);
+    for _ in 0..2 {
+        let err = api_err(api.get("s").await.unwrap_err());
+        assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
+    }
+    api.get("s").await.unwrap();
+    assert_eq!(server.count("get", "secrets"), 3);
+
+    // the same over HTTP
+    let req = |method: &str, path: &str, body: serde_json::Value| {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .unwrap()
+    };
+    client
+        .request_text(req(
+            "POST",
+            "/_testkit/faults",
+            json!({"verb": "list", "resource": "secrets", "count": 1, "code": 503}),
+        ))
+        .await
+        .unwrap();
+    // kube's client retries a 503 by itself: one failure, one success
+    api.list(&ListParams::default()).await.unwrap();
+    let counts: serde_json::Value = client
+        .request(req("GET", "/_testkit/counts", json!(null)))
+        .await
+        .unwrap();
+    let list_count = counts["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["verb"] == "list" && c["resource"] == "secrets")
+        .unwrap()["count"]
+        .clone();
+    assert_eq!(list_count, json!(2));
+    client
+        .request_text(req("POST", "/_testkit/counts/reset", json!(null)))
+        .await
+        .unwrap();
+    assert_eq!(server.count("list", "secrets"), 0);
+}
+
+#[tokio::test]
+async fn latency_and_pause() {
+    let (server, client) = setup().await;
+    let api: Api<Secret> = Api::namespaced(client, "l");
+    api.create(&PostParams::default(), &secret("s", &[]))
+        .await
+        .unwrap();
+    server.add_latency("get", "secrets", Duration::from_millis(300), Some(1));
+    let t = Instant::now();
+    api.get("s").await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let t = Instant::now();
+    api.get("s").await.unwrap();
+    assert!(t.elapsed() < Duration::from_millis(300));
+
+    server.pause();
+    let held = tokio::spawn({
+        let api = api.clone();
+        async move { api.get("s").await }
+    });
+    // the request must still be held after a while
+    let held = match tokio::time::timeout(Duration::from_millis(300), held).await {
+        Ok(r) => panic!("request completed while paused: {r:?}"),
+        Err(_) => server.count("get", "secrets"),
+    };
+    assert_eq!(held, 2, "held request not counted yet");
+    server.resume();
+    wait_for(Duration::from_secs(5), || async {
+        server.count("get", "secrets") == 3
+    })
+    .await
+    .unwrap();
+}
