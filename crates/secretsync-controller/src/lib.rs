@@ -1,1 +1,197 @@
-//! placeholder
+//! The secretsync controller: SecretSource and SecretBinding reconcilers, leader election,
+//! metrics and health endpoints. The binary calls [`run`].
+//!
+//! Layout: pure decisions live in [`sync`], [`queue`], [`backoff`], [`leader`] (decision
+//! part) and are unit-tested; [`binding`], [`source`], [`controller`] do the I/O.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub mod backoff;
+pub mod binding;
+pub mod context;
+pub mod controller;
+pub mod events;
+pub mod hmac_key;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod queue;
+pub mod source;
+pub mod store;
+pub mod sync;
+
+/// Operator settings (the `run` subcommand's flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the Lease and the HMAC key Secret live.
+    pub operator_namespace: String,
+    /// Namespaces to watch; empty = all.
+    pub namespaces: Vec<String>,
+    /// Bindings reconciled in parallel (default 16).
+    pub concurrency: usize,
+    /// `/metrics` listen address.
+    pub metrics_addr: SocketAddr,
+    /// `/healthz`, `/readyz` listen address.
+    pub health_addr: SocketAddr,
+    /// Run leader election (only the leader reconciles).
+    pub leader_elect: bool,
+    /// Globs of environment variables env sources may read.
+    pub env_allow: Vec<String>,
+    /// Root the file backend is confined to.
+    pub file_root: PathBuf,
+    /// Debounce of rollout restarts (rollout reconciler).
+    pub restart_debounce: Duration,
+    /// Leader-election holder identity (pod name, or hostname + pid).
+    pub identity: String,
+}
+
+/// Fatal errors of [`run`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The HMAC key could not be read or created.
+    #[error("HMAC key: {0}")]
+    HmacKey(String),
+    /// An HTTP listener could not bind.
+    #[error("binding {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// Invalid configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// How long shutdown waits for in-flight reconciles.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Runs the operator until `shutdown` completes: HMAC key, HTTP endpoints, leader election
+/// and, while leading, the reconcilers. On shutdown in-flight reconciles finish, the lease
+/// is released and `Ok(())` is returned.
+pub async fn run(
+    client: kube::Client,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    if config.concurrency == 0 {
+        return Err(Error::Config("--concurrency must be at least 1".into()));
+    }
+    let env_allow = secretsync_backends::env::EnvPolicy::from_globs(&config.env_allow)
+        .map_err(|e| Error::Config(format!("--env-allow: {}", e.message)))?;
+    let config = Arc::new(config);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let health = Arc::new(http::Health::default());
+
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let metrics_srv = http::serve(
+        config.metrics_addr,
+        http::metrics_router(metrics.clone()),
+        http_stop_rx.clone(),
+    )
+    .await?;
+    let health_srv = http::serve(
+        config.health_addr,
+        http::health_router(health.clone()),
+        http_stop_rx,
+    )
+    .await?;
+
+    let hmac = hmac_key::ensure_hmac_key(client.clone(), &config.operator_namespace).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested");
+        stop_tx.send_replace(true);
+    });
+
+    let term = controller::Term {
+        client: client.clone(),
+        config: config.clone(),
+        hmac,
+        metrics,
+        health: health.clone(),
+        env_allow,
+    };
+
+    if config.leader_elect {
+        leading(term, stop_rx).await;
+    } else {
+        health.set_ready(false);
+        term.run(stop_rx).await;
+    }
+
+    http_stop_tx.send_replace(true);
+    let _ = metrics_srv.await;
+    let _ = health_srv.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs reconcilers only while holding the lease. Losing it aborts them at once; shutdown
+/// drains them first and releases the lease last, so two processes never write together.
+async fn leading(term: controller::Term, mut stop: watch::Receiver<bool>) {
+    let (leader_tx, mut leader_rx) = watch::channel(false);
+    let (elector_stop_tx, elector_stop_rx) = watch::channel(false);
+    let elector = leader::Elector::new(
+        term.client.clone(),
+        &term.config.operator_namespace,
+        &term.config.identity,
+    );
+    let elector_task = tokio::spawn(async move { elector.run(leader_tx, elector_stop_rx).await });
+
+    loop {
+        // Standby: ready (nothing to sync), waiting for the lease or shutdown.
+        term.health.set_ready(true);
+        tokio::select! {
+            _ = wait_true(&mut leader_rx) => {}
+            _ = wait_true(&mut stop) => break,
+        }
+        term.health.set_ready(false);
+        tracing::info!(identity = %term.config.identity, "leading: starting reconcilers");
+        let (term_stop_tx, term_stop_rx) = watch::channel(false);
+        let t = term.clone();
+        let mut task = tokio::spawn(async move { t.run(term_stop_rx).await });
+        tokio::select! {
+            _ = wait_false(&mut leader_rx) => {
+                // Lost the lease: stop writing immediately, no draining.
+                task.abort();
+                let _ = task.await;
+                tracing::warn!("lost leadership: reconcilers stopped");
+            }
+            _ = wait_true(&mut stop) => {
+                term_stop_tx.send_replace(true);
+                let _ = task.await;
+                break;
+            }
+            _ = &mut task => {
+                tracing::error!("reconcilers ended unexpectedly; restarting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    elector_stop_tx.send_replace(true);
+    let _ = elector_task.await;
+}
+
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn wait_false(rx: &mut watch::Receiver<bool>) {
+    while *rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Shared state of one leadership term: stores, queues, built sources, per-binding memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kube::Client;
+use secretsync_api::{SecretBinding, SecretBindingStatus, SecretSource};
+use secretsync_backends::hash::HmacKey;
+
+use crate::Config;
+use crate::events::Events;
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+use crate::source::SourceRegistry;
+use crate::store::{ObjKey, Store};
+use crate::sync::ReadMemo;
+
+/// What this process remembers about a binding between reconciles.
+#[derive(Debug, Default, Clone)]
+pub struct BindingState {
+    /// Last backend read.
+    pub memo: Option<ReadMemo>,
+    /// Last force-sync annotation value acted on.
+    pub force_seen: Option<String>,
+    /// Consecutive failures (backoff exponent).
+    pub failures: u32,
+    /// The status we last wrote (fresher than the watch cache right after a write).
+    pub status: Option<SecretBindingStatus>,
+    /// resourceVersion of the Secret as our last apply left it: its watch event is ours.
+    pub own_secret_rv: Option<String>,
+    /// Ready as last computed.
+    pub ready: Option<bool>,
+}
+
+/// Everything reconcilers share.
+pub struct Ctx {
+    /// API client.
+    pub client: Client,
+    /// Operator configuration.
+    pub config: Arc<Config>,
+    /// HMAC key for data hashes.
+    pub hmac: HmacKey,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event publisher.
+    pub events: Events,
+    /// Watched SecretSources.
+    pub sources: Store<SecretSource>,
+    /// Watched SecretBindings.
+    pub bindings: Store<SecretBinding>,
+    /// Built backends.
+    pub registry: SourceRegistry,
+    /// Binding work.
+    pub binding_queue: Queue<ObjKey>,
+    /// Source work.
+    pub source_queue: Queue<ObjKey>,
+    states: Mutex<States>,
+}
+
+/// Binding memories plus a running count of Ready true/false, so the gauge never needs a
+/// scan over every binding.
+#[derive(Default)]
+struct States {
+    map: HashMap<ObjKey, BindingState>,
+    ready: usize,
+    not_ready: usize,
+}
+
+impl States {
+    fn count(&mut self, ready: Option<bool>, delta: isize) {
+        let slot = match ready {
+            Some(true) => &mut self.ready,
+            Some(false) => &mut self.not_ready,
+            None => return,
+        };
+        *slot = slot.saturating_add_signed(delta);
+    }
+
+    fn insert(&mut self, key: ObjKey, state: BindingState) {
+        let new = state.ready;
+        if let Some(old) = self.map.insert(key, state) {
+            self.count(old.ready, -1);
+        }
+        self.count(new, 1);
+    }
+
+    fn remove(&mut self, key: &ObjKey) {
+        if let Some(old) = self.map.remove(key) {
+            self.count(old.ready, -1);
+        }
+    }
+}
+
+impl Ctx {
+    /// A fresh context.
+    pub fn new(
+        client: Client,
+        config: Arc<Config>,
+        hmac: HmacKey,
+        metrics: Arc<Metrics>,
+        registry: SourceRegistry,
+    ) -> Self {
+        Ctx {
+            events: Events::new(client.clone(), &config.identity),
+            client,
+            config,
+            hmac,
+            metrics,
+            sources: Store::default(),
+            bindings: Store::default(),
+            registry,
+            binding_queue: Queue::default(),
+            source_queue: Queue::default(),
+            states: Mutex::new(States::default()),
+        }
+    }
+
+    fn lock_states(&self) -> std::sync::MutexGuard<'_, States> {
+        // Entries are replaced whole; a poisoned lock holds consistent data.
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of a binding's memory.
+    pub fn state(&self, key: &ObjKey) -> BindingState {
+        self.lock_states().map.get(key).cloned().unwrap_or_default()
+    }
+
+    /// Stores a binding's memory and refreshes the `bindings{ready}` gauge.
+    pub fn set_state(&self, key: &ObjKey, state: BindingState) {
+        let mut states = self.lock_states();
+        states.insert(key.clone(), state);
+        self.update_gauge(&states);
+    }
+
+    /// Forgets a deleted binding.
+    pub fn forget(&self, key: &ObjKey) {
+        let mut states = self.lock_states();
+        states.remove(key);
+        self.update_gauge(&states);
+        drop(states);
+        self.events.forget(key);
+        self.binding_queue.forget(key);
+    }
+
+    /// resourceVersion our last apply left on a binding's Secret.
+    pub fn own_secret_rv(&self, key: &ObjKey) -> Option<String> {
+        self.lock_states()
+            .map
+            .get(key)
+            .and_then(|s| s.own_secret_rv.clone())
+    }
+
+    fn update_gauge(&self, states: &States) {
+        let unknown = self
+            .bindings
+            .len()
+            .saturating_sub(states.ready + states.not_ready);
+        self.metrics
+            .set_bindings(states.ready, states.not_ready, unknown);
+    }
+
+    /// Refreshes the gauge (e.g. after bindings were added to the store).
+    pub fn refresh_gauge(&self) {
+        let states = self.lock_states();
+        self.update_gauge(&states);
+    }
+
+    /// Keys of the bindings in `namespace` that use source `name`.
+    pub fn bindings_of_source(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Vec<(ObjKey, Arc<SecretBinding>)> {
+        self.bindings
+            .filter(|k, b| k.namespace == namespace && b.spec.source_ref.name == name)
+    }
+}
