@@ -417,8 +417,9 @@ impl Backend for AwsBackend {
                 );
                 err
             })?;
-            // The server-side filter is a case-insensitive (and, on AWS, word-wise) prefix
-            // match: keep only names that really start with the literal prefix.
+            // The name filter is documented as a case-sensitive prefix match, but it only
+            // narrows (the value may have been cut, emulators differ): keep only names that
+            // really start with the literal prefix.
             keys.extend(
                 out.secret_list
                     .unwrap_or_default()
@@ -508,10 +509,14 @@ fn parse_endpoint(endpoint: &str) -> Result<String, BackendError> {
         .or_else(|| endpoint.strip_prefix("http://"));
     let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
     match host {
+        // User info is never used by the SDK; refusing it keeps passwords out of logs.
+        Some(h) if h.contains('@') => Err(BackendError::invalid_config(
+            "spec.aws.endpoint must not contain user info (user:password@)",
+        )),
         Some(h) if !h.is_empty() && !h.contains(char::is_whitespace) => Ok(endpoint.to_string()),
-        _ => Err(BackendError::invalid_config(format!(
-            "spec.aws.endpoint {endpoint:?} must be an http:// or https:// URL with a host"
-        ))),
+        _ => Err(BackendError::invalid_config(
+            "spec.aws.endpoint must be an http:// or https:// URL with a host",
+        )),
     }
 }
 
@@ -773,14 +778,15 @@ fn error_chain(err: &(dyn StdError + 'static)) -> String {
     clip(&parts.join(": "))
 }
 
-/// Upstream text made single-line and short.
+/// Upstream text made single-line (whitespace runs collapsed) and short.
 fn clip(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_DETAIL)
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
         .collect();
-    if text.chars().count() > MAX_DETAIL {
+    let joined = words.join(" ");
+    let mut out: String = joined.chars().take(MAX_DETAIL).collect();
+    if joined.chars().count() > MAX_DETAIL {
         out.push('…');
     }
     out
@@ -848,6 +854,7 @@ mod tests {
         );
         assert!(parse_endpoint("127.0.0.1:5000").is_err());
         assert!(parse_endpoint("http://").is_err());
+        assert!(parse_endpoint("http://user:pw@127.0.0.1:5000").is_err());
         assert!(parse_role_arn("arn:aws:iam::123456789012:role/reader").is_ok());
         assert!(parse_role_arn("reader").is_err());
     }
@@ -874,6 +881,7 @@ mod tests {
 
     #[test]
     fn clip_is_single_line_and_short() {
+        assert_eq!(clip("You tried to \n      perform"), "You tried to perform");
         let long = format!("a\nb{}", "x".repeat(1000));
         let c = clip(&long);
         assert!(!c.contains('\n'));

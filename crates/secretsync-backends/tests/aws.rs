@@ -463,6 +463,7 @@ async fn unreachable_backend_is_backend_unavailable() {
         .expect("connect");
     let err = b.read(&ReadRequest::latest("k")).await.expect_err("read");
     assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
+    assert!(err.message.contains("loading AWS credentials"), "{err}");
 
     assert!(
         started.elapsed() < Duration::from_secs(20),
@@ -541,7 +542,12 @@ async fn canary_value_never_appears_in_errors_or_logs() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    // tracing caches each callsite's interest process-wide: a sibling test thread without
+    // a subscriber would cache "never" and hide events from this thread-local capture. A
+    // global do-nothing registry keeps every callsite interesting.
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
     let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
 
     let endpoint = moto_endpoint();
     let admin = admin_client(&endpoint);
