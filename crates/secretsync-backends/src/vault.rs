@@ -628,6 +628,12 @@ impl Backend for VaultBackend {
         // Work on mount-relative paths: the prefix need not end in '/', so the deepest
         // folder is taken from prefix + under together.
         let target = format!("{}{}", self.prefix, under);
+        // A `..` segment could make Vault list a folder outside the prefix.
+        if under.split('/').any(|s| s == "." || s == "..") {
+            return Err(BackendError::invalid_config(format!(
+                "cannot list {under:?}: '.' and '..' segments are not allowed"
+            )));
+        }
         let start = match target.rfind('/') {
             Some(i) => target[..=i].to_string(),
             None => String::new(),

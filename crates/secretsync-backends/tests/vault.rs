@@ -213,7 +213,9 @@ async fn prefix_is_prepended_and_invisible() {
     assert_eq!(json_of(&value), json!({"url": "https://front"}));
     assert_eq!(backend.list("").await.unwrap(), ["/database", "front"]);
 
-    // Keys cannot climb out of the prefix.
+    // Keys and listings cannot climb out of the prefix.
+    let err = backend.list("../").await.unwrap_err();
+    assert_eq!(err.reason, Reason::InvalidConfig, "{err}");
     for bad in ["../other", "a//b", "./x", ""] {
         let err = read_err(&backend, ReadRequest::latest(bad)).await;
         assert_eq!(err.reason, Reason::InvalidConfig, "{bad:?}: {err}");
