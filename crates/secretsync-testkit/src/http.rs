@@ -463,6 +463,11 @@ fn write(
                 match ct {
                     "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
                         let body = parse_body(bytes, true)?;
+                        // apply needs an explicit manager (no User-Agent fallback)
+                        let opts = WriteOpts {
+                            manager: params.get("fieldManager").cloned().unwrap_or_default(),
+                            ..opts.clone()
+                        };
                         inner
                             .apply(def, version, ns, name_s, body, status, &opts)
                             .map(|(v, created)| (if created { 201 } else { 200 }, v))

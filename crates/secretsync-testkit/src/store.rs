@@ -519,8 +519,12 @@ impl Inner {
             ));
         }
         check_kind(def, version, &body)?;
-        let body_name = meta_str(&body, "name").unwrap_or_default();
-        if body_name != name {
+        let mut body = body;
+        let body_name = meta_str(&body, "name").unwrap_or_default().to_owned();
+        if body_name.is_empty() {
+            // an apply configuration without a name applies to the object on the URL
+            meta_mut(&mut body).insert("name".into(), json!(name));
+        } else if body_name != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
             )));
@@ -1095,6 +1099,9 @@ fn merge_scope(
 ) -> Value {
     if status {
         let mut new = old.clone();
+        if let Some(mf) = body.get("metadata").and_then(|m| m.get("managedFields")) {
+            meta_mut(&mut new).insert("managedFields".into(), mf.clone());
+        }
         match body.as_object_mut().and_then(|m| m.remove("status")) {
             Some(s) => new["status"] = s,
             None => {

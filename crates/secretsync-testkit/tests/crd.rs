@@ -1,0 +1,202 @@
+//! CustomResourceDefinitions: dynamic registration, discovery, status subresource,
+//! generation, schema validation and defaulting — with the secretsync CRDs.
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{GroupVersionKind, Status};
+use kube::discovery::Discovery;
+use secretsync_testkit::harness::{TestEnv, wait_for};
+use serde_json::json;
+
+fn api_err(e: kube::Error) -> Status {
+    match e {
+        kube::Error::Api(s) => *s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn binding_api(env: &TestEnv) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("secretsync.dev", "v1alpha1", "SecretBinding"),
+        "secretbindings",
+    );
+    Api::namespaced_with(env.client.clone(), &env.namespace, &ar)
+}
+
+fn binding(name: &str) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "secretsync.dev/v1alpha1",
+        "kind": "SecretBinding",
+        "metadata": {"name": name},
+        "spec": {"sourceRef": {"name": "src"}, "data": [{"secretKey": "k", "remoteRef": {"key": "a/b"}}]},
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn crds_install_and_show_up_in_discovery() {
+    let env = TestEnv::start().await.unwrap();
+    env.install_crds().await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    let crd = crds.get("secretbindings.secretsync.dev").await.unwrap();
+    assert!(
+        crd.status
+            .unwrap()
+            .conditions
+            .unwrap()
+            .iter()
+            .any(|c| c.type_ == "Established")
+    );
+
+    let discovery = Discovery::new(env.client.clone()).run().await.unwrap();
+    let group = discovery
+        .groups()
+        .find(|g| g.name() == "secretsync.dev")
+        .expect("group discovered");
+    let kinds: Vec<String> = group
+        .recommended_resources()
+        .into_iter()
+        .map(|(ar, _)| ar.kind)
+        .collect();
+    assert!(kinds.contains(&"SecretBinding".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"SecretSource".to_string()), "{kinds:?}");
+    let (_, caps) = group
+        .recommended_resources()
+        .into_iter()
+        .find(|(ar, _)| ar.kind == "SecretBinding")
+        .unwrap();
+    assert!(caps.supports_operation(kube::discovery::verbs::WATCH));
+    assert!(
+        caps.subresources
+            .iter()
+            .any(|(ar, _)| ar.plural == "status")
+    );
+}
+
+#[tokio::test]
+async fn status_write_does_not_bump_generation() {
+    let env = TestEnv::start().await.unwrap();
+    env.install_crds().await.unwrap();
+    let api = binding_api(&env);
+    let created = api
+        .create(&PostParams::default(), &binding("b"))
+        .await
+        .unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    // defaulting from the schema
+    assert_eq!(created.data["spec"]["refreshInterval"], "1h");
+    assert_eq!(created.data["spec"]["target"]["creationPolicy"], "Owner");
+
+    let status = json!({
+        "apiVersion": "secretsync.dev/v1alpha1",
+        "kind": "SecretBinding",
+        "status": {"observedGeneration": 1, "conditions": [{
+            "type": "Ready", "status": "True", "reason": "Synced", "message": "1 keys",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+    });
+    let after = api
+        .patch_status(
+            "b",
+            &PatchParams::apply("secretsync"),
+            &Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.metadata.generation, Some(1));
+    assert_eq!(after.data["status"]["conditions"][0]["reason"], "Synced");
+    let mf = after.metadata.managed_fields.unwrap();
+    assert!(
+        mf.iter()
+            .any(|m| m.subresource.as_deref() == Some("status"))
+    );
+
+    // a main-resource write ignores status but bumps generation on spec changes
+    let spec_change = api
+        .patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"refreshInterval": "5m"}, "status": {"observedGeneration": 99}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(spec_change.metadata.generation, Some(2));
+    assert_eq!(spec_change.data["status"]["observedGeneration"], 1);
+    // metadata-only change: no bump
+    let labelled = api
+        .patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(labelled.metadata.generation, Some(2));
+}
+
+#[tokio::test]
+async fn schema_validation_rejects_bad_objects() {
+    let env = TestEnv::start().await.unwrap();
+    env.install_crds().await.unwrap();
+    let api = binding_api(&env);
+    let mut bad = binding("bad");
+    bad.data["spec"]["target"] = json!({"creationPolicy": "Sometimes"});
+    let err = api_err(api.create(&PostParams::default(), &bad).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    let causes = err.details.unwrap().causes;
+    assert!(
+        causes
+            .iter()
+            .any(|c| c.field == "spec.target.creationPolicy"),
+        "{causes:?}"
+    );
+
+    let mut missing = binding("missing");
+    missing.data["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("sourceRef");
+    let err = api_err(
+        api.create(&PostParams::default(), &missing)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("spec.sourceRef"), "{}", err.message);
+
+    let mut wrong_type = binding("wrongtype");
+    wrong_type.data["spec"]["refreshInterval"] = json!(5);
+    let err = api_err(
+        api.create(&PostParams::default(), &wrong_type)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message.contains("spec.refreshInterval"),
+        "{}",
+        err.message
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_crd_removes_its_resources() {
+    let env = TestEnv::start().await.unwrap();
+    env.install_crds().await.unwrap();
+    let api = binding_api(&env);
+    api.create(&PostParams::default(), &binding("gone"))
+        .await
+        .unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    crds.delete("secretbindings.secretsync.dev", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(5), || async {
+        matches!(api.get("gone").await, Err(kube::Error::Api(s)) if s.code == 404)
+    })
+    .await
+    .unwrap();
+}

@@ -1,0 +1,282 @@
+//! Server-side apply semantics through `kube::Client`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::Status;
+use secretsync_testkit::FakeApiServer;
+use serde_json::{Value, json};
+
+async fn setup() -> (FakeApiServer, Client, Api<Secret>) {
+    let server = FakeApiServer::start().await.expect("start fake");
+    let client = server.client().await.expect("client");
+    let api = Api::namespaced(client.clone(), "ssa");
+    (server, client, api)
+}
+
+fn applied(data: &[(&str, &str)], annotations: &[(&str, &str)]) -> Value {
+    use base64::Engine;
+    let data: BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                base64::engine::general_purpose::STANDARD.encode(v),
+            )
+        })
+        .collect();
+    let ann: BTreeMap<&str, &str> = annotations.iter().copied().collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s", "annotations": ann},
+        "data": data,
+    })
+}
+
+fn keys(s: &Secret) -> Vec<String> {
+    s.data
+        .clone()
+        .unwrap_or_default()
+        .into_keys()
+        .collect::<Vec<_>>()
+}
+
+fn api_err(e: kube::Error) -> Status {
+    match e {
+        kube::Error::Api(s) => *s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn create_via_apply_records_managed_fields() {
+    let (_s, _c, api) = setup().await;
+    let s = api
+        .patch(
+            "s",
+            &PatchParams::apply("secretsync"),
+            &Patch::Apply(applied(&[("a", "1")], &[("x", "y")])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys(&s), ["a"]);
+    let mf = s.metadata.managed_fields.unwrap();
+    assert_eq!(mf.len(), 1);
+    assert_eq!(mf[0].manager.as_deref(), Some("secretsync"));
+    assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+    let f = &mf[0].fields_v1.as_ref().unwrap().0;
+    assert_eq!(f["f:data"], json!({"f:a": {}}));
+    assert_eq!(f["f:metadata"]["f:annotations"], json!({"f:x": {}}));
+}
+
+#[tokio::test]
+async fn apply_removes_fields_the_manager_stopped_applying() {
+    let (_s, _c, api) = setup().await;
+    let pp = PatchParams::apply("secretsync");
+    api.patch(
+        "s",
+        &pp,
+        &Patch::Apply(applied(
+            &[("a", "1"), ("b", "2")],
+            &[("x", "1"), ("y", "2")],
+        )),
+    )
+    .await
+    .unwrap();
+    // another writer adds its own key with a merge patch
+    api.patch(
+        "s",
+        &PatchParams {
+            field_manager: Some("kubectl-edit".into()),
+            ..Default::default()
+        },
+        &Patch::Merge(json!({"data": {"c": "Mw=="}, "metadata": {"annotations": {"z": "3"}}})),
+    )
+    .await
+    .unwrap();
+    let s = api
+        .patch(
+            "s",
+            &pp,
+            &Patch::Apply(applied(&[("a", "1")], &[("x", "1")])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys(&s), ["a", "c"], "b removed, c (other manager) kept");
+    let ann = s.metadata.annotations.unwrap();
+    assert_eq!(
+        ann.keys().cloned().collect::<Vec<_>>(),
+        ["x", "z"],
+        "y removed, z kept"
+    );
+}
+
+#[tokio::test]
+async fn shared_field_survives_when_one_owner_stops_applying() {
+    let (_s, _c, api) = setup().await;
+    api.patch(
+        "s",
+        &PatchParams::apply("m1"),
+        &Patch::Apply(applied(&[("a", "1")], &[])),
+    )
+    .await
+    .unwrap();
+    // same value: no conflict, both own it
+    api.patch(
+        "s",
+        &PatchParams::apply("m2"),
+        &Patch::Apply(applied(&[("a", "1")], &[])),
+    )
+    .await
+    .unwrap();
+    let s = api
+        .patch(
+            "s",
+            &PatchParams::apply("m1"),
+            &Patch::Apply(applied(&[], &[])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys(&s), ["a"]);
+}
+
+#[tokio::test]
+async fn conflict_between_managers_and_force() {
+    let (_s, _c, api) = setup().await;
+    api.patch(
+        "s",
+        &PatchParams::apply("m1"),
+        &Patch::Apply(applied(&[("a", "1")], &[])),
+    )
+    .await
+    .unwrap();
+    let err = api_err(
+        api.patch(
+            "s",
+            &PatchParams::apply("m2"),
+            &Patch::Apply(applied(&[("a", "2")], &[])),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    assert!(err.message.contains("m1"), "{}", err.message);
+    let cause = &err.details.unwrap().causes[0];
+    assert_eq!(cause.reason, "FieldManagerConflict");
+    assert_eq!(cause.field, ".data.a");
+    assert!(cause.message.contains("m1"));
+
+    let s = api
+        .patch(
+            "s",
+            &PatchParams::apply("m2").force(),
+            &Patch::Apply(applied(&[("a", "2")], &[])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.data.unwrap()["a"].0, b"2");
+    let mf = s.metadata.managed_fields.unwrap();
+    let owns_a = |m: &str| {
+        mf.iter()
+            .filter(|e| e.manager.as_deref() == Some(m))
+            .any(|e| e.fields_v1.as_ref().unwrap().0.get("f:data").is_some())
+    };
+    assert!(owns_a("m2"), "ownership moved to m2: {mf:?}");
+    assert!(!owns_a("m1"), "m1 lost .data.a: {mf:?}");
+}
+
+#[tokio::test]
+async fn apply_conflicts_with_update_owned_field() {
+    let (_s, _c, api) = setup().await;
+    api.patch(
+        "s",
+        &PatchParams::apply("secretsync"),
+        &Patch::Apply(applied(&[("a", "1")], &[])),
+    )
+    .await
+    .unwrap();
+    // someone edits the applied key
+    api.patch(
+        "s",
+        &PatchParams {
+            field_manager: Some("kubectl-edit".into()),
+            ..Default::default()
+        },
+        &Patch::Merge(json!({"data": {"a": "ZWRpdGVk"}})),
+    )
+    .await
+    .unwrap();
+    let s = api.get("s").await.unwrap();
+    let mf = s.metadata.managed_fields.unwrap();
+    let edit = mf
+        .iter()
+        .find(|m| m.manager.as_deref() == Some("kubectl-edit"))
+        .unwrap();
+    assert_eq!(edit.operation.as_deref(), Some("Update"));
+    // the applier no longer owns it, so re-applying its value conflicts
+    let err = api_err(
+        api.patch(
+            "s",
+            &PatchParams::apply("secretsync"),
+            &Patch::Apply(applied(&[("a", "1")], &[])),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(err.code, 409);
+    assert!(err.message.contains("kubectl-edit"), "{}", err.message);
+    // force restores it (drift correction)
+    let s = api
+        .patch(
+            "s",
+            &PatchParams::apply("secretsync").force(),
+            &Patch::Apply(applied(&[("a", "1")], &[])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.data.unwrap()["a"].0, b"1");
+}
+
+#[tokio::test]
+async fn apply_without_changes_is_a_no_op() {
+    let (server, _c, api) = setup().await;
+    let pp = PatchParams::apply("secretsync");
+    let first = api
+        .patch("s", &pp, &Patch::Apply(applied(&[("a", "1")], &[])))
+        .await
+        .unwrap();
+    let rv = server.resource_version();
+    let again = api
+        .patch("s", &pp, &Patch::Apply(applied(&[("a", "1")], &[])))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.metadata.resource_version,
+        again.metadata.resource_version
+    );
+    assert_eq!(server.resource_version(), rv);
+}
+
+#[tokio::test]
+async fn apply_accepts_yaml_and_requires_field_manager() {
+    let (_s, client, _api) = setup().await;
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: y\ndata:\n  k: v\n";
+    let req = |q: &str| {
+        http::Request::builder()
+            .method("PATCH")
+            .uri(format!("/api/v1/namespaces/ssa/configmaps/y{q}"))
+            .header("content-type", "application/apply-patch+yaml")
+            .body(yaml.as_bytes().to_vec())
+            .unwrap()
+    };
+    let out: Value = client
+        .request(req("?fieldManager=yaml-test"))
+        .await
+        .unwrap();
+    assert_eq!(out["data"]["k"], "v");
+    let err = api_err(client.request::<Value>(req("")).await.unwrap_err());
+    assert_eq!(err.code, 400);
+}
