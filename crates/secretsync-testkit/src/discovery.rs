@@ -142,3 +142,76 @@ pub(crate) fn resource_list(
         "resources": resources,
     }))
 }
+
+/// `/openapi/v3`: one entry per served group-version.
+pub(crate) fn openapi_v3_root(registry: &[Arc<ResourceDef>]) -> Value {
+    let mut paths = serde_json::Map::new();
+    for d in registry {
+        for v in &d.versions {
+            let key = if d.group.is_empty() {
+                format!("api/{v}")
+            } else {
+                format!("apis/{}/{v}", d.group)
+            };
+            paths.insert(
+                key.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash=0")}),
+            );
+        }
+    }
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/{api/v1 | apis/g/v}`: a minimal document announcing, for every kind, a
+/// PATCH operation that accepts `fieldValidation` (so `kubectl apply` relies on
+/// server-side validation instead of downloading schemas). Schemas are not published.
+pub(crate) fn openapi_v3_gv(
+    registry: &[Arc<ResourceDef>],
+    group: &str,
+    version: &str,
+) -> Option<Value> {
+    let mut paths = serde_json::Map::new();
+    for d in registry
+        .iter()
+        .filter(|d| d.group == group && d.versions.iter().any(|v| v == version))
+    {
+        let prefix = if group.is_empty() {
+            format!("/api/{version}")
+        } else {
+            format!("/apis/{group}/{version}")
+        };
+        let path = if d.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", d.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", d.plural)
+        };
+        let params = json!([
+            {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+            {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+            {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+            {"name": "force", "in": "query", "schema": {"type": "boolean"}},
+        ]);
+        let gvk = json!({"group": group, "version": version, "kind": d.kind});
+        paths.insert(
+            path,
+            json!({
+                "patch": {
+                    "operationId": format!("patch{}", d.kind),
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": gvk,
+                    "parameters": params,
+                    "responses": {"200": {"description": "OK"}},
+                },
+            }),
+        );
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}

@@ -217,6 +217,22 @@ async fn route(
                 .map(|v| json_response(200, &v))
                 .unwrap_or_else(not_found_path);
         }
+        ["openapi", "v3"] => {
+            let inner = lock(&sh.inner);
+            return json_response(200, &discovery::openapi_v3_root(&inner.registry));
+        }
+        ["openapi", "v3", "api", v] => {
+            let inner = lock(&sh.inner);
+            return discovery::openapi_v3_gv(&inner.registry, "", v)
+                .map(|v| json_response(200, &v))
+                .unwrap_or_else(not_found_path);
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            let inner = lock(&sh.inner);
+            return discovery::openapi_v3_gv(&inner.registry, g, v)
+                .map(|v| json_response(200, &v))
+                .unwrap_or_else(not_found_path);
+        }
         ["api", "v1", rest @ ..] => ("", "v1", rest),
         ["apis", g, v, rest @ ..] => (g, v, rest),
         _ => return not_found_path(),
@@ -310,6 +326,13 @@ async fn route(
         && !crate::validation::is_dns_label(ns)
     {
         return not_found_path();
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.contains("protobuf") || content_type.contains("cbor") {
+        return error_response(&ApiError::unsupported_media_type(content_type));
     }
     let fmt = format_of(&headers);
     let ns = ns.as_deref();

@@ -360,6 +360,11 @@ impl Inner {
         if self.get(def, ns, &name).is_some() {
             return Err(ApiError::already_exists(&def.group, &def.plural, &name));
         }
+        if let Some(ns) = ns
+            && !opts.dry_run
+        {
+            self.ensure_namespace(ns);
+        }
         {
             let m = meta_mut(&mut obj);
             m.insert("uid".into(), json!(new_uid()));
@@ -394,6 +399,20 @@ impl Inner {
             self.register_crd(&obj);
         }
         Ok(obj)
+    }
+
+    /// Namespaces are implicit: the first object written into one creates it.
+    fn ensure_namespace(&mut self, ns: &str) {
+        let Some(def) = self.find("", "v1", "namespaces") else {
+            return;
+        };
+        if self.get(&def, None, ns).is_none() {
+            let opts = WriteOpts {
+                manager: "fake-apiserver".into(),
+                ..Default::default()
+            };
+            let _ = self.create(&def, "v1", None, json!({"metadata": {"name": ns}}), &opts);
+        }
     }
 
     /// PUT.
@@ -824,10 +843,30 @@ impl Inner {
                 self.emit(&ckey, "DELETED", o, None);
             }
         }
+        if def.special == Special::Namespace {
+            self.empty_namespace(name);
+        }
         if let Some(uid) = meta_str(&obj, "uid").map(str::to_owned) {
             self.collect_garbage(&uid, orphan);
         }
         Some(obj)
+    }
+
+    /// Delete everything in a removed namespace (finalizers are honoured).
+    fn empty_namespace(&mut self, ns: &str) {
+        let mut victims = Vec::new();
+        for (key, objs) in &self.objects {
+            for (n, name) in objs.keys() {
+                if n == ns {
+                    victims.push((key.clone(), name.clone()));
+                }
+            }
+        }
+        for (key, name) in victims {
+            if let Some(def) = self.find_by_key(&key) {
+                let _ = self.delete(&def, Some(ns), &name, &DeleteOpts::default());
+            }
+        }
     }
 
     /// Background cascading deletion of the dependents of a removed owner.
