@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod render;
+mod run;
 
 /// Sync secrets from env, files, Vault/OpenBao and AWS Secrets Manager into Kubernetes
 /// Secrets, and restart workloads when they rotate.
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller (flags also read from SECRETSYNC_* environment variables).
+    Run(run::RunArgs),
     /// Print both CRDs as YAML.
     Crds,
     /// Resolve bindings from manifests locally and print the Secret manifests.
@@ -44,6 +47,10 @@ struct RenderArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => {
+            install_crypto_provider();
+            run::main(args)
+        }
         Command::Crds => {
             print!("{}", secretsync_api::crd::crds_yaml()?);
             Ok(())

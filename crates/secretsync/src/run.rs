@@ -1,0 +1,127 @@
+//! `secretsync run`: flags (also read from `SECRETSYNC_*`), logging, signals, and the call
+//! into `secretsync_controller::run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// Flags of `secretsync run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Namespace of the leader Lease and the HMAC key Secret. Default: POD_NAMESPACE, else
+    /// the service account's namespace file, else `default`.
+    #[arg(long, env = "SECRETSYNC_OPERATOR_NAMESPACE")]
+    operator_namespace: Option<String>,
+    /// Namespace to watch (repeatable). Default: all namespaces.
+    #[arg(long = "namespace", env = "SECRETSYNC_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Bindings reconciled in parallel.
+    #[arg(long, env = "SECRETSYNC_CONCURRENCY", default_value_t = 16)]
+    concurrency: usize,
+    /// Address of `/metrics`.
+    #[arg(long, env = "SECRETSYNC_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Address of `/healthz` and `/readyz`.
+    #[arg(long, env = "SECRETSYNC_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    health_addr: SocketAddr,
+    /// Leader election through the `secretsync-leader` Lease.
+    #[arg(long, env = "SECRETSYNC_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Globs of environment variables env sources may read (repeatable).
+    #[arg(long, env = "SECRETSYNC_ENV_ALLOW", value_delimiter = ',')]
+    env_allow: Vec<String>,
+    /// Root folder the file backend is confined to.
+    #[arg(long, env = "SECRETSYNC_FILE_ROOT", default_value = secretsync_api::DEFAULT_FILE_ROOT)]
+    file_root: PathBuf,
+    /// Rotations within this window give one workload restart.
+    #[arg(long, env = "SECRETSYNC_RESTART_DEBOUNCE", default_value = "10s")]
+    restart_debounce: String,
+    /// Log format.
+    #[arg(long, env = "SECRETSYNC_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    log_format: String,
+}
+
+fn operator_namespace(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "default".to_string())
+}
+
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "secretsync".to_string());
+            format!("{host}-{}", std::process::id())
+        })
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Runs the controller until SIGTERM/SIGINT.
+pub fn main(args: RunArgs) -> Result<()> {
+    init_logging(&args.log_format);
+    let restart_debounce: Duration = secretsync_api::parse_duration(&args.restart_debounce)
+        .context("--restart-debounce")?;
+    let config = secretsync_controller::Config {
+        operator_namespace: operator_namespace(args.operator_namespace),
+        namespaces: args.namespaces,
+        concurrency: args.concurrency,
+        metrics_addr: args.metrics_addr,
+        health_addr: args.health_addr,
+        leader_elect: args.leader_elect,
+        env_allow: args.env_allow,
+        file_root: args.file_root,
+        restart_debounce,
+        identity: identity(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (kubeconfig or in-cluster config)")?;
+        secretsync_controller::run(client, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
