@@ -200,3 +200,52 @@ async fn deleting_a_crd_removes_its_resources() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn status_conditions_are_a_map_list() {
+    let env = TestEnv::start().await.unwrap();
+    env.install_crds().await.unwrap();
+    let api = binding_api(&env);
+    api.create(&PostParams::default(), &binding("c"))
+        .await
+        .unwrap();
+    let cond = |t: &str| json!({"type": t, "status": "True", "reason": "R", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    let status = |conds: Vec<serde_json::Value>| json!({"apiVersion": "secretsync.dev/v1alpha1", "kind": "SecretBinding", "status": {"conditions": conds}});
+    api.patch_status(
+        "c",
+        &PatchParams::apply("secretsync"),
+        &Patch::Apply(status(vec![cond("Ready")])),
+    )
+    .await
+    .unwrap();
+    api.patch_status(
+        "c",
+        &PatchParams::apply("other"),
+        &Patch::Apply(status(vec![cond("Extra")])),
+    )
+    .await
+    .unwrap();
+    let got = api.get("c").await.unwrap();
+    let types: Vec<&str> = got.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Ready", "Extra"]);
+    let got = api
+        .patch_status(
+            "c",
+            &PatchParams::apply("secretsync"),
+            &Patch::Apply(status(vec![])),
+        )
+        .await
+        .unwrap();
+    let types: Vec<&str> = got.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Extra"]);
+}

@@ -280,3 +280,83 @@ async fn apply_accepts_yaml_and_requires_field_manager() {
     let err = api_err(client.request::<Value>(req("")).await.unwrap_err());
     assert_eq!(err.code, 400);
 }
+
+#[tokio::test]
+async fn keyed_and_set_lists_merge_per_item() {
+    let (_s, client, _api) = setup().await;
+    // finalizers are a set: each manager owns its own entries
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "ssa");
+    let fin = |m: &str, f: &[&str]| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "finalizers": f}, "data": {m: "x"}});
+    cms.patch(
+        "c",
+        &PatchParams::apply("a"),
+        &Patch::Apply(fin("a", &["a/f"])),
+    )
+    .await
+    .unwrap();
+    cms.patch(
+        "c",
+        &PatchParams::apply("b"),
+        &Patch::Apply(fin("b", &["b/f"])),
+    )
+    .await
+    .unwrap();
+    let c = cms
+        .patch("c", &PatchParams::apply("a"), &Patch::Apply(fin("a", &[])))
+        .await
+        .unwrap();
+    assert_eq!(c.metadata.finalizers.unwrap(), ["b/f"]);
+
+    // containers are keyed by name
+    let deploys: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client, "ssa");
+    let d = |m: &str, containers: Value| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "annotations": {m: "1"}},
+            "spec": {"selector": {"matchLabels": {"app": "d"}}, "template": {
+                "metadata": {"labels": {"app": "d"}}, "spec": {"containers": containers}}}})
+    };
+    deploys
+        .patch(
+            "d",
+            &PatchParams::apply("a"),
+            &Patch::Apply(d("a", json!([{"name": "app", "image": "app:1"}]))),
+        )
+        .await
+        .unwrap();
+    let out = deploys
+        .patch(
+            "d",
+            &PatchParams::apply("b"),
+            &Patch::Apply(d("b", json!([{"name": "side", "image": "side:1"}]))),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = out
+        .spec
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["app", "side"]);
+    // b stops applying its container: it goes, a's stays
+    let out = deploys
+        .patch(
+            "d",
+            &PatchParams::apply("b"),
+            &Patch::Apply(d("b", json!([]))),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = out
+        .spec
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["app"]);
+}
