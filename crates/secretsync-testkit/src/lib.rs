@@ -10,6 +10,7 @@
 //! # let _ = client; Ok(()) }
 //! ```
 
+mod cel;
 mod discovery;
 pub mod harness;
 mod http;

@@ -200,8 +200,8 @@ fn walk_default(schema: &Value, v: &mut Value) {
     }
 }
 
-/// Validate a custom resource against its schema: `type`, `required`, `enum`, `nullable`.
-/// (`x-kubernetes-validations` CEL rules are not evaluated.)
+/// Validate a custom resource against its schema: `type`, `required`, `enum`, `nullable`,
+/// and `x-kubernetes-validations` rules within the small CEL subset of [`crate::cel`].
 pub(crate) fn validate_schema(schema: &Value, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     if let Value::Object(m) = obj {
@@ -217,7 +217,41 @@ pub(crate) fn validate_schema(schema: &Value, obj: &Value) -> Vec<Cause> {
         }
         required(schema, m, "", &mut causes);
     }
+    rules(schema, obj, "", &mut causes);
     causes
+}
+
+/// `x-kubernetes-validations` of one schema node, evaluated with the tiny CEL subset.
+fn rules(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let Some(list) = schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+    else {
+        return;
+    };
+    for r in list {
+        let Some(rule) = r.get("rule").and_then(Value::as_str) else {
+            continue;
+        };
+        if let Ok(false) = crate::cel::check_rule(rule, v) {
+            let msg = r
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("failed rule: {rule}"));
+            let shown = match v {
+                Value::Object(_) => "\"object\"".to_owned(),
+                Value::Array(_) => "\"array\"".to_owned(),
+                other => other.to_string(),
+            };
+            let field = if path.is_empty() { "<root>" } else { path };
+            causes.push(cause(
+                "FieldValueInvalid",
+                field,
+                format!("Invalid value: {shown}: {msg}"),
+            ));
+        }
+    }
 }
 
 fn required(schema: &Value, m: &Map<String, Value>, path: &str, causes: &mut Vec<Cause>) {
@@ -290,6 +324,7 @@ fn check(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
             return;
         }
     }
+    rules(schema, v, path, causes);
     if let Some(en) = schema.get("enum").and_then(Value::as_array)
         && !en.contains(v)
     {

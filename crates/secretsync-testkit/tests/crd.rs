@@ -249,3 +249,65 @@ async fn status_conditions_are_a_map_list() {
         .collect();
     assert_eq!(types, ["Extra"]);
 }
+
+#[tokio::test]
+async fn cel_rules_of_the_secretsync_crds_are_enforced() {
+    let env = TestEnv::start().await.unwrap();
+    env.install_crds().await.unwrap();
+    let api = binding_api(&env);
+    let mut bad_key = binding("badkey");
+    bad_key.data["spec"]["data"][0]["secretKey"] = json!("a/b");
+    let err = api_err(
+        api.create(&PostParams::default(), &bad_key)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("secretKey"), "{}", err.message);
+
+    let mut bad_interval = binding("badinterval");
+    bad_interval.data["spec"]["refreshInterval"] = json!("soon");
+    let err = api_err(
+        api.create(&PostParams::default(), &bad_interval)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("refreshInterval"), "{}", err.message);
+
+    let mut no_data = binding("nodata");
+    no_data.data["spec"].as_object_mut().unwrap().remove("data");
+    let err = api_err(
+        api.create(&PostParams::default(), &no_data)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422, "{}", err.message);
+
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("secretsync.dev", "v1alpha1", "SecretSource"),
+        "secretsources",
+    );
+    let sources: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.namespace, &ar);
+    let src = |spec: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "secretsync.dev/v1alpha1", "kind": "SecretSource",
+            "metadata": {"name": "src"}, "spec": spec,
+        }))
+        .unwrap()
+    };
+    let err = api_err(
+        sources
+            .create(
+                &PostParams::default(),
+                &src(json!({"env": {}, "aws": {"region": "eu-west-1"}})),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422, "{}", err.message);
+    sources
+        .create(&PostParams::default(), &src(json!({"env": {}})))
+        .await
+        .unwrap();
+}
