@@ -51,6 +51,8 @@ HCL
 pids+=($!)
 
 moto_port=$(free_port)
+# moto writes its request recording to this file (the AWS tests count requests with it).
+export MOTO_RECORDER_FILEPATH="$work/moto-recording"
 "$venv/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
 pids+=($!)
 

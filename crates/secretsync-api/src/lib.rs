@@ -6,8 +6,8 @@ pub mod constants;
 pub mod crd;
 pub mod duration;
 pub mod manifest;
-pub mod secret;
 mod schema;
+pub mod secret;
 pub mod source;
 
 pub use binding::*;

@@ -141,10 +141,10 @@ fn redact_yaml_error(e: &serde_yaml::Error) -> String {
             }
         }
     }
-    if let Some(loc) = e.location() {
-        if !out.contains("line") {
-            out.push_str(&format!(" at line {} column {}", loc.line(), loc.column()));
-        }
+    if let Some(loc) = e.location()
+        && !out.contains("line")
+    {
+        out.push_str(&format!(" at line {} column {}", loc.line(), loc.column()));
     }
     out
 }

@@ -84,9 +84,11 @@ mod tests {
         assert_eq!(owner.api_version, "secretsync.dev/v1alpha1");
 
         b.spec.target.creation_policy = CreationPolicy::Orphan;
-        assert!(desired_secret(&b, BTreeMap::new(), "x")
-            .metadata
-            .owner_references
-            .is_none());
+        assert!(
+            desired_secret(&b, BTreeMap::new(), "x")
+                .metadata
+                .owner_references
+                .is_none()
+        );
     }
 }

@@ -203,10 +203,10 @@ impl SourceCache {
         {
             let mut entries = self.lock();
             for (req, (fut, res)) in reqs.iter().zip(waits.iter().zip(results.iter())) {
-                if res.is_err() || self.ttl.is_zero() {
-                    if entries.get(req).is_some_and(|cur| cur.ptr_eq(fut)) {
-                        entries.remove(req);
-                    }
+                if (res.is_err() || self.ttl.is_zero())
+                    && entries.get(req).is_some_and(|cur| cur.ptr_eq(fut))
+                {
+                    entries.remove(req);
                 }
             }
         }

@@ -141,19 +141,16 @@ pub fn insert_sanitized(
     origin: &str,
     value: SecretValue,
 ) -> Result<(), BackendError> {
-    let remote_name = origin;
     let name = sanitize_secret_key(name);
-    if let Some((existing, _)) = out.get(&name) {
-        if existing != remote_name {
-            return Err(BackendError::new(
-                crate::Reason::KeyCollision,
-                format!(
-                    "remote keys {existing:?} and {remote_name:?} both map to Secret key {name:?}"
-                ),
-            ));
-        }
+    if let Some((existing, _)) = out.get(&name)
+        && existing != origin
+    {
+        return Err(BackendError::new(
+            crate::Reason::KeyCollision,
+            format!("remote keys {existing:?} and {origin:?} both map to Secret key {name:?}"),
+        ));
     }
-    out.insert(name, (remote_name.to_string(), value));
+    out.insert(name, (origin.to_string(), value));
     Ok(())
 }
 

@@ -157,7 +157,7 @@ pub async fn build_backend(
     }
     if let Some(vault) = &spec.vault {
         return Ok(Arc::new(
-            vault::VaultBackend::connect(prefix, vault, ctx.credentials.as_ref()).await?,
+            vault::VaultBackend::connect_shared(prefix, vault, ctx.credentials.clone()).await?,
         ));
     }
     if let Some(aws) = &spec.aws {

@@ -65,9 +65,33 @@ fn main() -> Result<()> {
     }
 }
 
+/// Log directives always appended to the user's filter. The AWS SDK logs whole HTTP
+/// responses (secret values included) at TRACE, and vaultrs/rustify log every 404 as an
+/// ERROR, so these targets are capped whatever `RUST_LOG` says.
+const LOG_CAPS: &[&str] = &[
+    "aws_smithy_runtime=info",
+    "aws_smithy_runtime_api=info",
+    "aws_smithy_http_client=info",
+    "hyper=info",
+    "hyper_util=info",
+    "reqwest=info",
+    "rustify=off",
+    "vaultrs=off",
+];
+
+fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    for cap in LOG_CAPS {
+        if let Ok(d) = cap.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
+}
+
 fn init_stderr_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = log_filter("warn");
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

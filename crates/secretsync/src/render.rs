@@ -43,8 +43,8 @@ pub struct RenderOutput {
 fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for input in inputs {
-        let meta = std::fs::metadata(input)
-            .with_context(|| format!("cannot read {}", input.display()))?;
+        let meta =
+            std::fs::metadata(input).with_context(|| format!("cannot read {}", input.display()))?;
         if meta.is_dir() {
             let mut found = Vec::new();
             walk(input, &mut found)?;
@@ -120,8 +120,13 @@ impl Credentials for ManifestCredentials {
     }
 }
 
-fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, default: &str) -> String {
-    meta.namespace.clone().unwrap_or_else(|| default.to_string())
+fn ns_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    default: &str,
+) -> String {
+    meta.namespace
+        .clone()
+        .unwrap_or_else(|| default.to_string())
 }
 
 /// Runs a render.
@@ -140,11 +145,17 @@ pub async fn render(opts: &RenderOptions) -> Result<RenderOutput> {
         for doc in docs {
             match doc {
                 Manifest::Source(s) => {
-                    let key = (ns_of(&s.metadata, &opts.namespace), s.metadata.name.clone().unwrap_or_default());
+                    let key = (
+                        ns_of(&s.metadata, &opts.namespace),
+                        s.metadata.name.clone().unwrap_or_default(),
+                    );
                     sources.insert(key, *s);
                 }
                 Manifest::Secret(s) => {
-                    let key = (ns_of(&s.metadata, &opts.namespace), s.metadata.name.clone().unwrap_or_default());
+                    let key = (
+                        ns_of(&s.metadata, &opts.namespace),
+                        s.metadata.name.clone().unwrap_or_default(),
+                    );
                     secrets.insert(key, *s);
                 }
                 Manifest::Binding(mut b) => {
@@ -223,7 +234,11 @@ async fn build_cache(
         None => Duration::ZERO,
     };
     let backend = build_backend(&source.spec, &ctx).await?;
-    Ok(Arc::new(SourceCache::new(backend, ttl, Arc::new(NoopObserver))))
+    Ok(Arc::new(SourceCache::new(
+        backend,
+        ttl,
+        Arc::new(NoopObserver),
+    )))
 }
 
 /// Serialises Secrets as a multi-document YAML stream.

@@ -37,8 +37,15 @@ fn secret_docs(yaml: &str) -> Vec<serde_yaml::Value> {
 }
 
 fn decoded(doc: &serde_yaml::Value, key: &str) -> String {
-    let b64 = doc["data"][key].as_str().unwrap_or_else(|| panic!("no key {key}"));
-    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
+    let b64 = doc["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no key {key}"));
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -64,7 +71,10 @@ fn render_quickstart() {
     assert_eq!(db["type"], "Opaque");
     assert_eq!(db["metadata"]["namespace"], "demo");
     assert_eq!(db["metadata"]["labels"]["secretsync.dev/managed"], "true");
-    assert_eq!(db["metadata"]["annotations"]["secretsync.dev/binding"], "shop-db");
+    assert_eq!(
+        db["metadata"]["annotations"]["secretsync.dev/binding"],
+        "shop-db"
+    );
     let hash = db["metadata"]["annotations"]["secretsync.dev/data-hash"]
         .as_str()
         .unwrap();
@@ -87,7 +97,11 @@ fn render_quickstart() {
 #[test]
 fn render_reports_each_failing_binding_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("vals.env"), "GOOD=1\nPASSWORD=CANARY-render-7\n").unwrap();
+    std::fs::write(
+        dir.path().join("vals.env"),
+        "GOOD=1\nPASSWORD=CANARY-render-7\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("m.yaml"),
         r#"
@@ -139,10 +153,25 @@ spec:
     let stderr = String::from_utf8(out.stderr).unwrap();
     let docs = secret_docs(&stdout);
     assert_eq!(docs.len(), 1, "only the good binding renders");
-    assert!(stderr.contains("SecretBinding t/missing-key") && stderr.contains("SecretNotFound"), "{stderr}");
-    assert!(stderr.contains("SecretBinding t/no-source") && stderr.contains("SourceNotFound"), "{stderr}");
-    assert!(stderr.contains("SecretBinding t/bad-json") && stderr.contains("InvalidJson"), "{stderr}");
-    assert!(stderr.contains("SecretBinding t/bad-template") && stderr.contains("InvalidTemplate"), "{stderr}");
+    assert!(
+        stderr.contains("SecretBinding t/missing-key") && stderr.contains("SecretNotFound"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("SecretBinding t/no-source") && stderr.contains("SourceNotFound"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("SecretBinding t/bad-json") && stderr.contains("InvalidJson"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("SecretBinding t/bad-template") && stderr.contains("InvalidTemplate"),
+        "{stderr}"
+    );
     assert!(stderr.contains("\"NOPE\""), "errors name the key: {stderr}");
-    assert!(!stderr.contains("CANARY-render-7"), "a value leaked into stderr: {stderr}");
+    assert!(
+        !stderr.contains("CANARY-render-7"),
+        "a value leaked into stderr: {stderr}"
+    );
 }
