@@ -79,7 +79,7 @@ const LOG_CAPS: &[&str] = &[
     "vaultrs=off",
 ];
 
-fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+pub(crate) fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     for cap in LOG_CAPS {
