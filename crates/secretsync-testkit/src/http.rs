@@ -260,22 +260,26 @@ async fn route(
         return not_found_path();
     }
     let watch = truthy(&params, "watch");
+    let create_only = def.special == Special::TokenReview;
     let verb = match (&method, &name) {
+        (&Method::POST, None) => "create",
+        (&Method::POST, Some(_)) if sub.as_deref() == Some("token") => "create",
+        _ if create_only => "",
         (&Method::GET, None) if watch => "watch",
         (&Method::GET, None) => "list",
         (&Method::GET, Some(_)) if watch => "watch",
         (&Method::GET, Some(_)) => "get",
-        (&Method::POST, _) => "create",
-        (&Method::PUT, _) => "update",
-        (&Method::PATCH, _) => "patch",
+        (&Method::PUT, Some(_)) => "update",
+        (&Method::PATCH, Some(_)) => "patch",
         (&Method::DELETE, None) => "deletecollection",
         (&Method::DELETE, Some(_)) => "delete",
-        _ => {
-            return error_response(&ApiError::method_not_allowed(format!(
-                "the server does not allow this method on the requested resource ({method})"
-            )));
-        }
+        _ => "",
     };
+    if verb.is_empty() {
+        return error_response(&ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method})"
+        )));
+    }
     let resource = match &sub {
         Some(s) => format!("{}/{s}", def.plural),
         None => def.plural.clone(),
@@ -457,6 +461,7 @@ fn write(
         manager: manager_of(params, headers),
         dry_run: params.contains_key("dryRun"),
         force: truthy(params, "force"),
+        strict: params.get("fieldValidation").map(String::as_str) == Some("Strict"),
     };
     let name_s = name.unwrap_or_default();
     let result: Result<(u16, Value), ApiError> = (|| {

@@ -288,6 +288,7 @@ impl FakeApiServer {
             manager: "testkit".into(),
             dry_run: false,
             force: true,
+            strict: false,
         };
         let (obj, _) = inner.apply(&def, &version, ns.as_deref(), &name, v, false, &opts)?;
         Ok(obj)

@@ -42,6 +42,8 @@ pub(crate) struct WriteOpts {
     pub manager: String,
     pub dry_run: bool,
     pub force: bool,
+    /// `fieldValidation=Strict`: unknown fields of custom resources are an error.
+    pub strict: bool,
 }
 
 /// Options of a delete.
@@ -176,7 +178,13 @@ impl Inner {
     }
 
     /// Normalise, default and validate an object before storing.
-    fn prepare(&self, def: &ResourceDef, version: &str, obj: &mut Value) -> Result<(), ApiError> {
+    fn prepare(
+        &self,
+        def: &ResourceDef,
+        version: &str,
+        obj: &mut Value,
+        strict: bool,
+    ) -> Result<(), ApiError> {
         let name = meta_str(obj, "name").unwrap_or_default().to_owned();
         if def.group.is_empty() && def.plural == "secrets" {
             if let Some(sd) = obj.as_object_mut().and_then(|m| m.remove("stringData"))
@@ -208,6 +216,19 @@ impl Inner {
         if def.is_custom()
             && let Some(schema) = def.schemas.get(version)
         {
+            if strict {
+                let unknown = validation::unknown_fields(schema, obj);
+                if !unknown.is_empty() {
+                    let list: Vec<String> = unknown
+                        .iter()
+                        .map(|f| format!("unknown field {f:?}"))
+                        .collect();
+                    return Err(ApiError::bad_request(format!(
+                        "strict decoding error: {}",
+                        list.join(", ")
+                    )));
+                }
+            }
             validation::default_and_prune(schema, obj);
             causes.extend(validation::validate_schema(schema, obj));
         }
@@ -355,7 +376,7 @@ impl Inner {
             Special::Namespace => obj["status"] = json!({"phase": "Active"}),
             _ => {}
         }
-        self.prepare(def, version, &mut obj)?;
+        self.prepare(def, version, &mut obj, opts.strict)?;
         let name = meta_str(&obj, "name").unwrap_or_default().to_owned();
         if self.get(def, ns, &name).is_some() {
             return Err(ApiError::already_exists(&def.group, &def.plural, &name));
@@ -691,7 +712,7 @@ impl Inner {
         if def.special == Special::Crd {
             Self::crd_status(&mut new);
         }
-        self.prepare(def, version, &mut new)?;
+        self.prepare(def, version, &mut new, opts.strict)?;
         if def.has_generation && spec_part(&old) != spec_part(&new) {
             let g = old
                 .get("metadata")

@@ -152,6 +152,55 @@ pub(crate) fn default_and_prune(schema: &Value, obj: &mut Value) {
     }
 }
 
+/// Paths of fields the schema does not know (what pruning would drop).
+pub(crate) fn unknown_fields(schema: &Value, obj: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let (Value::Object(m), Some(props)) =
+        (obj, schema.get("properties").and_then(Value::as_object))
+    {
+        for (k, v) in m {
+            if k == "metadata" || k == "apiVersion" || k == "kind" {
+                continue;
+            }
+            match props.get(k) {
+                Some(s) => unknown_walk(s, v, k, &mut out),
+                None if !preserves(schema) => out.push(k.clone()),
+                None => {}
+            }
+        }
+    }
+    out
+}
+
+fn unknown_walk(schema: &Value, v: &Value, path: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                let open = preserves(schema) || schema.get("additionalProperties").is_some();
+                for (k, c) in m {
+                    match props.get(k) {
+                        Some(s) => unknown_walk(s, c, &format!("{path}.{k}"), out),
+                        None if !open => out.push(format!("{path}.{k}")),
+                        None => {}
+                    }
+                }
+            } else if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for (k, c) in m {
+                    unknown_walk(ap, c, &format!("{path}.{k}"), out);
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = schema.get("items") {
+                for (i, it) in a.iter().enumerate() {
+                    unknown_walk(items, it, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn preserves(schema: &Value) -> bool {
     schema
         .get("x-kubernetes-preserve-unknown-fields")

@@ -526,3 +526,16 @@ async fn latency_and_pause() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn method_not_allowed() {
+    let (_s, client) = setup().await;
+    let req = http::Request::builder()
+        .method("PUT")
+        .uri("/api/v1/namespaces/x/secrets")
+        .header("content-type", "application/json")
+        .body(b"{}".to_vec())
+        .unwrap();
+    let err = api_err(client.request::<serde_json::Value>(req).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (405, "MethodNotAllowed"));
+}

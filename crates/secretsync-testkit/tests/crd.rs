@@ -311,3 +311,25 @@ async fn cel_rules_of_the_secretsync_crds_are_enforced() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn unknown_fields_are_pruned_or_rejected_when_strict() {
+    let env = TestEnv::start().await.unwrap();
+    env.install_crds().await.unwrap();
+    let api = binding_api(&env);
+    let mut extra = binding("extra");
+    extra.data["spec"]["bogus"] = json!(1);
+    let err = api_err(
+        api.patch(
+            "extra",
+            &PatchParams::apply("t").validation_strict(),
+            &Patch::Apply(&extra),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(err.code, 400);
+    assert!(err.message.contains("spec.bogus"), "{}", err.message);
+    let created = api.create(&PostParams::default(), &extra).await.unwrap();
+    assert!(created.data["spec"].get("bogus").is_none(), "pruned");
+}
