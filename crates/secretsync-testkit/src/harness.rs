@@ -396,6 +396,30 @@ impl TestEnv {
         })
     }
 
+    /// Fail the next `n` matching requests (see [`FakeApiServer::fail_next`]);
+    /// `Unsupported` against a real cluster.
+    pub fn fail_next(
+        &self,
+        verb: &str,
+        resource: &str,
+        n: u32,
+        code: u16,
+    ) -> Result<(), TestkitError> {
+        self.fake()?.fail_next(verb, resource, n, code);
+        Ok(())
+    }
+
+    /// End every open watch; `Unsupported` against a real cluster.
+    pub fn close_watches(&self) -> Result<(), TestkitError> {
+        self.fake()?.close_watches();
+        Ok(())
+    }
+
+    /// Requests seen for a verb and resource; `Unsupported` against a real cluster.
+    pub fn count(&self, verb: &str, resource: &str) -> Result<u64, TestkitError> {
+        Ok(self.fake()?.count(verb, resource))
+    }
+
     /// A scratch directory removed with the environment.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -539,3 +539,32 @@ async fn method_not_allowed() {
     let err = api_err(client.request::<serde_json::Value>(req).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (405, "MethodNotAllowed"));
 }
+
+#[tokio::test]
+async fn kube_event_recorder_creates_then_patches() {
+    use kube::Resource;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (server, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "ev");
+    let c = cms.create(&PostParams::default(), &cm("c")).await.unwrap();
+    let reporter = Reporter {
+        controller: "secretsync".into(),
+        instance: None,
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Synced".into(),
+        note: Some("1 keys".into()),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &c.object_ref(&())).await.unwrap();
+    recorder.publish(&ev, &c.object_ref(&())).await.unwrap();
+    assert_eq!(server.count("create", "events"), 1);
+    assert_eq!(server.count("patch", "events"), 1);
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client, "ev");
+    let list = events.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].reason.as_deref(), Some("Synced"));
+}
