@@ -402,8 +402,13 @@ async fn route(
                 .collect();
             let mut items = Vec::new();
             for (n, name) in names {
-                if let Ok(v) = inner.delete(&def, n.as_deref(), &name, &opts) {
-                    items.push(v);
+                let before = inner.get(&def, n.as_deref(), &name).cloned();
+                match inner.delete(&def, n.as_deref(), &name, &opts) {
+                    Ok(v) if v.get("kind").and_then(Value::as_str) == Some("Status") => {
+                        items.extend(before);
+                    }
+                    Ok(v) => items.push(v),
+                    Err(_) => {}
                 }
             }
             json_response(

@@ -568,3 +568,59 @@ async fn kube_event_recorder_creates_then_patches() {
     assert_eq!(list.items.len(), 1);
     assert_eq!(list.items[0].reason.as_deref(), Some("Synced"));
 }
+
+#[tokio::test]
+async fn namespaces_deletecollection_and_dry_run() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let (_s, client) = setup().await;
+    let api: Api<Secret> = Api::namespaced(client.clone(), "tmp");
+    // dry run: validated and answered, not stored
+    let dry = api
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &secret("dry", &[]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dry.name_any(), "dry");
+    assert!(api.get_opt("dry").await.unwrap().is_none());
+
+    for n in ["a", "b", "c"] {
+        api.create(
+            &PostParams::default(),
+            &secret(n, &[("grp", if n == "c" { "y" } else { "x" })]),
+        )
+        .await
+        .unwrap();
+    }
+    // the namespace was created implicitly
+    let nss: Api<Namespace> = Api::all(client);
+    assert!(nss.get_opt("tmp").await.unwrap().is_some());
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("grp=x"),
+    )
+    .await
+    .unwrap();
+    let left: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    assert_eq!(left, ["c"]);
+    // deleting the namespace deletes its objects
+    nss.delete("tmp", &DeleteParams::default()).await.unwrap();
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
