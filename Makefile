@@ -22,6 +22,7 @@ fmt:
 ## Regenerates crds/ from the Rust types.
 crds:
 	$(CARGO) run -q -p secretsync -- crds > crds/secretsync-crds.yaml
+	cp crds/secretsync-crds.yaml charts/secretsync/files/secretsync-crds.yaml
 
 ## Renders the quickstart's Secrets locally (file backend, no cluster needed).
 demo:

@@ -22,6 +22,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod queue;
+pub mod rbac;
 pub mod source;
 pub mod store;
 pub mod sync;

@@ -1,0 +1,137 @@
+//! Every Kubernetes API call the operator makes, as one table. The Helm chart's RBAC rules
+//! are checked against it (a test fails when the chart grants less, or more), and the
+//! end-to-end tests check that the requests the operator really sends are all listed here.
+
+/// Where a permission is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// In every watched namespace (cluster-wide in all-namespace mode).
+    Watched,
+    /// Only in the operator's own namespace.
+    Operator,
+    /// In watched namespaces, and only when Vault Kubernetes auth is used.
+    WatchedVaultKubernetesAuth,
+}
+
+/// One API permission: group, resource (with subresource), verbs, and why.
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    /// API group (`""` for core).
+    pub group: &'static str,
+    /// Resource, or `resource/subresource`.
+    pub resource: &'static str,
+    /// Verbs used.
+    pub verbs: &'static [&'static str],
+    /// Where.
+    pub scope: Scope,
+    /// Why the operator needs it.
+    pub reason: &'static str,
+}
+
+/// The operator's API calls.
+pub const API_ACCESS: &[Access] = &[
+    Access {
+        group: "secretsync.dev",
+        resource: "secretsources",
+        verbs: &["get", "list", "watch"],
+        scope: Scope::Watched,
+        reason: "watch sources to build backend clients",
+    },
+    Access {
+        group: "secretsync.dev",
+        resource: "secretsources/status",
+        verbs: &["get", "patch"],
+        scope: Scope::Watched,
+        reason: "report source readiness",
+    },
+    Access {
+        group: "secretsync.dev",
+        resource: "secretbindings",
+        verbs: &["get", "list", "watch", "patch"],
+        scope: Scope::Watched,
+        reason: "watch bindings; add and remove the Merge cleanup finalizer",
+    },
+    Access {
+        group: "secretsync.dev",
+        resource: "secretbindings/status",
+        verbs: &["get", "patch"],
+        scope: Scope::Watched,
+        reason: "report binding sync state",
+    },
+    Access {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "list", "watch", "patch"],
+        scope: Scope::Watched,
+        reason: "read credential Secrets, server-side apply managed Secrets, watch managed Secrets (metadata only) for drift",
+    },
+    Access {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "create"],
+        scope: Scope::Operator,
+        reason: "create the HMAC key Secret at start-up",
+    },
+    Access {
+        group: "",
+        resource: "serviceaccounts/token",
+        verbs: &["create"],
+        scope: Scope::WatchedVaultKubernetesAuth,
+        reason: "request service-account tokens to log in to Vault",
+    },
+    Access {
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+        scope: Scope::Watched,
+        reason: "record Synced, Rotated, SyncFailed and rollout events",
+    },
+    Access {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "create", "update"],
+        scope: Scope::Operator,
+        reason: "leader election",
+    },
+    Access {
+        group: "apps",
+        resource: "deployments",
+        verbs: &["get", "list", "watch", "patch"],
+        scope: Scope::Watched,
+        reason: "restart opted-in workloads when their Secrets rotate",
+    },
+    Access {
+        group: "apps",
+        resource: "statefulsets",
+        verbs: &["get", "list", "watch", "patch"],
+        scope: Scope::Watched,
+        reason: "restart opted-in workloads when their Secrets rotate",
+    },
+    Access {
+        group: "apps",
+        resource: "daemonsets",
+        verbs: &["get", "list", "watch", "patch"],
+        scope: Scope::Watched,
+        reason: "restart opted-in workloads when their Secrets rotate",
+    },
+];
+
+/// Whether `verb` on `group`/`resource` is listed in any scope.
+pub fn is_listed(group: &str, resource: &str, verb: &str) -> bool {
+    API_ACCESS
+        .iter()
+        .any(|a| a.group == group && a.resource == resource && a.verbs.contains(&verb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups() {
+        assert!(is_listed("", "secrets", "patch"));
+        assert!(is_listed("coordination.k8s.io", "leases", "update"));
+        assert!(!is_listed("", "secrets", "delete"));
+        assert!(!is_listed("", "configmaps", "get"));
+    }
+}
