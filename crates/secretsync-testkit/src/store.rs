@@ -419,6 +419,7 @@ impl Inner {
         if def.special == Special::Crd {
             self.register_crd(&obj);
         }
+        self.collect_if_dangling(def, ns, &name);
         Ok(obj)
     }
 
@@ -759,6 +760,7 @@ impl Inner {
         if def.special == Special::Crd {
             self.register_crd(&new);
         }
+        self.collect_if_dangling(def, ns, name);
         Ok(new)
     }
 
@@ -887,6 +889,42 @@ impl Inner {
             if let Some(def) = self.find_by_key(&key) {
                 let _ = self.delete(&def, Some(ns), &name, &DeleteOpts::default());
             }
+        }
+    }
+
+    /// Like the garbage collector: an object whose owners all do not exist (no object with
+    /// that uid in the dependent's namespace or cluster scope) is deleted.
+    fn collect_if_dangling(&mut self, def: &ResourceDef, ns: Option<&str>, name: &str) {
+        let Some(obj) = self.get(def, ns, name) else {
+            return;
+        };
+        let owners: Vec<String> = obj
+            .get("metadata")
+            .and_then(|m| m.get("ownerReferences"))
+            .and_then(Value::as_array)
+            .map(|refs| {
+                refs.iter()
+                    .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if owners.is_empty()
+            || obj
+                .get("metadata")
+                .and_then(|m| m.get("deletionTimestamp"))
+                .is_some()
+        {
+            return;
+        }
+        let dep_ns = ns.unwrap_or_default();
+        let any_alive = self.objects.values().any(|objs| {
+            objs.iter().any(|((ons, _), o)| {
+                (ons.is_empty() || ons == dep_ns)
+                    && meta_str(o, "uid").is_some_and(|u| owners.iter().any(|w| w == u))
+            })
+        });
+        if !any_alive {
+            let _ = self.delete(def, ns, name, &DeleteOpts::default());
         }
     }
 

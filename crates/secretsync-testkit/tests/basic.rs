@@ -624,3 +624,26 @@ async fn namespaces_deletecollection_and_dry_run() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn objects_with_only_missing_owners_are_collected() {
+    let (_s, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "dangling");
+    let secrets: Api<Secret> = Api::namespaced(client, "dangling");
+    let owner = cms.create(&PostParams::default(), &cm("o")).await.unwrap();
+    let mut wrong = owner_ref(&owner);
+    wrong.uid = "00000000-0000-4000-a000-000000000000".into();
+    let mut s = secret("orphaned", &[]);
+    s.metadata.owner_references = Some(vec![wrong.clone()]);
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    wait_for(Duration::from_secs(5), || async {
+        secrets.get_opt("orphaned").await.unwrap().is_none()
+    })
+    .await
+    .unwrap();
+    // one live owner is enough
+    let mut ok = secret("owned", &[]);
+    ok.metadata.owner_references = Some(vec![wrong, owner_ref(&owner)]);
+    secrets.create(&PostParams::default(), &ok).await.unwrap();
+    assert!(secrets.get_opt("owned").await.unwrap().is_some());
+}
