@@ -212,6 +212,13 @@ impl Inner {
                 obj["type"] = json!("Opaque");
             }
         }
+        if def.group == "apps"
+            && (def.plural == "deployments" || def.plural == "statefulsets")
+            && let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut)
+        {
+            // the one built-in default operators commonly read or patch
+            spec.entry("replicas").or_insert(json!(1));
+        }
         let mut causes: Vec<Cause> = validation::validate(def, obj);
         if def.is_custom()
             && let Some(schema) = def.schemas.get(version)

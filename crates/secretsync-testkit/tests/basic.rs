@@ -366,6 +366,7 @@ async fn patch_types() {
     .unwrap();
     let created = api.create(&PostParams::default(), &d).await.unwrap();
     assert_eq!(created.metadata.generation, Some(1));
+    assert_eq!(created.spec.replicas, Some(1), "defaulted");
     let patched = api
         .patch(
             "web",
