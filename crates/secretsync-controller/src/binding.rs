@@ -400,10 +400,14 @@ async fn write_status(
     }
     let api: Api<SecretBinding> =
         Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+    // `restarted` is never part of this apply: the rollout reconciler merge-patches it, and
+    // a field this manager's apply does not own is left alone by it.
+    let mut applied = next.clone();
+    applied.restarted.clear();
     let body = serde_json::json!({
         "apiVersion": SecretBinding::api_version(&()),
         "kind": SecretBinding::kind(&()),
-        "status": next,
+        "status": applied,
     });
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     api.patch_status(&b.name_any(), &pp, &Patch::Apply(&body))

@@ -54,6 +54,8 @@ pub struct Ctx {
     pub binding_queue: Queue<ObjKey>,
     /// Source work.
     pub source_queue: Queue<ObjKey>,
+    /// Rollout reconciler state (managed-Secret index, opted-in workloads, its queue).
+    pub rollout: crate::rollout::Rollout,
     states: Mutex<States>,
 }
 
@@ -111,6 +113,7 @@ impl Ctx {
             registry,
             binding_queue: Queue::default(),
             source_queue: Queue::default(),
+            rollout: crate::rollout::Rollout::default(),
             states: Mutex::new(States::default()),
         }
     }

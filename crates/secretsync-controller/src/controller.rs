@@ -135,8 +135,11 @@ impl Term {
             watchers.spawn(watch_sources(ctx.clone(), scope.clone(), synced.clone()));
             watchers.spawn(watch_bindings(ctx.clone(), scope.clone(), synced.clone()));
             watchers.spawn(watch_secrets(ctx.clone(), scope.clone(), synced.clone()));
+            crate::rollout::spawn_watchers(&mut watchers, &ctx, scope, &synced);
         }
-        let streams = scopes.len() * 3;
+        // Rollout decisions need the complete managed-Secret index and binding store: a
+        // partial one would compute a different revision and restart spuriously.
+        let streams = scopes.len() * (3 + crate::rollout::WATCHERS_PER_SCOPE);
         // Reconciling before the stores are complete would report SourceNotFound for
         // sources not listed yet.
         loop {
@@ -153,6 +156,7 @@ impl Term {
         tracing::info!(
             sources = ctx.sources.len(),
             bindings = ctx.bindings.len(),
+            workloads = ctx.rollout.tracked_len(),
             "watch caches synced; reconciling"
         );
         ctx.refresh_gauge();
@@ -182,6 +186,18 @@ impl Term {
             },
         ));
 
+        let c = ctx.clone();
+        dispatchers.spawn(dispatch(
+            ctx.clone(),
+            "rollout",
+            self.config.concurrency.clamp(1, 4),
+            |c: &Ctx| &c.rollout.queue,
+            move |key| {
+                let c = c.clone();
+                async move { reconcile_workload(&c, key).await }
+            },
+        ));
+
         while !*stop.borrow() {
             if stop.changed().await.is_err() {
                 break;
@@ -189,6 +205,7 @@ impl Term {
         }
         ctx.binding_queue.shutdown();
         ctx.source_queue.shutdown();
+        ctx.rollout.queue.shutdown();
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while dispatchers.join_next().await.is_some() {}
         })
@@ -203,14 +220,15 @@ impl Term {
 /// Pops keys while a worker slot is free and runs `handler` on them. Popping only with a
 /// free slot is what lets an urgent key overtake waiting refreshes. On queue shutdown it
 /// waits for in-flight handlers.
-async fn dispatch<F, Fut>(
+async fn dispatch<K, F, Fut>(
     ctx: Arc<Ctx>,
     controller: &'static str,
     concurrency: usize,
-    queue: fn(&Ctx) -> &Queue<ObjKey>,
+    queue: fn(&Ctx) -> &Queue<K>,
     handler: F,
 ) where
-    F: Fn(ObjKey) -> Fut,
+    K: Clone + Eq + std::hash::Hash + Ord + Send + 'static,
+    F: Fn(K) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let sem = Arc::new(Semaphore::new(concurrency));
@@ -241,6 +259,15 @@ async fn reconcile_binding(ctx: &Ctx, key: ObjKey) {
     ctx.metrics.reconcile("binding", result, start.elapsed());
     if let Requeue::After(d) = requeue {
         ctx.binding_queue.add_after(key, d, Priority::Normal);
+    }
+}
+
+async fn reconcile_workload(ctx: &Ctx, key: crate::rollout::WorkloadKey) {
+    let start = StdInstant::now();
+    let (requeue, result) = crate::rollout::reconcile(ctx, &key).await;
+    ctx.metrics.reconcile("rollout", result, start.elapsed());
+    if let Some(d) = requeue {
+        ctx.rollout.queue.add_after(key, d, Priority::Normal);
     }
 }
 
@@ -415,6 +442,12 @@ async fn watch_bindings(ctx: Arc<Ctx>, scope: Option<String>, synced: Arc<Atomic
                 match g.0 {
                     Ok(b) => {
                         let old = ctx.bindings.upsert(key.clone(), b.clone());
+                        if old
+                            .as_deref()
+                            .is_some_and(|o| o.spec.rollout.restart != b.spec.rollout.restart)
+                        {
+                            ctx.rollout.wake_namespace(&key.namespace);
+                        }
                         if let Some(prio) = binding_event_priority(old.as_deref(), &b) {
                             ctx.binding_queue.add(key, prio);
                         }
@@ -463,7 +496,24 @@ async fn watch_secrets(ctx: Arc<Ctx>, scope: Option<String>, synced: Arc<AtomicU
     let cfg = watcher::Config::default().labels(&format!("{LABEL_MANAGED}=true"));
     let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
     let mut first_done = false;
+    // The same metadata feeds the rollout reconciler's managed-Secret index.
+    let mut relisted: Option<HashSet<ObjKey>> = None;
     while let Some(ev) = stream.next().await {
+        match &ev {
+            Ok(Event::Init) => relisted = Some(HashSet::new()),
+            Ok(Event::InitApply(meta)) | Ok(Event::Apply(meta)) => {
+                if let Some(seen) = relisted.as_mut() {
+                    seen.insert(key_of(meta));
+                }
+                ctx.rollout.secret_applied(meta);
+            }
+            Ok(Event::Delete(meta)) => ctx.rollout.secret_deleted(meta),
+            Ok(Event::InitDone) => {
+                let seen = relisted.take().unwrap_or_default();
+                ctx.rollout.prune_secrets(scope.as_deref(), &seen);
+            }
+            Err(_) => {}
+        }
         match ev {
             Ok(Event::Init) => {}
             Ok(Event::InitApply(meta)) => {

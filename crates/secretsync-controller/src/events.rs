@@ -1,4 +1,4 @@
-//! Kubernetes Events (events.k8s.io/v1) on bindings, rate-limited per binding so a flapping
+//! Kubernetes Events (events.k8s.io/v1) on bindings and workloads, rate-limited per object so a flapping
 //! backend cannot flood the API server. Messages name Secrets and keys, never values.
 
 use std::collections::HashMap;
@@ -63,6 +63,10 @@ pub mod reasons {
     pub const ROTATED: &str = "Rotated";
     /// A sync failed.
     pub const SYNC_FAILED: &str = "SyncFailed";
+    /// A workload was restarted after a rotation (on the workload).
+    pub const ROLLOUT_RESTARTED: &str = "RolloutRestarted";
+    /// A restart was deferred, e.g. the Deployment is paused (Warning, on the workload).
+    pub const ROLLOUT_SKIPPED: &str = "RolloutSkipped";
 }
 
 impl Events {
@@ -91,13 +95,27 @@ impl Events {
         reason: &str,
         note: String,
     ) {
+        self.publish_action(key, reference, warning, reason, "Sync", note)
+            .await
+    }
+
+    /// [`Events::publish`] with an explicit `action` (e.g. `Restart` on workloads).
+    pub async fn publish_action(
+        &self,
+        key: &ObjKey,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let allowed = self
             .limiter
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .allow(key, Instant::now());
         if !allowed {
-            tracing::debug!(binding = %key, reason, "event suppressed by rate limit");
+            tracing::debug!(object = %key, reason, "event suppressed by rate limit");
             return;
         }
         let ev = Event {
@@ -108,11 +126,11 @@ impl Events {
             },
             reason: reason.to_string(),
             note: Some(note),
-            action: "Sync".to_string(),
+            action: action.to_string(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, reference).await {
-            tracing::warn!(binding = %key, reason, error = %e, "could not publish event");
+            tracing::warn!(object = %key, reason, error = %e, "could not publish event");
         }
     }
 

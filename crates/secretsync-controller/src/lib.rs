@@ -1,8 +1,9 @@
 //! The secretsync controller: SecretSource and SecretBinding reconcilers, leader election,
 //! metrics and health endpoints. The binary calls [`run`].
 //!
-//! Layout: pure decisions live in [`sync`], [`queue`], [`backoff`], [`leader`] (decision
-//! part) and are unit-tested; [`binding`], [`source`], [`controller`] do the I/O.
+//! Layout: pure decisions live in [`sync`], [`rollout_plan`], [`queue`], [`backoff`],
+//! [`leader`] (decision part) and are unit-tested; [`binding`], [`source`], [`rollout`],
+//! [`controller`] do the I/O.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ pub mod leader;
 pub mod metrics;
 pub mod queue;
 pub mod rbac;
+pub mod rollout;
+pub mod rollout_plan;
 pub mod source;
 pub mod store;
 pub mod sync;

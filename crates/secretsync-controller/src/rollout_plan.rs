@@ -1,0 +1,730 @@
+//! Pure decisions of the rollout reconciler: which Secrets a workload depends on, its
+//! secret revision, and whether to record, restart, wait or skip.
+//!
+//! Exactly-once restarts rest on one rule: the revision a workload was last restarted for
+//! is stored on the workload itself (`secretsync.dev/secret-revision`) and written in the
+//! same patch as the restart, so an operator restart, leader change or resync recomputes
+//! the same revision and finds nothing to do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use secretsync_api::{
+    ANNOTATION_RESTART_ON_ROTATION, ANNOTATION_RESTARTED_AT, ANNOTATION_SECRET_REVISION,
+    RestartRecord,
+};
+use secretsync_backends::hash::HmacKey;
+
+/// How a workload opted in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptIn {
+    /// `"true"`: every managed Secret the pod template references.
+    Auto,
+    /// A comma-separated list of Secret names.
+    Explicit(BTreeSet<String>),
+}
+
+/// Reads the opt-in annotation; `None` when absent, empty or `"false"`.
+pub fn opt_in(annotations: Option<&BTreeMap<String, String>>) -> Option<OptIn> {
+    let raw = annotations?.get(ANNOTATION_RESTART_ON_ROTATION)?.trim();
+    match raw {
+        "" | "false" => None,
+        "true" => Some(OptIn::Auto),
+        list => {
+            let names: BTreeSet<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            (!names.is_empty()).then_some(OptIn::Explicit(names))
+        }
+    }
+}
+
+/// Every Secret name a pod spec references: env `secretKeyRef`, `envFrom.secretRef`,
+/// `secret` volumes and projected volume `secret` sources, across init, regular and
+/// ephemeral containers.
+pub fn referenced_secrets(spec: &PodSpec) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| (&c.env, &c.env_from))
+        .chain(spec.containers.iter().map(|c| (&c.env, &c.env_from)))
+        .chain(
+            spec.ephemeral_containers
+                .iter()
+                .flatten()
+                .map(|c| (&c.env, &c.env_from)),
+        );
+    for (env, env_from) in containers {
+        for e in env.iter().flatten() {
+            if let Some(r) = e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+            {
+                out.insert(r.name.clone());
+            }
+        }
+        for f in env_from.iter().flatten() {
+            if let Some(r) = &f.secret_ref {
+                out.insert(r.name.clone());
+            }
+        }
+    }
+    for v in spec.volumes.iter().flatten() {
+        if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.as_ref()) {
+            out.insert(name.clone());
+        }
+        if let Some(p) = &v.projected {
+            for src in p.sources.iter().flatten() {
+                if let Some(s) = &src.secret {
+                    out.insert(s.name.clone());
+                }
+            }
+        }
+    }
+    out.retain(|n| !n.is_empty());
+    out
+}
+
+/// The Secrets a workload depends on: those it selects (opt-in mode) that are managed and
+/// whose binding allows restarts. `restartable` maps such Secret names to their data hash.
+pub fn dependencies<'a>(
+    opt: &OptIn,
+    pod: Option<&PodSpec>,
+    restartable: &'a BTreeMap<String, String>,
+) -> BTreeMap<&'a str, &'a str> {
+    let wanted: BTreeSet<String> = match opt {
+        OptIn::Auto => pod.map(referenced_secrets).unwrap_or_default(),
+        OptIn::Explicit(names) => names.clone(),
+    };
+    restartable
+        .iter()
+        .filter(|(name, _)| wanted.contains(name.as_str()))
+        .map(|(n, h)| (n.as_str(), h.as_str()))
+        .collect()
+}
+
+/// The workload kinds that can opt in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    /// The kind name (`Deployment`, ...), also the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+impl std::fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a workload in `mode` with (possibly unknown) referenced Secrets `refs` may
+/// depend on Secret `secret`: decides which workloads a Secret change wakes up.
+pub fn may_depend_on(mode: &OptIn, refs: Option<&BTreeSet<String>>, secret: &str) -> bool {
+    match mode {
+        OptIn::Explicit(names) => names.contains(secret),
+        OptIn::Auto => refs.is_none_or(|r| r.contains(secret)),
+    }
+}
+
+/// A rotation waiting out the debounce (in memory only: losing it on an operator restart
+/// delays the restart by one debounce, it never duplicates it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// When a differing revision was first seen.
+    pub since: Instant,
+    /// When the revision last changed while waiting.
+    pub last_change: Instant,
+    /// The revision last seen.
+    pub revision: String,
+}
+
+/// A steady stream of rotations cannot postpone a restart beyond this many debounces.
+pub const MAX_DEBOUNCE_FACTOR: u32 = 3;
+
+/// What to do with one workload now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to write.
+    Nothing,
+    /// First sight, or only the set of dependencies changed (no dependency's data did):
+    /// record the revision without restarting.
+    Record {
+        /// Revision to record.
+        revision: String,
+    },
+    /// Restart (pod-template `restartedAt`) and record the revision in one patch.
+    Restart {
+        /// Revision to record.
+        revision: String,
+    },
+    /// A rotation is pending; look again at this instant (debounce).
+    WaitUntil(Instant),
+    /// A Deployment is paused: warn, do not patch, look again when it changes.
+    SkipPaused {
+        /// The revision that would be recorded.
+        revision: String,
+    },
+}
+
+/// Inputs for one decision.
+pub struct WorkloadState<'a> {
+    /// The workload's annotations.
+    pub annotations: Option<&'a BTreeMap<String, String>>,
+    /// Whether the workload is a paused Deployment.
+    pub paused: bool,
+    /// A rotation already waiting out the debounce.
+    pub pending: Option<&'a Pending>,
+    /// The dependencies (Secret name → data hash) this process last saw matching the
+    /// recorded revision; `None` when unknown (e.g. after an operator restart).
+    pub seen: Option<&'a BTreeMap<String, String>>,
+}
+
+/// A decision plus the debounce state to keep for the workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// What to do.
+    pub decision: Decision,
+    /// Pending rotation to remember (`None` = clear).
+    pub pending: Option<Pending>,
+}
+
+/// Whether going from `seen` to `deps` changed no Secret's data (only which Secrets count).
+fn membership_only(seen: &BTreeMap<String, String>, deps: &BTreeMap<&str, &str>) -> bool {
+    deps.iter()
+        .all(|(name, hash)| seen.get(*name).is_none_or(|h| h == hash))
+}
+
+/// Decides what to do. `deps` are (Secret name, data hash) pairs the workload depends on.
+///
+/// - No dependencies: nothing (no write on workloads that use no managed Secret).
+/// - Recorded revision equal: nothing. Absent: record (first sight, no restart).
+/// - Differing, but this process saw every common Secret with the same hash: only the set
+///   of dependencies changed (a new binding's first sync, `rollout.restart` toggled, a
+///   reference added): record without restart.
+/// - Otherwise a rotation: wait until `debounce` after the last revision change (at most
+///   [`MAX_DEBOUNCE_FACTOR`] debounces after the first), then restart, or skip a paused
+///   Deployment (keeping the pending rotation for when it is unpaused).
+pub fn decide(
+    key: &HmacKey,
+    state: &WorkloadState<'_>,
+    deps: &BTreeMap<&str, &str>,
+    now: Instant,
+    debounce: Duration,
+) -> Plan {
+    let nothing = Plan {
+        decision: Decision::Nothing,
+        pending: None,
+    };
+    if deps.is_empty() {
+        return nothing;
+    }
+    let revision = key.revision(deps.iter().map(|(n, h)| (*n, *h)));
+    let recorded = state
+        .annotations
+        .and_then(|a| a.get(ANNOTATION_SECRET_REVISION));
+    match recorded {
+        Some(r) if *r == revision => return nothing,
+        None => {
+            return Plan {
+                decision: Decision::Record { revision },
+                pending: None,
+            };
+        }
+        Some(_) => {}
+    }
+    if state.seen.is_some_and(|seen| membership_only(seen, deps)) {
+        return Plan {
+            decision: Decision::Record { revision },
+            pending: None,
+        };
+    }
+    let pending = match state.pending {
+        Some(p) if p.revision == revision => p.clone(),
+        Some(p) => Pending {
+            since: p.since,
+            last_change: now,
+            revision: revision.clone(),
+        },
+        None => Pending {
+            since: now,
+            last_change: now,
+            revision: revision.clone(),
+        },
+    };
+    let due = (pending.last_change + debounce).min(pending.since + debounce * MAX_DEBOUNCE_FACTOR);
+    let decision = if now < due {
+        Decision::WaitUntil(due)
+    } else if state.paused {
+        Decision::SkipPaused { revision }
+    } else {
+        Decision::Restart { revision }
+    };
+    Plan {
+        decision,
+        pending: Some(pending),
+    }
+}
+
+/// The Secrets whose data changed since `seen` (all dependencies when unknown): named in
+/// the `RolloutRestarted` event and whose bindings list the restart.
+pub fn rotated<'a>(
+    seen: Option<&BTreeMap<String, String>>,
+    deps: &BTreeMap<&'a str, &'a str>,
+) -> Vec<&'a str> {
+    deps.iter()
+        .filter(|(name, hash)| seen.is_none_or(|s| s.get(**name).is_none_or(|h| h != **hash)))
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+/// The merge patch recording `revision` on a workload, conditional on `resource_version`
+/// (the API server answers 409 if the workload changed since it was read).
+pub fn record_patch(resource_version: &str, revision: &str) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": {ANNOTATION_SECRET_REVISION: revision},
+        }
+    })
+}
+
+/// The one restart patch: pod-template `restartedAt` plus the new revision, conditional
+/// on `resource_version` so two operator processes can never both restart.
+pub fn restart_patch(
+    resource_version: &str,
+    revision: &str,
+    at_rfc3339: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": {ANNOTATION_SECRET_REVISION: revision},
+        },
+        "spec": {"template": {"metadata": {"annotations": {ANNOTATION_RESTARTED_AT: at_rfc3339}}}},
+    })
+}
+
+/// A binding's `status.restarted` after restarting `kind`/`name` at `at`: entries from
+/// before the binding's last rotation are dropped (the list covers the last rotation),
+/// an older entry for the same workload is replaced.
+pub fn restarted_list(
+    existing: &[RestartRecord],
+    last_rotation: Option<&Time>,
+    kind: &str,
+    name: &str,
+    at: &Time,
+) -> Vec<RestartRecord> {
+    let mut out: Vec<RestartRecord> = existing
+        .iter()
+        .filter(|r| last_rotation.is_none_or(|t| r.at.0 >= t.0))
+        .filter(|r| !(r.kind == kind && r.name == name))
+        .cloned()
+        .collect();
+    out.push(RestartRecord {
+        kind: kind.to_string(),
+        name: name.to_string(),
+        at: at.clone(),
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        Container, EnvFromSource, EnvVar, EnvVarSource, ProjectedVolumeSource, SecretEnvSource,
+        SecretKeySelector, SecretProjection, SecretVolumeSource, Volume, VolumeProjection,
+    };
+
+    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn opt_in_modes() {
+        assert_eq!(opt_in(None), None);
+        assert_eq!(opt_in(Some(&ann(&[]))), None);
+        assert_eq!(
+            opt_in(Some(&ann(&[(ANNOTATION_RESTART_ON_ROTATION, "true")]))),
+            Some(OptIn::Auto)
+        );
+        assert_eq!(
+            opt_in(Some(&ann(&[(ANNOTATION_RESTART_ON_ROTATION, "false")]))),
+            None
+        );
+        assert_eq!(
+            opt_in(Some(&ann(&[(ANNOTATION_RESTART_ON_ROTATION, " a, b ,,")]))),
+            Some(OptIn::Explicit(["a".to_string(), "b".to_string()].into()))
+        );
+    }
+
+    fn pod() -> PodSpec {
+        PodSpec {
+            init_containers: Some(vec![Container {
+                name: "init".into(),
+                env_from: Some(vec![EnvFromSource {
+                    secret_ref: Some(SecretEnvSource {
+                        name: "init-secret".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }]),
+            containers: vec![Container {
+                name: "app".into(),
+                env: Some(vec![EnvVar {
+                    name: "PW".into(),
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: "env-secret".into(),
+                            key: "pw".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }],
+            volumes: Some(vec![
+                Volume {
+                    name: "v".into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some("vol-secret".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                Volume {
+                    name: "p".into(),
+                    projected: Some(ProjectedVolumeSource {
+                        sources: Some(vec![VolumeProjection {
+                            secret: Some(SecretProjection {
+                                name: "proj-secret".into(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn finds_every_reference_kind() {
+        let refs: Vec<String> = referenced_secrets(&pod()).into_iter().collect();
+        assert_eq!(
+            refs,
+            vec!["env-secret", "init-secret", "proj-secret", "vol-secret"]
+        );
+    }
+
+    #[test]
+    fn dependencies_filter_managed_and_selected() {
+        let restartable: BTreeMap<String, String> = [
+            ("env-secret".to_string(), "h1".to_string()),
+            ("vol-secret".to_string(), "h2".to_string()),
+            ("unrelated".to_string(), "h3".to_string()),
+        ]
+        .into();
+        let auto = dependencies(&OptIn::Auto, Some(&pod()), &restartable);
+        assert_eq!(
+            auto.keys().copied().collect::<Vec<_>>(),
+            vec!["env-secret", "vol-secret"]
+        );
+        let explicit = dependencies(
+            &OptIn::Explicit(["unrelated".to_string(), "missing".to_string()].into()),
+            Some(&pod()),
+            &restartable,
+        );
+        assert_eq!(
+            explicit.keys().copied().collect::<Vec<_>>(),
+            vec!["unrelated"]
+        );
+    }
+
+    fn st<'a>(
+        annotations: Option<&'a BTreeMap<String, String>>,
+        paused: bool,
+        pending: Option<&'a Pending>,
+        seen: Option<&'a BTreeMap<String, String>>,
+    ) -> WorkloadState<'a> {
+        WorkloadState {
+            annotations,
+            paused,
+            pending,
+            seen,
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let key = HmacKey::new(vec![3; 32]);
+        let now = Instant::now();
+        let debounce = Duration::from_secs(10);
+        let deps: BTreeMap<&str, &str> = [("a", "h1")].into();
+        let rev = key.revision([("a", "h1")]);
+
+        // First sight: record, no restart.
+        let plan = decide(&key, &st(None, false, None, None), &deps, now, debounce);
+        assert_eq!(
+            plan.decision,
+            Decision::Record {
+                revision: rev.clone()
+            }
+        );
+        assert_eq!(plan.pending, None);
+        // No dependencies: never a write.
+        let plan = decide(
+            &key,
+            &st(None, false, None, None),
+            &BTreeMap::new(),
+            now,
+            debounce,
+        );
+        assert_eq!(plan.decision, Decision::Nothing);
+
+        // Same revision: nothing, whatever else is going on.
+        let same = ann(&[(ANNOTATION_SECRET_REVISION, &rev)]);
+        let plan = decide(
+            &key,
+            &st(Some(&same), true, None, None),
+            &deps,
+            now,
+            debounce,
+        );
+        assert_eq!(plan.decision, Decision::Nothing);
+
+        // A rotation: wait out the debounce first.
+        let old = ann(&[(ANNOTATION_SECRET_REVISION, "old")]);
+        let plan = decide(
+            &key,
+            &st(Some(&old), false, None, None),
+            &deps,
+            now,
+            debounce,
+        );
+        assert_eq!(plan.decision, Decision::WaitUntil(now + debounce));
+        let pending = plan.pending.clone().unwrap();
+        assert_eq!(pending.since, now);
+        // Re-evaluated before the due time: still waiting, same deadline.
+        let plan = decide(
+            &key,
+            &st(Some(&old), false, Some(&pending), None),
+            &deps,
+            now + Duration::from_secs(3),
+            debounce,
+        );
+        assert_eq!(plan.decision, Decision::WaitUntil(now + debounce));
+        // Due: restart with the new revision.
+        let plan = decide(
+            &key,
+            &st(Some(&old), false, Some(&pending), None),
+            &deps,
+            now + debounce,
+            debounce,
+        );
+        assert_eq!(
+            plan.decision,
+            Decision::Restart {
+                revision: rev.clone()
+            }
+        );
+        // Paused: skip, keep the pending rotation for the unpause.
+        let plan = decide(
+            &key,
+            &st(Some(&old), true, Some(&pending), None),
+            &deps,
+            now + debounce,
+            debounce,
+        );
+        assert_eq!(
+            plan.decision,
+            Decision::SkipPaused {
+                revision: rev.clone()
+            }
+        );
+        assert_eq!(plan.pending, Some(pending.clone()));
+        // Zero debounce restarts at once.
+        let plan = decide(
+            &key,
+            &st(Some(&old), false, None, None),
+            &deps,
+            now,
+            Duration::ZERO,
+        );
+        assert!(matches!(plan.decision, Decision::Restart { .. }));
+    }
+
+    #[test]
+    fn a_second_rotation_within_the_window_extends_it_up_to_a_cap() {
+        let key = HmacKey::new(vec![3; 32]);
+        let t0 = Instant::now();
+        let d = Duration::from_secs(10);
+        let old = ann(&[(ANNOTATION_SECRET_REVISION, "old")]);
+        let deps1: BTreeMap<&str, &str> = [("a", "h2"), ("b", "h1")].into();
+        let deps2: BTreeMap<&str, &str> = [("a", "h2"), ("b", "h2")].into();
+        let p1 = decide(&key, &st(Some(&old), false, None, None), &deps1, t0, d)
+            .pending
+            .unwrap();
+        let t1 = t0 + Duration::from_secs(2);
+        let plan = decide(&key, &st(Some(&old), false, Some(&p1), None), &deps2, t1, d);
+        assert_eq!(plan.decision, Decision::WaitUntil(t1 + d));
+        let p2 = plan.pending.unwrap();
+        assert_eq!(p2.since, t0);
+        // One restart, with the revision of both rotations.
+        let plan = decide(
+            &key,
+            &st(Some(&old), false, Some(&p2), None),
+            &deps2,
+            t1 + d,
+            d,
+        );
+        assert_eq!(
+            plan.decision,
+            Decision::Restart {
+                revision: key.revision([("a", "h2"), ("b", "h2")])
+            }
+        );
+        // Rotations every few seconds cannot postpone it forever.
+        let late = Pending {
+            since: t0,
+            last_change: t0 + d * 3,
+            revision: p2.revision.clone(),
+        };
+        let plan = decide(
+            &key,
+            &st(Some(&old), false, Some(&late), None),
+            &deps2,
+            t0 + d * MAX_DEBOUNCE_FACTOR,
+            d,
+        );
+        assert!(matches!(plan.decision, Decision::Restart { .. }));
+    }
+
+    #[test]
+    fn dependency_set_changes_alone_never_restart() {
+        let key = HmacKey::new(vec![3; 32]);
+        let now = Instant::now();
+        let d = Duration::from_secs(10);
+        let seen: BTreeMap<String, String> = [("a".to_string(), "h1".to_string())].into();
+        let recorded = ann(&[(ANNOTATION_SECRET_REVISION, &key.revision([("a", "h1")]))]);
+        // A new binding's first sync adds Secret b.
+        let grown: BTreeMap<&str, &str> = [("a", "h1"), ("b", "h9")].into();
+        let plan = decide(
+            &key,
+            &st(Some(&recorded), false, None, Some(&seen)),
+            &grown,
+            now,
+            d,
+        );
+        assert!(matches!(plan.decision, Decision::Record { .. }));
+        // But a changed hash is a rotation even when the set changed too.
+        let rotated_deps: BTreeMap<&str, &str> = [("a", "h2"), ("b", "h9")].into();
+        let plan = decide(
+            &key,
+            &st(Some(&recorded), false, None, Some(&seen)),
+            &rotated_deps,
+            now,
+            d,
+        );
+        assert!(matches!(plan.decision, Decision::WaitUntil(_)));
+        assert_eq!(rotated(Some(&seen), &rotated_deps), vec!["a", "b"]);
+        let one: BTreeMap<&str, &str> = [("a", "h2")].into();
+        assert_eq!(rotated(Some(&seen), &one), vec!["a"]);
+        assert_eq!(rotated(None, &grown), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn wake_up_filter() {
+        let explicit = OptIn::Explicit(["a".to_string()].into());
+        assert!(may_depend_on(&explicit, None, "a"));
+        assert!(!may_depend_on(&explicit, None, "b"));
+        let refs: BTreeSet<String> = ["b".to_string()].into();
+        assert!(may_depend_on(&OptIn::Auto, None, "a"));
+        assert!(may_depend_on(&OptIn::Auto, Some(&refs), "b"));
+        assert!(!may_depend_on(&OptIn::Auto, Some(&refs), "a"));
+    }
+
+    #[test]
+    fn patches_are_conditional() {
+        let r = record_patch("42", "rev");
+        assert_eq!(r["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            r["metadata"]["annotations"][ANNOTATION_SECRET_REVISION],
+            "rev"
+        );
+        assert!(r.get("spec").is_none(), "recording never restarts");
+        let p = restart_patch("42", "rev", "2026-01-01T00:00:00Z");
+        assert_eq!(p["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            p["metadata"]["annotations"][ANNOTATION_SECRET_REVISION],
+            "rev"
+        );
+        assert_eq!(
+            p["spec"]["template"]["metadata"]["annotations"][ANNOTATION_RESTARTED_AT],
+            "2026-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn restarted_lists_cover_the_last_rotation() {
+        let t = |s: i64| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap());
+        let existing = vec![
+            RestartRecord {
+                kind: "Deployment".into(),
+                name: "old".into(),
+                at: t(10),
+            },
+            RestartRecord {
+                kind: "StatefulSet".into(),
+                name: "db".into(),
+                at: t(105),
+            },
+            RestartRecord {
+                kind: "Deployment".into(),
+                name: "api".into(),
+                at: t(101),
+            },
+        ];
+        let out = restarted_list(&existing, Some(&t(100)), "Deployment", "api", &t(110));
+        let names: Vec<(&str, &str)> = out
+            .iter()
+            .map(|r| (r.kind.as_str(), r.name.as_str()))
+            .collect();
+        assert_eq!(names, vec![("StatefulSet", "db"), ("Deployment", "api")]);
+        assert_eq!(out[1].at, t(110));
+        assert_eq!(restarted_list(&[], None, "DaemonSet", "x", &t(1)).len(), 1);
+        assert_eq!(WorkloadKind::DaemonSet.to_string(), "DaemonSet");
+    }
+}
