@@ -7,7 +7,6 @@ pub mod crd;
 pub mod duration;
 pub mod manifest;
 mod schema;
-pub mod secret;
 pub mod source;
 
 pub use binding::*;

@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use secretsync_api::manifest::{Manifest, parse_stream};
-use secretsync_api::secret::desired_secret;
 use secretsync_api::{SecretBinding, SecretSource, parse_duration};
 use secretsync_backends::cache::NoopObserver;
 use secretsync_backends::env::EnvPolicy;
@@ -201,12 +199,11 @@ pub async fn render(opts: &RenderOptions) -> Result<RenderOutput> {
         };
         match resolve::resolve(&binding.spec, &cache, false).await {
             Ok(data) => {
+                // The same Secret object the controller server-side applies.
                 let hash = opts.hmac_key.data_hash(&data);
-                let bytes: BTreeMap<String, ByteString> = data
-                    .iter()
-                    .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
-                    .collect();
-                out.secrets.push(desired_secret(binding, bytes, &hash));
+                let desired = secretsync_controller::sync::desired_secret(binding, &hash);
+                out.secrets
+                    .push(secretsync_controller::sync::apply_object(&desired, &data));
             }
             Err(e) => out.errors.push(format!("SecretBinding {ns}/{name}: {e}")),
         }
