@@ -1,0 +1,599 @@
+//! End-to-end, one test per backend: the real `secretsync run` binary turns a binding into
+//! the expected Secret bytes with Ready=True/Synced. env, file (Dir, Dotenv, Yaml, Json),
+//! Vault KV v2 (token auth, Kubernetes auth against the API server's TokenReview) and AWS
+//! Secrets Manager (moto, static credentials from a Secret).
+
+mod support;
+
+use base64::Engine as _;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Api;
+use kube::api::PostParams;
+use secretsync_testkit::harness::TestEnv;
+use serde_json::json;
+use support::*;
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn env_source_reads_only_allowed_variables() {
+    let env = env().await;
+    let op = Operator::start(
+        &env,
+        &OperatorOpts {
+            args: vec!["--env-allow=E2E_APP_*".into()],
+            envs: vec![
+                ("E2E_APP_DB_PASSWORD".into(), "env-pw-1".into()),
+                ("E2E_APP_API_TOKEN".into(), "env-token-2".into()),
+                ("E2E_OTHER_SECRET".into(), "forbidden-value-77".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    apply(
+        &env,
+        r#"
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {name: env-app}
+spec: {prefix: E2E_APP_, env: {}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {name: from-env}
+spec:
+  sourceRef: {name: env-app}
+  refreshInterval: 2s
+  data:
+    - {secretKey: password, remoteRef: {key: db/password}}
+    - {secretKey: token, remoteRef: {key: api-token}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {name: env-other}
+spec: {prefix: E2E_OTHER_, env: {}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {name: not-allowed}
+spec:
+  sourceRef: {name: env-other}
+  data:
+    - {secretKey: s, remoteRef: {key: secret}}
+"#,
+    )
+    .await;
+    wait_synced(
+        &env,
+        &op,
+        "from-env",
+        "from-env",
+        &data(&[("password", "env-pw-1"), ("token", "env-token-2")]),
+    )
+    .await;
+    let c = wait_reason(&env, &op, "not-allowed", "AccessDenied").await;
+    assert!(c.message.contains("E2E_OTHER_SECRET"), "{c:?}");
+    assert!(
+        secrets(&env)
+            .get_opt("not-allowed")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let out = op.output();
+    assert!(
+        !out.contains("env-pw-1") && !out.contains("forbidden-value-77"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn file_source_in_each_format() {
+    let env = env().await;
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("dir/db")).unwrap();
+    std::fs::write(r.join("dir/db/password"), "dir-pw").unwrap();
+    std::fs::write(r.join("dir/token"), "dir-token").unwrap();
+    std::fs::write(
+        r.join("app.env"),
+        "# comment\nexport DB_USER=dotenv-user\nDB_PASSWORD='dotenv pw'\n\nPORT=\"5432\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        r.join("app.yaml"),
+        "db_user: yaml-user\nport: 5432\ncreds:\n  password: yaml-pw\n",
+    )
+    .unwrap();
+    std::fs::write(
+        r.join("app.json"),
+        r#"{"db_user": "json-user", "enabled": true, "creds": {"password": "json-pw"}}"#,
+    )
+    .unwrap();
+    let op = Operator::start(
+        &env,
+        &OperatorOpts {
+            file_root: Some(r.to_path_buf()),
+            ..Default::default()
+        },
+    );
+    let p = |f: &str| r.join(f).display().to_string();
+    apply(
+        &env,
+        &format!(
+            r#"
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: dir}}
+spec: {{file: {{path: "{dir}", format: Dir}}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: dotenv}}
+spec: {{file: {{path: "{dotenv}", format: Dotenv}}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: yaml}}
+spec: {{file: {{path: "{yaml}", format: Yaml}}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: json}}
+spec: {{file: {{path: "{json}", format: Json}}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {{name: dir}}
+spec:
+  sourceRef: {{name: dir}}
+  data:
+    - {{secretKey: password, remoteRef: {{key: db/password}}}}
+    - {{secretKey: token, remoteRef: {{key: token}}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {{name: dotenv}}
+spec:
+  sourceRef: {{name: dotenv}}
+  data:
+    - {{secretKey: user, remoteRef: {{key: DB_USER}}}}
+    - {{secretKey: password, remoteRef: {{key: DB_PASSWORD}}}}
+    - {{secretKey: port, remoteRef: {{key: PORT}}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {{name: yaml}}
+spec:
+  sourceRef: {{name: yaml}}
+  data:
+    - {{secretKey: user, remoteRef: {{key: db_user}}}}
+    - {{secretKey: port, remoteRef: {{key: port}}}}
+    - {{secretKey: password, remoteRef: {{key: creds, property: password}}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {{name: json}}
+spec:
+  sourceRef: {{name: json}}
+  data:
+    - {{secretKey: user, remoteRef: {{key: db_user}}}}
+    - {{secretKey: enabled, remoteRef: {{key: enabled}}}}
+    - {{secretKey: password, remoteRef: {{key: creds, property: password}}}}
+"#,
+            dir = p("dir"),
+            dotenv = p("app.env"),
+            yaml = p("app.yaml"),
+            json = p("app.json"),
+        ),
+    )
+    .await;
+    wait_synced(
+        &env,
+        &op,
+        "dir",
+        "dir",
+        &data(&[("password", "dir-pw"), ("token", "dir-token")]),
+    )
+    .await;
+    wait_synced(
+        &env,
+        &op,
+        "dotenv",
+        "dotenv",
+        &data(&[
+            ("user", "dotenv-user"),
+            ("password", "dotenv pw"),
+            ("port", "5432"),
+        ]),
+    )
+    .await;
+    wait_synced(
+        &env,
+        &op,
+        "yaml",
+        "yaml",
+        &data(&[
+            ("user", "yaml-user"),
+            ("port", "5432"),
+            ("password", "yaml-pw"),
+        ]),
+    )
+    .await;
+    wait_synced(
+        &env,
+        &op,
+        "json",
+        "json",
+        &data(&[
+            ("user", "json-user"),
+            ("enabled", "true"),
+            ("password", "json-pw"),
+        ]),
+    )
+    .await;
+}
+
+/// A KV v2 mount with `app/db` and a read policy; returns (mount, policy).
+async fn vault_data(bao: &Bao, password: &str) -> (String, String) {
+    let mount = unique("e2e-kv");
+    bao.enable_kv(&mount, 2).await;
+    bao.put_v2(
+        &mount,
+        "app/db",
+        json!({"username": "vault-user", "password": password}),
+    )
+    .await;
+    let policy = unique("e2e-read");
+    bao.read_policy(&policy, &mount).await;
+    (mount, policy)
+}
+
+fn vault_binding(name: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {{name: {name}}}
+spec:
+  sourceRef: {{name: {name}}}
+  data:
+    - {{secretKey: password, remoteRef: {{key: app/db, property: password}}}}
+  dataFrom:
+    - extract: {{key: app/db}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn vault_kv2_with_token_auth() {
+    let env = env().await;
+    let bao = Bao::shared();
+    let (mount, policy) = vault_data(&bao, "vault-token-pw").await;
+    let token = bao.token_with_policy(&policy).await;
+    let op = Operator::start(&env, &OperatorOpts::default());
+    apply(
+        &env,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token}}
+data: {{token: {token}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: vault}}
+spec:
+  vault:
+    server: {addr}
+    mount: {mount}
+    kvVersion: 2
+    auth: {{token: {{secretRef: {{name: vault-token, key: token}}}}}}
+{binding}"#,
+            token = b64(&token),
+            addr = bao.addr,
+            binding = vault_binding("vault"),
+        ),
+    )
+    .await;
+    wait_synced(
+        &env,
+        &op,
+        "vault",
+        "vault",
+        &data(&[("password", "vault-token-pw"), ("username", "vault-user")]),
+    )
+    .await;
+    let sources: Api<secretsync_api::SecretSource> =
+        Api::namespaced(env.client.clone(), &env.namespace);
+    let src = sources.get("vault").await.unwrap();
+    let c = &src.status.unwrap().conditions;
+    assert!(
+        c.iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason == "Valid"),
+        "{c:?}"
+    );
+}
+
+/// A self-signed CA certificate (no key kept) for OpenBao's config when the API server is
+/// the plain-HTTP fake.
+const UNUSED_CA: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBnTCCAUOgAwIBAgIUY0q/Wptgq5y6JDQHzAWumkpAx9QwCgYIKoZIzj0EAwIw\n\
+IzEhMB8GA1UEAwwYc2VjcmV0c3luYy1lMmUtdW51c2VkLWNhMCAXDTI2MTEyMzE5\n\
+NDMyOFoYDzIxMjYxMDMwMTk0MzI4WjAjMSEwHwYDVQQDDBhzZWNyZXRzeW5jLWUy\n\
+ZS11bnVzZWQtY2EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAScrsd+pNur8ReN\n\
+gf24yN2dfS7vRdssQpnEGM2LkizryIOWYLaobQYSZnDoYpGqqp6hzC/HLn9ovTxy\n\
+qLkuYGgvo1MwUTAdBgNVHQ4EFgQU8iFJzDdTop2Ztm8bxC2Stv1AK1owHwYDVR0j\n\
+BBgwFoAU8iFJzDdTop2Ztm8bxC2Stv1AK1owDwYDVR0TAQH/BAUwAwEB/zAKBggq\n\
+hkjOPQQDAgNIADBFAiA682gkZqNtDy4yT0FK4ltDomkCmETLPqM7DZW7/KZaewIh\n\
+AMw+kDKZMsBhmTtQFjCdNNRLdIjhGDjzAPiHqiLhryoM\n\
+-----END CERTIFICATE-----\n";
+
+/// `kubernetes_host` and CA for OpenBao: the fake's URL, or the real cluster's from the
+/// kubeconfig.
+async fn api_server_for_bao(env: &TestEnv) -> (String, Option<String>) {
+    if let Some(fake) = &env.server {
+        return (fake.url(), None);
+    }
+    let kc = kube::config::Kubeconfig::read_from(&env.kubeconfig).unwrap();
+    let ctx_name = kc.current_context.clone().unwrap();
+    let ctx = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == ctx_name)
+        .and_then(|c| c.context.clone())
+        .unwrap();
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.cluster)
+        .and_then(|c| c.cluster.clone())
+        .unwrap();
+    let ca = match (
+        &cluster.certificate_authority_data,
+        &cluster.certificate_authority,
+    ) {
+        (Some(d), _) => Some(
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(d.trim())
+                    .unwrap(),
+            )
+            .unwrap(),
+        ),
+        (None, Some(f)) => Some(std::fs::read_to_string(f).unwrap()),
+        _ => None,
+    };
+    (cluster.server.unwrap(), ca)
+}
+
+#[tokio::test]
+async fn vault_kv2_with_kubernetes_auth() {
+    let env = env().await;
+    let bao = Bao::shared();
+    let (mount, policy) = vault_data(&bao, "vault-k8s-pw").await;
+    let ns = env.namespace.clone();
+    apply(
+        &env,
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: bao-reviewer}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: shop-reader}
+"#,
+    )
+    .await;
+    if !env.is_fake() {
+        // A real API server only answers TokenReviews of callers allowed to make them.
+        apply(
+            &env,
+            &format!(
+                r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {ns}-bao-reviewer}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:auth-delegator"}}
+subjects: [{{kind: ServiceAccount, name: bao-reviewer, namespace: {ns}}}]
+"#
+            ),
+        )
+        .await;
+    }
+    // The reviewer JWT OpenBao presents to the API server's TokenReview.
+    let sas: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &ns);
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let reviewer: TokenRequest = sas
+        .create_subresource("token", "bao-reviewer", &PostParams::default(), &req)
+        .await
+        .unwrap();
+    let reviewer_jwt = reviewer.status.unwrap().token;
+    let (host, ca) = api_server_for_bao(&env).await;
+    let auth_mount = unique("e2e-k8s");
+    bao.ok(
+        "POST",
+        &format!("sys/auth/{auth_mount}"),
+        Some(json!({"type": "kubernetes"})),
+    )
+    .await;
+    let config = json!({
+        "kubernetes_host": host,
+        "token_reviewer_jwt": reviewer_jwt,
+        // Not running in a pod: use only what is configured here. The fake speaks plain
+        // HTTP, so its CA is a placeholder OpenBao parses but never uses.
+        "disable_local_ca_jwt": true,
+        "kubernetes_ca_cert": ca.unwrap_or_else(|| UNUSED_CA.to_string()),
+    });
+    bao.ok("POST", &format!("auth/{auth_mount}/config"), Some(config))
+        .await;
+    bao.ok(
+        "POST",
+        &format!("auth/{auth_mount}/role/shop"),
+        Some(json!({
+            "bound_service_account_names": ["shop-reader"],
+            "bound_service_account_namespaces": [ns],
+            "token_policies": [policy],
+            "token_ttl": "1h",
+        })),
+    )
+    .await;
+
+    let op = Operator::start(&env, &OperatorOpts::default());
+    apply(
+        &env,
+        &format!(
+            r#"
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: vault-k8s}}
+spec:
+  vault:
+    server: {addr}
+    mount: {mount}
+    auth: {{kubernetes: {{role: shop, mountPath: {auth_mount}, serviceAccountName: shop-reader}}}}
+{binding}"#,
+            addr = bao.addr,
+            binding = vault_binding("vault-k8s"),
+        ),
+    )
+    .await;
+    wait_synced(
+        &env,
+        &op,
+        "vault-k8s",
+        "vault-k8s",
+        &data(&[("password", "vault-k8s-pw"), ("username", "vault-user")]),
+    )
+    .await;
+
+    // A service account the role is not bound to is refused: the source is Ready=False
+    // AccessDenied, its binding SourceNotReady naming why, and no Secret is written.
+    apply(
+        &env,
+        &format!(
+            r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: intruder}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: vault-intruder}}
+spec:
+  vault:
+    server: {addr}
+    mount: {mount}
+    auth: {{kubernetes: {{role: shop, mountPath: {auth_mount}, serviceAccountName: intruder}}}}
+{binding}"#,
+            addr = bao.addr,
+            binding = vault_binding("vault-intruder"),
+        ),
+    )
+    .await;
+    let c = wait_reason(&env, &op, "vault-intruder", "SourceNotReady").await;
+    assert!(c.message.contains("AccessDenied"), "{c:?}");
+    let sources: Api<secretsync_api::SecretSource> =
+        Api::namespaced(env.client.clone(), &env.namespace);
+    secretsync_testkit::harness::wait_for(WAIT, || async {
+        sources
+            .get_opt("vault-intruder")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.status)
+            .is_some_and(|st| {
+                st.conditions.iter().any(|c| {
+                    c.type_ == "Ready" && c.status == "False" && c.reason == "AccessDenied"
+                })
+            })
+    })
+    .await
+    .expect("SecretSource vault-intruder Ready=False/AccessDenied");
+    assert!(
+        secrets(&env)
+            .get_opt("vault-intruder")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn aws_with_static_credentials_from_a_secret() {
+    let env = env().await;
+    let endpoint = required_env("SECRETSYNC_TEST_MOTO_ENDPOINT");
+    let prefix = format!("{}/", unique("e2e-aws"));
+    moto_create_secret(&endpoint, &format!("{prefix}db/password"), "aws-pw").await;
+    moto_create_secret(
+        &endpoint,
+        &format!("{prefix}db/creds"),
+        r#"{"username":"aws-user","host":"db.internal"}"#,
+    )
+    .await;
+    let op = Operator::start(&env, &OperatorOpts::default());
+    apply(
+        &env,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: aws-creds}}
+data: {{access-key-id: {akid}, secret-access-key: {sak}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: aws}}
+spec:
+  prefix: {prefix}
+  aws:
+    region: us-east-1
+    endpoint: {endpoint}
+    auth:
+      secretRef: {{name: aws-creds, accessKeyIdKey: access-key-id, secretAccessKeyKey: secret-access-key}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {{name: aws}}
+spec:
+  sourceRef: {{name: aws}}
+  data:
+    - {{secretKey: password, remoteRef: {{key: db/password}}}}
+    - {{secretKey: username, remoteRef: {{key: db/creds, property: username}}}}
+  dataFrom:
+    - find: {{name: "db/*"}}
+"#,
+            akid = b64("AKIDSECRETSYNCE2E"),
+            sak = b64("e2e-secret-access-key"),
+        ),
+    )
+    .await;
+    wait_synced(
+        &env,
+        &op,
+        "aws",
+        "aws",
+        &data(&[
+            ("password", "aws-pw"),
+            ("username", "aws-user"),
+            ("db_password", "aws-pw"),
+            (
+                "db_creds",
+                r#"{"username":"aws-user","host":"db.internal"}"#,
+            ),
+        ]),
+    )
+    .await;
+}
