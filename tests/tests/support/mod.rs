@@ -281,8 +281,21 @@ pub async fn wait_synced(
                 .conditions
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason == "Synced");
-        let got = secret_data(env, secret).await?;
-        (ok && &got == want).then_some(())
+        // The status describes the Secret's current data (it is written after the Secret).
+        let s = secrets(env).get_opt(secret).await.ok()??;
+        let hash_ok = s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("secretsync.dev/data-hash"))
+            == st.data_hash.as_ref();
+        let got: BTreeMap<String, Vec<u8>> = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        (ok && hash_ok && &got == want).then_some(())
     })
     .await;
     if res.is_err() {
