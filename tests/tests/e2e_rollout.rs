@@ -584,6 +584,23 @@ async fn rotation_restarts_each_dependent_workload_exactly_once() {
             .await,
         1.0
     );
+
+    // The binding reconciler's next status write (a forced re-read of unchanged data moves
+    // lastSyncTime) keeps `restarted`, and restarts nothing.
+    let last_sync = status["lastSyncTime"].clone();
+    f.force_sync("db").await;
+    let after = wait_until(WAIT, || async {
+        let st = f.binding_status("db").await;
+        (st["lastSyncTime"] != last_sync).then_some(st)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.output()));
+    assert_eq!(
+        after["restarted"].as_array().map(Vec::len),
+        Some(users.len()),
+        "{after}"
+    );
+    assert_eq!(f.workload_patches(), recorded_patches + users.len() as u64);
     assert!(!op.output().contains("CANARY"), "value in logs");
 }
 
