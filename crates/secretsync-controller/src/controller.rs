@@ -1,7 +1,7 @@
 //! One leadership term: watchers feed the stores and queues, dispatchers run reconciles
 //! under the concurrency limit.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -130,16 +130,15 @@ impl Term {
             self.config.namespaces.iter().cloned().map(Some).collect()
         };
         let synced = Arc::new(AtomicUsize::new(0));
+        let rollout_synced = Arc::new(AtomicUsize::new(0));
         let mut watchers = JoinSet::new();
         for scope in &scopes {
             watchers.spawn(watch_sources(ctx.clone(), scope.clone(), synced.clone()));
             watchers.spawn(watch_bindings(ctx.clone(), scope.clone(), synced.clone()));
             watchers.spawn(watch_secrets(ctx.clone(), scope.clone(), synced.clone()));
-            crate::rollout::spawn_watchers(&mut watchers, &ctx, scope, &synced);
+            crate::rollout::spawn_watchers(&mut watchers, &ctx, scope, &rollout_synced);
         }
-        // Rollout decisions need the complete managed-Secret index and binding store: a
-        // partial one would compute a different revision and restart spuriously.
-        let streams = scopes.len() * (3 + crate::rollout::WATCHERS_PER_SCOPE);
+        let streams = scopes.len() * 3;
         // Reconciling before the stores are complete would report SourceNotFound for
         // sources not listed yet.
         loop {
@@ -156,7 +155,6 @@ impl Term {
         tracing::info!(
             sources = ctx.sources.len(),
             bindings = ctx.bindings.len(),
-            workloads = ctx.rollout.tracked_len(),
             "watch caches synced; reconciling"
         );
         ctx.refresh_gauge();
@@ -186,17 +184,42 @@ impl Term {
             },
         ));
 
+        // Rollout decisions need the complete managed-Secret index, binding store (both
+        // synced above) and workload lists: a partial view would compute a different
+        // revision and restart spuriously. Syncing Secrets never waits for workloads.
         let c = ctx.clone();
-        dispatchers.spawn(dispatch(
-            ctx.clone(),
-            "rollout",
-            self.config.concurrency.clamp(1, 4),
-            |c: &Ctx| &c.rollout.queue,
-            move |key| {
-                let c = c.clone();
-                async move { reconcile_workload(&c, key).await }
-            },
-        ));
+        let rollout_streams = scopes.len() * crate::rollout::WATCHERS_PER_SCOPE;
+        let concurrency = self.config.concurrency.clamp(1, 4);
+        let mut stop_rollout = stop.clone();
+        dispatchers.spawn(async move {
+            while rollout_synced.load(Ordering::Acquire) < rollout_streams {
+                if *stop_rollout.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                    changed = stop_rollout.changed() => {
+                        if changed.is_err() { return; }
+                    }
+                }
+            }
+            tracing::info!(
+                workloads = c.rollout.tracked_len(),
+                "workload watches synced; rollout reconciler running"
+            );
+            let handler_ctx = c.clone();
+            dispatch(
+                c,
+                "rollout",
+                concurrency,
+                |c: &Ctx| &c.rollout.queue,
+                move |key| {
+                    let c = handler_ctx.clone();
+                    async move { reconcile_workload(&c, key).await }
+                },
+            )
+            .await
+        });
 
         while !*stop.borrow() {
             if stop.changed().await.is_err() {
@@ -487,6 +510,17 @@ fn binding_of(meta: &PartialObjectMeta<Secret>) -> Option<ObjKey> {
     ))
 }
 
+/// Bindings of the Secrets in `present` that a relist did not `see` (deleted while the
+/// watch was down); they are dropped from `present`.
+pub fn vanished(present: &mut HashMap<ObjKey, ObjKey>, seen: &HashSet<ObjKey>) -> Vec<ObjKey> {
+    let gone: Vec<ObjKey> = present
+        .keys()
+        .filter(|k| !seen.contains(*k))
+        .cloned()
+        .collect();
+    gone.iter().filter_map(|k| present.remove(k)).collect()
+}
+
 /// Managed Secrets, metadata only (never caching their bytes). Any change not made by
 /// our own last apply is drift: the binding is reconciled, which GETs the Secret and
 /// compares the HMAC of its data.
@@ -498,6 +532,9 @@ async fn watch_secrets(ctx: Arc<Ctx>, scope: Option<String>, synced: Arc<AtomicU
     let mut first_done = false;
     // The same metadata feeds the rollout reconciler's managed-Secret index.
     let mut relisted: Option<HashSet<ObjKey>> = None;
+    // Managed Secret → its binding, so a Secret deleted during a watch gap (absent from the
+    // relist, and no Delete event ever comes) still gets its binding to restore it.
+    let mut present: HashMap<ObjKey, ObjKey> = HashMap::new();
     while let Some(ev) = stream.next().await {
         match &ev {
             Ok(Event::Init) => relisted = Some(HashSet::new()),
@@ -511,6 +548,9 @@ async fn watch_secrets(ctx: Arc<Ctx>, scope: Option<String>, synced: Arc<AtomicU
             Ok(Event::InitDone) => {
                 let seen = relisted.take().unwrap_or_default();
                 ctx.rollout.prune_secrets(scope.as_deref(), &seen);
+                for k in vanished(&mut present, &seen) {
+                    ctx.binding_queue.add(k, Priority::Urgent);
+                }
             }
             Err(_) => {}
         }
@@ -519,18 +559,23 @@ async fn watch_secrets(ctx: Arc<Ctx>, scope: Option<String>, synced: Arc<AtomicU
             Ok(Event::InitApply(meta)) => {
                 // The first list is covered by the startup reconcile of every binding;
                 // a relist after a watch gap may hide edits, so check those bindings.
-                if first_done && let Some(k) = binding_of(&meta) {
-                    ctx.binding_queue.add(k, Priority::Normal);
+                if let Some(k) = binding_of(&meta) {
+                    present.insert(key_of(&meta), k.clone());
+                    if first_done {
+                        ctx.binding_queue.add(k, Priority::Normal);
+                    }
                 }
             }
             Ok(Event::Apply(meta)) => {
-                if let Some(k) = binding_of(&meta)
-                    && meta.resource_version() != ctx.own_secret_rv(&k)
-                {
-                    ctx.binding_queue.add(k, Priority::Urgent);
+                if let Some(k) = binding_of(&meta) {
+                    present.insert(key_of(&meta), k.clone());
+                    if meta.resource_version() != ctx.own_secret_rv(&k) {
+                        ctx.binding_queue.add(k, Priority::Urgent);
+                    }
                 }
             }
             Ok(Event::Delete(meta)) => {
+                present.remove(&key_of(&meta));
                 if let Some(k) = binding_of(&meta) {
                     ctx.binding_queue.add(k, Priority::Urgent);
                 }
@@ -550,6 +595,19 @@ async fn watch_secrets(ctx: Arc<Ctx>, scope: Option<String>, synced: Arc<AtomicU
 mod tests {
     use super::*;
     use secretsync_api::SecretBindingSpec;
+
+    #[test]
+    fn secrets_missing_from_a_relist_requeue_their_bindings() {
+        let k = |n: &str| ObjKey::new("ns", n);
+        let mut present: HashMap<ObjKey, ObjKey> =
+            [(k("s1"), k("b1")), (k("s2"), k("b2")), (k("s3"), k("b3"))]
+                .into_iter()
+                .collect();
+        let seen: HashSet<ObjKey> = [k("s1"), k("s3")].into_iter().collect();
+        assert_eq!(vanished(&mut present, &seen), vec![k("b2")]);
+        assert_eq!(present.len(), 2);
+        assert!(vanished(&mut present, &seen).is_empty(), "reported once");
+    }
 
     #[test]
     fn status_only_changes_do_not_requeue() {

@@ -515,3 +515,77 @@ pub async fn moto_create_secret(endpoint: &str, name: &str, value: &str) {
         "moto CreateSecret {name}: {status} {body}"
     );
 }
+
+/// A private OpenBao dev server (`SECRETSYNC_BAO_BIN`, else `bao` on PATH) for tests that
+/// take the backend down; killed on drop.
+pub struct PrivateBao {
+    pub process: ChildProcess,
+    pub admin: Bao,
+    _home: tempfile::TempDir,
+}
+
+impl PrivateBao {
+    pub async fn start() -> PrivateBao {
+        let bin = secretsync_testkit::harness::find_binary("SECRETSYNC_BAO_BIN", "bao")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no bao binary: set SECRETSYNC_BAO_BIN (scripts/test-servers.sh does) or \
+                     put bao on PATH"
+                )
+            });
+        let home = tempfile::tempdir().unwrap();
+        let port = free_port().unwrap();
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args([
+            "server",
+            "-dev",
+            "-dev-root-token-id=root",
+            &format!("-dev-listen-address=127.0.0.1:{port}"),
+        ])
+        // The dev server writes a token helper file into $HOME.
+        .env("HOME", home.path());
+        let process = ChildProcess::spawn(cmd).unwrap();
+        let bao = PrivateBao {
+            process,
+            admin: Bao::new(&format!("http://127.0.0.1:{port}"), "root"),
+            _home: home,
+        };
+        let ready = wait_until(WAIT, || async {
+            let (status, _) = bao.admin.try_call("GET", "sys/health", None).await?;
+            (status == 200).then_some(())
+        })
+        .await;
+        assert!(
+            ready.is_ok(),
+            "private OpenBao did not start:\n{}",
+            bao.process.output()
+        );
+        bao
+    }
+
+    /// The unseal key the dev server printed.
+    pub fn unseal_key(&self) -> String {
+        self.process
+            .output()
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Unseal Key:")
+                    .map(|k| k.trim().to_string())
+            })
+            .expect("the dev server prints its unseal key")
+    }
+
+    pub async fn seal(&self) {
+        self.admin.ok("PUT", "sys/seal", None).await;
+    }
+
+    pub async fn unseal(&self) {
+        let key = self.unseal_key();
+        let resp = self
+            .admin
+            .ok("PUT", "sys/unseal", Some(json!({ "key": key })))
+            .await;
+        assert_eq!(resp["sealed"], json!(false), "{resp}");
+    }
+}

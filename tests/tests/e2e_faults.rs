@@ -1,0 +1,444 @@
+//! End-to-end under failure and load: a backend down for 30 s, API server faults (409, 500,
+//! closed watches, 410 Gone), and 50 bindings sharing 5 Vault keys.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use kube::api::DeleteParams;
+use secretsync_testkit::harness::{wait_for, wait_until};
+use serde_json::json;
+use support::*;
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn backend_down_for_30s_keeps_the_secret_and_recovers_by_itself() {
+    let env = env().await;
+    let bao = PrivateBao::start().await;
+    bao.admin.enable_kv("kv", 2).await;
+    bao.admin
+        .put_v2(
+            "kv",
+            "app/db",
+            json!({"password": "outage-pw", "user": "u1"}),
+        )
+        .await;
+    let op = Operator::start(&env, &OperatorOpts::default());
+    apply(
+        &env,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token}}
+data: {{token: {token}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: vault}}
+spec:
+  vault:
+    server: {addr}
+    mount: kv
+    auth: {{token: {{secretRef: {{name: vault-token, key: token}}}}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {{name: app}}
+spec:
+  sourceRef: {{name: vault}}
+  refreshInterval: 2s
+  dataFrom:
+    - extract: {{key: app/db}}
+"#,
+            token = b64("root"),
+            addr = bao.admin.addr,
+        ),
+    )
+    .await;
+    let want = data(&[("password", "outage-pw"), ("user", "u1")]);
+    wait_synced(&env, &op, "app", "app", &want).await;
+    let before = secrets(&env).get("app").await.unwrap();
+
+    bao.seal().await;
+    let t0 = Instant::now();
+    let mut saw_unavailable = None;
+    let mut samples = 0;
+    while t0.elapsed() < Duration::from_secs(30) {
+        let s = secrets(&env).get("app").await.unwrap();
+        assert_eq!(
+            s.data,
+            before.data,
+            "the Secret changed during the outage\n{}",
+            op.output()
+        );
+        assert_eq!(
+            s.metadata.resource_version, before.metadata.resource_version,
+            "the Secret was written during the outage"
+        );
+        samples += 1;
+        if saw_unavailable.is_none()
+            && let Some(c) = ready(&env, "app").await
+            && c.status == "False"
+            && c.reason == "BackendUnavailable"
+        {
+            assert!(!c.message.contains("outage-pw"), "{c:?}");
+            saw_unavailable = Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let Some(seen) = saw_unavailable else {
+        panic!(
+            "never Ready=False/BackendUnavailable during the outage; Ready={:?}\n{}",
+            ready(&env, "app").await,
+            op.output()
+        )
+    };
+    assert!(seen < Duration::from_secs(10), "reported after {seen:?}");
+    assert!(samples > 50, "only {samples} samples");
+    let c = ready(&env, "app").await.unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "BackendUnavailable"),
+        "still failing at the end of the outage"
+    );
+    let st = bindings(&env).get("app").await.unwrap().status.unwrap();
+    assert_eq!(
+        st.data_hash.as_deref(),
+        before
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .get("secretsync.dev/data-hash")
+            .map(String::as_str),
+        "the last good dataHash stays"
+    );
+
+    // Back: recovers without any nudge (backoff after ~30 s of failures is < 60 s).
+    bao.unseal().await;
+    let t1 = Instant::now();
+    let recovered = wait_until(Duration::from_secs(75), || async {
+        ready(&env, "app")
+            .await
+            .filter(|c| c.status == "True" && c.reason == "Synced")
+    })
+    .await;
+    assert!(
+        recovered.is_ok(),
+        "no recovery within 75 s\n{}",
+        op.output()
+    );
+    eprintln!("recovered {:?} after the backend returned", t1.elapsed());
+    assert_eq!(secret_data(&env, "app").await, Some(want));
+}
+
+#[tokio::test]
+async fn api_server_faults_converge_without_duplicate_writes() {
+    let env = env().await;
+    if skip_without_fake(&env, "api_server_faults_converge_without_duplicate_writes") {
+        return;
+    }
+    let fake = env.fake().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("app.env"), "A=1\nB=2\nC=3\n").unwrap();
+    apply(
+        &env,
+        &format!(
+            r#"
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: files}}
+spec: {{file: {{path: "{}", format: Dotenv}}}}
+"#,
+            root.path().join("app.env").display()
+        ),
+    )
+    .await;
+    let op = Operator::start(
+        &env,
+        &OperatorOpts {
+            file_root: Some(root.path().to_path_buf()),
+            ..Default::default()
+        },
+    );
+    // Wait until the operator leads (the HMAC key exists and the lease is held) so the
+    // faults hit the binding's writes.
+    wait_for(WAIT, || async {
+        http_get(&format!("http://{}/readyz", op.health_addr))
+            .await
+            .is_some_and(|(s, _)| s == 200)
+            && fake.count("get", "secrets") + fake.count("create", "secrets") > 0
+    })
+    .await
+    .unwrap();
+
+    // 1. The first two Secret writes fail: a conflict, then a server error.
+    fake.fail_next("patch", "secrets", 1, 409);
+    fake.reset_counts();
+    apply(
+        &env,
+        r#"
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {name: retried}
+spec:
+  sourceRef: {name: files}
+  refreshInterval: 1s
+  data:
+    - {secretKey: a, remoteRef: {key: A}}
+"#,
+    )
+    .await;
+    // The 500 is queued once the 409 was served, so the order is deterministic.
+    wait_for(WAIT, || async { fake.count("patch", "secrets") >= 1 })
+        .await
+        .unwrap();
+    fake.fail_next("patch", "secrets", 1, 500);
+    let c = wait_reason(&env, &op, "retried", "WriteFailed").await;
+    assert!(
+        !c.message.contains("injected"),
+        "API messages stay out of status: {c:?}"
+    );
+    wait_synced(&env, &op, "retried", "retried", &data(&[("a", "1")])).await;
+    assert_eq!(
+        fake.count("patch", "secrets"),
+        3,
+        "two failed writes and one good one"
+    );
+    // More refreshes of unchanged data write nothing.
+    let synced_at = bindings(&env)
+        .get("retried")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .last_sync_time
+        .unwrap();
+    wait_for(WAIT, || async {
+        bindings(&env)
+            .get("retried")
+            .await
+            .ok()
+            .and_then(|b| b.status?.last_sync_time)
+            .is_some_and(|t| t.0.as_second() >= synced_at.0.as_second() + 3)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        fake.count("patch", "secrets"),
+        3,
+        "refreshes of unchanged data must not write"
+    );
+
+    // 2. Watches closed: a binding that never polls still sees its spec change.
+    apply(
+        &env,
+        r#"
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {name: watched}
+spec:
+  sourceRef: {name: files}
+  refreshInterval: "0"
+  data:
+    - {secretKey: b, remoteRef: {key: B}}
+"#,
+    )
+    .await;
+    wait_synced(&env, &op, "watched", "watched", &data(&[("b", "2")])).await;
+    let writes = fake.count("patch", "secrets");
+    fake.close_watches();
+    apply(
+        &env,
+        r#"
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {name: watched}
+spec:
+  sourceRef: {name: files}
+  refreshInterval: "0"
+  data:
+    - {secretKey: b, remoteRef: {key: B}}
+    - {secretKey: c, remoteRef: {key: C}}
+"#,
+    )
+    .await;
+    wait_synced(
+        &env,
+        &op,
+        "watched",
+        "watched",
+        &data(&[("b", "2"), ("c", "3")]),
+    )
+    .await;
+    assert_eq!(fake.count("patch", "secrets"), writes + 1);
+
+    // 3. 410 Gone: every resource version expires and watches restart from a relist.
+    fake.expire_resource_versions();
+    fake.close_watches();
+    secrets(&env)
+        .delete("watched", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_synced(
+        &env,
+        &op,
+        "watched",
+        "watched",
+        &data(&[("b", "2"), ("c", "3")]),
+    )
+    .await;
+    fake.expire_resource_versions();
+    fake.close_watches();
+    apply(
+        &env,
+        r#"
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {name: watched}
+spec:
+  sourceRef: {name: files}
+  refreshInterval: "0"
+  data:
+    - {secretKey: c, remoteRef: {key: C}}
+"#,
+    )
+    .await;
+    wait_synced(&env, &op, "watched", "watched", &data(&[("c", "3")])).await;
+    assert_eq!(
+        fake.count("patch", "secrets"),
+        writes + 3,
+        "one write per change (restore, spec change), nothing duplicated"
+    );
+    // The relist after the gap re-checks bindings but writes nothing new.
+    let counts: BTreeMap<_, _> = fake.counts();
+    eprintln!("request counts: {counts:?}");
+    assert_eq!(
+        secret_data(&env, "retried").await,
+        Some(data(&[("a", "1")]))
+    );
+}
+
+#[tokio::test]
+async fn fifty_bindings_share_five_vault_reads_per_refresh() {
+    let env = env().await;
+    let bao = Bao::shared();
+    let audit = std::path::PathBuf::from(required_env("SECRETSYNC_TEST_BAO_AUDIT_LOG"));
+    let mount = unique("e2e-share");
+    bao.enable_kv(&mount, 2).await;
+    for i in 0..5 {
+        bao.put_v2(
+            &mount,
+            &format!("shared/k{i}"),
+            json!({"v": format!("value-{i}")}),
+        )
+        .await;
+    }
+    let policy = unique("e2e-share-read");
+    bao.read_policy(&policy, &mount).await;
+    let token = bao.token_with_policy(&policy).await;
+    let op = Operator::start(&env, &OperatorOpts::default());
+    let mut yaml = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token}}
+data: {{token: {token}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: vault}}
+spec:
+  cache: {{ttl: 2s}}
+  vault:
+    server: {addr}
+    mount: {mount}
+    auth: {{token: {{secretRef: {{name: vault-token, key: token}}}}}}
+"#,
+        token = b64(&token),
+        addr = bao.addr,
+    );
+    for n in 0..50 {
+        yaml.push_str(&format!(
+            r#"---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {{name: b{n}}}
+spec:
+  sourceRef: {{name: vault}}
+  refreshInterval: 2s
+  data:
+"#
+        ));
+        for i in 0..5 {
+            yaml.push_str(&format!(
+                "    - {{secretKey: k{i}, remoteRef: {{key: shared/k{i}, property: v}}}}\n"
+            ));
+        }
+    }
+    apply(&env, &yaml).await;
+    let want: BTreeMap<String, Vec<u8>> = (0..5)
+        .map(|i| (format!("k{i}"), format!("value-{i}").into_bytes()))
+        .collect();
+    let all_synced = wait_for(Duration::from_secs(60), || async {
+        let Ok(list) = bindings(&env).list(&Default::default()).await else {
+            return false;
+        };
+        list.items.len() == 50
+            && list.items.iter().all(|b| {
+                b.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+    })
+    .await;
+    assert!(all_synced.is_ok(), "not all synced\n{}", op.output());
+    for n in [0, 17, 49] {
+        assert_eq!(
+            secret_data(&env, &format!("b{n}")).await,
+            Some(want.clone())
+        );
+    }
+
+    // Over a 10 s window (about 5 refresh cycles of every binding) each key is read about
+    // once per cycle, not once per binding.
+    let paths: Vec<String> = (0..5)
+        .map(|i| format!("{mount}/data/shared/k{i}"))
+        .collect();
+    let count = || {
+        paths
+            .iter()
+            .map(|p| count_audit_requests(&audit, p))
+            .sum::<usize>()
+    };
+    let start = count();
+    let t0 = Instant::now();
+    // Keep the operator busy for the window: the bindings' own refreshes are the load.
+    wait_for(Duration::from_secs(15), || async {
+        t0.elapsed() >= Duration::from_secs(10)
+    })
+    .await
+    .unwrap();
+    let reads = count() - start;
+    let cycles = (t0.elapsed().as_secs_f64() / 2.0).ceil() as usize;
+    eprintln!("{reads} Vault reads of the 5 shared keys in {cycles} refresh cycles");
+    assert!(
+        reads > 0,
+        "no reads at all: the bindings stopped refreshing"
+    );
+    assert!(
+        reads <= 5 * (cycles + 1),
+        "{reads} reads in {cycles} cycles: more than 5 per cycle (50 bindings × 5 keys would be {})",
+        50 * 5 * cycles
+    );
+    let st = bindings(&env).get("b0").await.unwrap().status.unwrap();
+    assert!(st.last_sync_time.is_some());
+}
