@@ -4,7 +4,12 @@
 //! Exactly-once restarts rest on one rule: the revision a workload was last restarted for
 //! is stored on the workload itself (`secretsync.dev/secret-revision`) and written in the
 //! same patch as the restart, so an operator restart, leader change or resync recomputes
-//! the same revision and finds nothing to do.
+//! the same revision and finds nothing to do. The only in-memory state is the debounce
+//! window ([`Pending`]) and the dependencies last seen matching the revision (which tell a
+//! mere change of the dependency set from a rotation); losing either on an operator
+//! restart delays a restart by one debounce window, it never duplicates one. The one
+//! conservative case: a dependency added or removed while no operator was running is
+//! treated as a rotation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
