@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/secretsync
 
-.PHONY: build test lint fmt crds demo clean image
+.PHONY: build test lint fmt crds demo clean image bench
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -27,6 +27,14 @@ crds:
 ## Renders the quickstart's Secrets locally (file backend, no cluster needed).
 demo:
 	$(CARGO) run -q -p secretsync -- render -f examples/quickstart/ --file-root examples
+
+## Benchmarks the release binary against the fake API server and a real OpenBao (see
+## BENCHMARKS.md; about 12 minutes at full scale). Quick run:
+##   make bench BENCH_ARGS="--scale 0.1 --steady 1m --settle 10s"
+BENCH_ARGS ?=
+bench:
+	$(CARGO) build --release -p secretsync -p secretsync-testkit --bin secretsync --bin secretsync-bench
+	scripts/test-servers.sh target/release/secretsync-bench $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,177 @@
+//! The benchmark's objects: namespaces of bindings over one OpenBao, opted-in Deployments,
+//! unrelated Secrets and Deployments. Written in-process into the fake (no HTTP, not
+//! counted as API requests).
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use secretsync_api::{ANNOTATION_FORCE_SYNC, ANNOTATION_RESTART_ON_ROTATION};
+use secretsync_testkit::FakeApiServer;
+use serde_json::{Value, json};
+
+/// Remote keys each namespace's bindings read (every binding of a namespace reads all of
+/// them, two properties each: 10 Secret keys per binding).
+pub const KEYS_PER_NAMESPACE: usize = 5;
+/// Properties read from every remote key.
+pub const PROPERTIES: [&str; 2] = ["username", "password"];
+/// The Vault token Secret of every namespace.
+pub const TOKEN_SECRET: &str = "bao-token";
+/// The SecretSource of every namespace.
+pub const SOURCE: &str = "bao";
+
+/// Namespace `i`.
+pub fn ns_name(i: usize) -> String {
+    format!("bench-{i:03}")
+}
+
+/// Remote key `r` of namespace `i`: namespaces use disjoint keys.
+pub fn remote_key(i: usize, r: usize) -> String {
+    format!("bench/k{:04}", i * KEYS_PER_NAMESPACE + r)
+}
+
+/// Binding `j` of a namespace (also its Secret's name).
+pub fn binding_name(j: usize) -> String {
+    format!("b-{j:04}")
+}
+
+/// The value stored under a remote key (`gen` changes it for rotations).
+pub fn remote_value(n: usize, generation: u32) -> Value {
+    json!({
+        "username": format!("user-{n}"),
+        "password": format!("pw-{n}-{generation}-0123456789abcdef0123456789abcdef"),
+    })
+}
+
+/// Writes one object in-process (server-side apply as the testkit's manager).
+pub fn put(server: &FakeApiServer, v: &Value) -> Result<()> {
+    // JSON is YAML.
+    server
+        .apply_yaml(&v.to_string())
+        .with_context(|| format!("creating {}", v["metadata"]["name"]))?;
+    Ok(())
+}
+
+/// The token Secret and the SecretSource of namespace `ns`.
+pub fn source_objects(ns: &str, bao_addr: &str, cache_ttl: &str) -> Vec<Value> {
+    let token = base64::engine::general_purpose::STANDARD.encode("root");
+    vec![
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": TOKEN_SECRET, "namespace": ns},
+            "data": {"token": token},
+        }),
+        json!({
+            "apiVersion": "secretsync.dev/v1alpha1", "kind": "SecretSource",
+            "metadata": {"name": SOURCE, "namespace": ns},
+            "spec": {
+                "cache": {"ttl": cache_ttl},
+                "vault": {
+                    "server": bao_addr,
+                    "mount": "secret",
+                    "kvVersion": 2,
+                    "auth": {"token": {"secretRef": {"name": TOKEN_SECRET, "key": "token"}}},
+                },
+            },
+        }),
+    ]
+}
+
+/// A binding of namespace index `i` reading its namespace's remote keys.
+pub fn binding(i: usize, name: &str, refresh: &str) -> Value {
+    let mut data = Vec::new();
+    for r in 0..KEYS_PER_NAMESPACE {
+        for p in PROPERTIES {
+            data.push(json!({
+                "secretKey": format!("k{r}-{p}"),
+                "remoteRef": {"key": remote_key(i, r), "property": p},
+            }));
+        }
+    }
+    json!({
+        "apiVersion": "secretsync.dev/v1alpha1", "kind": "SecretBinding",
+        "metadata": {"name": name, "namespace": ns_name(i)},
+        "spec": {"sourceRef": {"name": SOURCE}, "refreshInterval": refresh, "data": data},
+    })
+}
+
+/// A Deployment whose container reads `secrets` (key `k0-password`) through env
+/// `secretKeyRef`; `opted_in` adds the restart-on-rotation annotation.
+pub fn deployment(ns: &str, name: &str, secrets: &[String], opted_in: bool) -> Value {
+    let env: Vec<Value> = secrets
+        .iter()
+        .enumerate()
+        .map(|(n, s)| {
+            json!({
+                "name": format!("SECRET_{n}"),
+                "valueFrom": {"secretKeyRef": {"name": s, "key": "k0-password"}},
+            })
+        })
+        .collect();
+    let mut annotations = serde_json::Map::new();
+    if opted_in {
+        annotations.insert(ANNOTATION_RESTART_ON_ROTATION.into(), "true".into());
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1", "env": env}]},
+            },
+        },
+    })
+}
+
+/// An unmanaged Secret of about 300 bytes of data.
+pub fn unrelated_secret(ns: &str, n: usize) -> Value {
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": format!("other-{n:05}"), "namespace": ns, "labels": {"app": "unrelated"}},
+        "data": {
+            "tls.crt": b64(format!("{n:0>200}")),
+            "password": b64(format!("unrelated-{n}-0123456789abcdef")),
+        },
+    })
+}
+
+/// The merge patch that forces a re-read of a binding.
+pub fn force_sync_patch(value: &str) -> Value {
+    json!({"metadata": {"annotations": {ANNOTATION_FORCE_SYNC: value}}})
+}
+
+/// Whether a stored binding is Ready for its current generation.
+pub fn is_ready(obj: &Value) -> bool {
+    let generation = obj["metadata"]["generation"].as_i64();
+    let status = &obj["status"];
+    status["observedGeneration"].as_i64() == generation
+        && status["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_shape() {
+        let b = binding(3, "b-0001", "60s");
+        assert_eq!(b["metadata"]["namespace"], "bench-003");
+        let data = b["spec"]["data"].as_array().unwrap();
+        assert_eq!(data.len(), 10);
+        assert_eq!(data[0]["remoteRef"]["key"], "bench/k0015");
+    }
+
+    #[test]
+    fn readiness() {
+        let mut o = json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
+            "conditions": [{"type": "Ready", "status": "True"}]}});
+        assert!(is_ready(&o));
+        o["metadata"]["generation"] = json!(3);
+        assert!(!is_ready(&o));
+    }
+}
