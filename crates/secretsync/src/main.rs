@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 mod render;
 mod run;
 
+/// mimalloc instead of the C library's allocator: the operator allocates and frees a JSON
+/// document per API response, where glibc malloc spent a quarter of the CPU and fragmented
+/// memory (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sync secrets from env, files, Vault/OpenBao and AWS Secrets Manager into Kubernetes
 /// Secrets, and restart workloads when they rotate.
 #[derive(Parser)]
