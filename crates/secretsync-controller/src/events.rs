@@ -49,9 +49,16 @@ impl EventLimiter {
     }
 }
 
-/// Publishes events through kube's `Recorder` (which also folds repeats into series).
+/// Publishes events through kube's `Recorder`. Warnings go through one shared recorder,
+/// which folds repeats (a binding failing at every backoff step) into series; its cache
+/// keeps every event it published for six minutes. Normal events (`Synced`, `Rotated`,
+/// `RolloutRestarted`) are one-offs per change, so they skip that cache: at 10,000
+/// bindings a cold start's `Synced` events kept about 3 KiB per binding in it
+/// (BENCHMARKS.md).
 pub struct Events {
     recorder: Recorder,
+    client: Client,
+    reporter: Reporter,
     limiter: Mutex<EventLimiter>,
 }
 
@@ -72,14 +79,14 @@ pub mod reasons {
 impl Events {
     /// A publisher reporting as `secretsync` / `instance`.
     pub fn new(client: Client, instance: &str) -> Self {
+        let reporter = Reporter {
+            controller: "secretsync".to_string(),
+            instance: Some(instance.to_string()),
+        };
         Events {
-            recorder: Recorder::new(
-                client,
-                Reporter {
-                    controller: "secretsync".to_string(),
-                    instance: Some(instance.to_string()),
-                },
-            ),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            client,
+            reporter,
             // 5 at once, then one a minute: a binding failing every backoff step gets a
             // handful of events, not hundreds.
             limiter: Mutex::new(EventLimiter::new(5, Duration::from_secs(60))),
@@ -129,7 +136,15 @@ impl Events {
             action: action.to_string(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, reference).await {
+        let published = if warning {
+            self.recorder.publish(&ev, reference).await
+        } else {
+            // A recorder with an empty cache: creates the event, remembers nothing.
+            Recorder::new(self.client.clone(), self.reporter.clone())
+                .publish(&ev, reference)
+                .await
+        };
+        if let Err(e) = published {
             tracing::warn!(object = %key, reason, error = %e, "could not publish event");
         }
     }

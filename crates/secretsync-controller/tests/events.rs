@@ -1,0 +1,37 @@
+//! Event publishing against the testkit's fake API server: warnings fold into series,
+//! normal events are created one by one (and not kept in the recorder's cache).
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use secretsync_controller::events::Events;
+use secretsync_controller::store::ObjKey;
+use secretsync_testkit::FakeApiServer;
+
+#[tokio::test]
+async fn warnings_fold_into_series_and_normal_events_are_plain_creates() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.install_secretsync_crds().unwrap();
+    let events = Events::new(server.client().await.unwrap(), "test-instance");
+    let key = ObjKey::new("ns", "b");
+    let reference = ObjectReference {
+        api_version: Some("secretsync.dev/v1alpha1".into()),
+        kind: Some("SecretBinding".into()),
+        name: Some("b".into()),
+        namespace: Some("ns".into()),
+        uid: Some("uid-b".into()),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        events
+            .publish(&key, &reference, false, "Synced", "written".into())
+            .await;
+    }
+    assert_eq!(server.count("create", "events"), 2);
+    assert_eq!(server.count("patch", "events"), 0);
+    for _ in 0..2 {
+        events
+            .publish(&key, &reference, true, "SyncFailed", "failed".into())
+            .await;
+    }
+    assert_eq!(server.count("create", "events"), 3);
+    assert_eq!(server.count("patch", "events"), 1, "the repeat is a series");
+}
