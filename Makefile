@@ -29,11 +29,13 @@ demo:
 	$(CARGO) run -q -p secretsync -- render -f examples/quickstart/ --file-root examples
 
 ## Benchmarks the release binary against the fake API server and a real OpenBao (see
-## BENCHMARKS.md; about 12 minutes at full scale). Quick run:
+## BENCHMARKS.md; about 12 minutes at full scale once built). The operator is built on its
+## own, with exactly the features users get, not unified with the testkit's. Quick run:
 ##   make bench BENCH_ARGS="--scale 0.1 --steady 1m --settle 10s"
 BENCH_ARGS ?=
 bench:
-	$(CARGO) build --release -p secretsync -p secretsync-testkit --bin secretsync --bin secretsync-bench
+	$(CARGO) build --release -p secretsync
+	$(CARGO) build --release -p secretsync-testkit --bin secretsync-bench
 	scripts/test-servers.sh target/release/secretsync-bench $(BENCH_ARGS)
 
 clean:
