@@ -242,6 +242,25 @@ impl FakeApiServer {
         inner.get(&def, ns, name).cloned()
     }
 
+    /// Runs `f` on the stored object, if any, without copying it (cheap enough to poll
+    /// thousands of objects; `group` empty for core).
+    pub fn inspect<T>(
+        &self,
+        group: &str,
+        plural: &str,
+        ns: Option<&str>,
+        name: &str,
+        f: impl FnOnce(&Value) -> T,
+    ) -> Option<T> {
+        let inner = lock(&self.shared.inner);
+        let def = inner
+            .registry
+            .iter()
+            .find(|d| d.group == group && d.plural == plural)
+            .cloned()?;
+        inner.get(&def, ns, name).map(f)
+    }
+
     /// Create or server-side apply (as manager `testkit`) every document of a YAML stream.
     pub fn apply_yaml(&self, yaml: &str) -> Result<Vec<Value>, TestkitError> {
         let mut out = Vec::new();
