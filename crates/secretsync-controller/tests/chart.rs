@@ -35,7 +35,6 @@ fn template_delimiters_and_blocks_balance() {
             let body = action.split("}}").next().unwrap_or("");
             let word = body
                 .trim_start_matches('-')
-                .trim()
                 .split_whitespace()
                 .next()
                 .unwrap_or("");

@@ -15,7 +15,11 @@ pub struct RunArgs {
     #[arg(long, env = "SECRETSYNC_OPERATOR_NAMESPACE")]
     operator_namespace: Option<String>,
     /// Namespace to watch (repeatable). Default: all namespaces.
-    #[arg(long = "namespace", env = "SECRETSYNC_NAMESPACE", value_delimiter = ',')]
+    #[arg(
+        long = "namespace",
+        env = "SECRETSYNC_NAMESPACE",
+        value_delimiter = ','
+    )]
     namespaces: Vec<String>,
     /// Bindings reconciled in parallel.
     #[arg(long, env = "SECRETSYNC_CONCURRENCY", default_value_t = 16)]
@@ -44,14 +48,18 @@ pub struct RunArgs {
 }
 
 fn operator_namespace(flag: Option<String>) -> String {
-    flag.or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
-        .or_else(|| {
-            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-        })
-        .unwrap_or_else(|| "default".to_string())
+    flag.or_else(|| {
+        std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|s| !s.is_empty())
+    })
+    .or_else(|| {
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .unwrap_or_else(|| "default".to_string())
 }
 
 fn identity() -> String {
@@ -68,7 +76,9 @@ fn identity() -> String {
 
 fn init_logging(format: &str) {
     let filter = crate::log_filter("info");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -101,8 +111,8 @@ async fn shutdown_signal() {
 /// Runs the controller until SIGTERM/SIGINT.
 pub fn main(args: RunArgs) -> Result<()> {
     init_logging(&args.log_format);
-    let restart_debounce: Duration = secretsync_api::parse_duration(&args.restart_debounce)
-        .context("--restart-debounce")?;
+    let restart_debounce: Duration =
+        secretsync_api::parse_duration(&args.restart_debounce).context("--restart-debounce")?;
     let config = secretsync_controller::Config {
         operator_namespace: operator_namespace(args.operator_namespace),
         namespaces: args.namespaces,
@@ -115,7 +125,9 @@ pub fn main(args: RunArgs) -> Result<()> {
         restart_debounce,
         identity: identity(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let client = kube::Client::try_default()
             .await
