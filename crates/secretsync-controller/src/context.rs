@@ -30,6 +30,37 @@ pub struct BindingState {
     pub own_secret_rv: Option<String>,
     /// Ready as last computed.
     pub ready: Option<bool>,
+    /// The Secret as this process last wrote or checked it.
+    pub verified: Option<Verified>,
+}
+
+/// A target Secret known to hold what a binding wants: while the Secret watch still shows
+/// this resourceVersion and the binding's generation is the same, a refresh need not GET
+/// the Secret again. Any other change to the Secret moves its resourceVersion, so the
+/// watch (which also queues the binding) makes the next reconcile read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// resourceVersion of the Secret when it was written or checked.
+    pub secret_rv: String,
+    /// Binding generation it was checked against (policy, type, labels, owner).
+    pub generation: Option<i64>,
+    /// The data hash it carries.
+    pub hash: String,
+}
+
+impl Verified {
+    /// The data hash, if the Secret is still as verified: same binding generation, the
+    /// watch shows the same resourceVersion, and no forced sync asks for a full check.
+    pub fn still_valid(
+        this: Option<&Verified>,
+        generation: Option<i64>,
+        watched_rv: Option<&str>,
+        force: bool,
+    ) -> Option<String> {
+        let v = this?;
+        (!force && v.generation == generation && watched_rv == Some(v.secret_rv.as_str()))
+            .then(|| v.hash.clone())
+    }
 }
 
 /// Everything reconcilers share.
@@ -176,5 +207,48 @@ impl Ctx {
     ) -> Vec<(ObjKey, Arc<SecretBinding>)> {
         self.bindings
             .filter(|k, b| k.namespace == namespace && b.spec.source_ref.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Verified;
+
+    fn v() -> Verified {
+        Verified {
+            secret_rv: "41".into(),
+            generation: Some(2),
+            hash: "h1".into(),
+        }
+    }
+
+    #[test]
+    fn verified_secret_is_trusted_only_while_nothing_moved() {
+        let v = v();
+        assert_eq!(
+            Verified::still_valid(Some(&v), Some(2), Some("41"), false).as_deref(),
+            Some("h1")
+        );
+        // Never checked, or the watch has not seen the Secret (deleted, unlabelled, relisted).
+        assert_eq!(
+            Verified::still_valid(None, Some(2), Some("41"), false),
+            None
+        );
+        assert_eq!(Verified::still_valid(Some(&v), Some(2), None, false), None);
+        // Someone (or something) changed the Secret.
+        assert_eq!(
+            Verified::still_valid(Some(&v), Some(2), Some("57"), false),
+            None
+        );
+        // The binding's spec changed: policy, type, labels or owner may now differ.
+        assert_eq!(
+            Verified::still_valid(Some(&v), Some(3), Some("41"), false),
+            None
+        );
+        // A forced sync always looks at the Secret.
+        assert_eq!(
+            Verified::still_valid(Some(&v), Some(2), Some("41"), true),
+            None
+        );
     }
 }

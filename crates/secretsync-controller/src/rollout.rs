@@ -62,6 +62,15 @@ impl std::fmt::Display for WorkloadKey {
 struct ManagedSecret {
     binding: Option<String>,
     hash: Option<String>,
+    /// Latest resourceVersion seen; lets a binding skip re-reading an unchanged Secret.
+    resource_version: Option<String>,
+}
+
+impl ManagedSecret {
+    /// Whether workloads depending on the Secret could care about the change.
+    fn same_for_rollout(&self, other: &ManagedSecret) -> bool {
+        self.binding == other.binding && self.hash == other.hash
+    }
 }
 
 /// What this process remembers about an opted-in workload.
@@ -120,11 +129,14 @@ impl Rollout {
         let entry = ManagedSecret {
             binding: meta.annotations().get(ANNOTATION_BINDING).cloned(),
             hash: meta.annotations().get(ANNOTATION_DATA_HASH).cloned(),
+            resource_version: meta.resource_version(),
         };
         let changed = {
             let mut secrets = lock(&self.secrets);
             let by_name = secrets.entry(ns.clone()).or_default();
-            by_name.insert(name.clone(), entry.clone()).as_ref() != Some(&entry)
+            !by_name
+                .insert(name.clone(), entry.clone())
+                .is_some_and(|old| old.same_for_rollout(&entry))
         };
         if changed {
             self.wake_for_secret(&ns, &name);
@@ -138,6 +150,14 @@ impl Rollout {
         if self.remove_secret(&ns, &name) {
             self.wake_for_secret(&ns, &name);
         }
+    }
+
+    /// The resourceVersion of a managed Secret as the watch last showed it.
+    pub fn secret_resource_version(&self, ns: &str, name: &str) -> Option<String> {
+        lock(&self.secrets)
+            .get(ns)
+            .and_then(|by_name| by_name.get(name))
+            .and_then(|s| s.resource_version.clone())
     }
 
     fn remove_secret(&self, ns: &str, name: &str) -> bool {
