@@ -167,16 +167,24 @@ spec: {{file: {{path: "{}", format: Dotenv}}}}
             ..Default::default()
         },
     );
-    // Wait until the operator leads (the HMAC key exists and the lease is held) so the
-    // faults hit the binding's writes.
-    wait_for(WAIT, || async {
-        http_get(&format!("http://{}/readyz", op.health_addr))
-            .await
-            .is_some_and(|(s, _)| s == 200)
-            && fake.count("get", "secrets") + fake.count("create", "secrets") > 0
-    })
-    .await
-    .unwrap();
+    // Wait until the operator leads and reconciles (a warm-up binding is synced), so the
+    // faults hit the tested binding's writes and only its own reconciles happen: /readyz
+    // is already 200 while standing by, and a binding that appears while the operator is
+    // still starting can be reconciled twice in a row (startup pass and watch event).
+    apply(
+        &env,
+        r#"
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {name: warmup}
+spec:
+  sourceRef: {name: files}
+  data:
+    - {secretKey: a, remoteRef: {key: A}}
+"#,
+    )
+    .await;
+    wait_synced(&env, &op, "warmup", "warmup", &data(&[("a", "1")])).await;
 
     // 1. The first two Secret writes fail: a conflict, then a server error.
     fake.fail_next("patch", "secrets", 1, 409);
@@ -211,22 +219,25 @@ spec:
         3,
         "two failed writes and one good one"
     );
-    // More refreshes of unchanged data write nothing.
-    let synced_at = bindings(&env)
-        .get("retried")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .last_sync_time
-        .unwrap();
-    wait_for(WAIT, || async {
+    // More refreshes of unchanged data write nothing, and once the Secret watch has shown
+    // the operator its own write, they do not read the Secret back either.
+    let last_sync = || async {
         bindings(&env)
             .get("retried")
             .await
             .ok()
             .and_then(|b| b.status?.last_sync_time)
-            .is_some_and(|t| t.0.as_second() >= synced_at.0.as_second() + 3)
+            .map(|t| t.0.as_second())
+    };
+    let synced_at = last_sync().await.unwrap();
+    wait_for(WAIT, || async {
+        last_sync().await.is_some_and(|t| t > synced_at)
+    })
+    .await
+    .unwrap();
+    let gets = fake.count("get", "secrets");
+    wait_for(WAIT, || async {
+        last_sync().await.is_some_and(|t| t >= synced_at + 4)
     })
     .await
     .unwrap();
@@ -234,6 +245,11 @@ spec:
         fake.count("patch", "secrets"),
         3,
         "refreshes of unchanged data must not write"
+    );
+    assert_eq!(
+        fake.count("get", "secrets"),
+        gets,
+        "refreshes of an unchanged Secret must not GET it"
     );
 
     // 2. Watches closed: a binding that never polls still sees its spec change.
