@@ -1,6 +1,6 @@
 //! HTTP front: routing, verbs, watches, request accounting, faults, `/_testkit` endpoints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -49,6 +49,9 @@ pub(crate) struct Faults {
 pub(crate) struct Shared {
     pub inner: Mutex<Inner>,
     pub counts: Mutex<BTreeMap<(String, String), u64>>,
+    /// (User-Agent, verb, resource) combinations seen, so tests can tell one client's
+    /// calls from another's.
+    pub agent_calls: Mutex<BTreeSet<(String, String, String)>>,
     pub faults: Mutex<Faults>,
     pub paused: watch::Sender<bool>,
     pub close_epoch: watch::Sender<u64>,
@@ -287,6 +290,12 @@ async fn route(
     *lock(&sh.counts)
         .entry((verb.to_owned(), resource.clone()))
         .or_default() += 1;
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    lock(&sh.agent_calls).insert((agent, verb.to_owned(), resource.clone()));
 
     // fault injection
     let (fail, delay) = {
@@ -935,6 +944,7 @@ fn testkit(sh: &Shared, method: &Method, rest: &str, bytes: &[u8]) -> Response {
         ("GET", "counts") => json_response(200, &counts_json(&lock(&sh.counts))),
         ("POST", "counts/reset") => {
             lock(&sh.counts).clear();
+            lock(&sh.agent_calls).clear();
             json_response(200, &json!({}))
         }
         ("POST", "faults") => {

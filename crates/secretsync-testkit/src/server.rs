@@ -1,6 +1,6 @@
 //! The fake API server: start/stop, kubeconfig, in-process control of faults and counters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -101,6 +101,7 @@ impl FakeApiServer {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::new(opts.history_limit)),
             counts: Mutex::new(BTreeMap::new()),
+            agent_calls: Mutex::new(BTreeSet::new()),
             faults: Mutex::new(Faults::default()),
             paused,
             close_epoch,
@@ -161,9 +162,20 @@ impl FakeApiServer {
             .unwrap_or(0)
     }
 
+    /// Every (verb, resource) requested by clients whose `User-Agent` starts with `prefix`
+    /// (e.g. `secretsync/` for the operator), since the start or the last reset.
+    pub fn calls_by_agent(&self, prefix: &str) -> BTreeSet<(String, String)> {
+        lock(&self.shared.agent_calls)
+            .iter()
+            .filter(|(agent, _, _)| agent.starts_with(prefix))
+            .map(|(_, verb, resource)| (verb.clone(), resource.clone()))
+            .collect()
+    }
+
     /// Reset the request counters.
     pub fn reset_counts(&self) {
         lock(&self.shared.counts).clear();
+        lock(&self.shared.agent_calls).clear();
     }
 
     /// Fail the next `n` requests matching `verb` and `resource` (`"*"` matches any) with

@@ -648,3 +648,37 @@ async fn objects_with_only_missing_owners_are_collected() {
     secrets.create(&PostParams::default(), &ok).await.unwrap();
     assert!(secrets.get_opt("owned").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn calls_are_recorded_per_user_agent() {
+    let server = FakeApiServer::start().await.unwrap();
+    let plain = server.client().await.unwrap();
+    let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_yaml()).unwrap();
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .unwrap();
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("probe/1.0"),
+    ));
+    let probe = Client::try_from(config).unwrap();
+
+    let secrets: Api<Secret> = Api::namespaced(probe, "shop");
+    assert!(secrets.get_opt("nope").await.unwrap().is_none());
+    let cms: Api<ConfigMap> = Api::namespaced(plain, "shop");
+    cms.list(&ListParams::default()).await.unwrap();
+
+    let probe_calls = server.calls_by_agent("probe/");
+    assert_eq!(
+        probe_calls.into_iter().collect::<Vec<_>>(),
+        vec![("get".to_owned(), "secrets".to_owned())]
+    );
+    assert!(
+        server
+            .calls_by_agent("")
+            .contains(&("list".into(), "configmaps".into()))
+    );
+    server.reset_counts();
+    assert!(server.calls_by_agent("").is_empty());
+}
