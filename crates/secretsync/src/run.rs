@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+/// `User-Agent` of every Kubernetes API request.
+pub const USER_AGENT: &str = concat!("secretsync/", env!("CARGO_PKG_VERSION"));
+
 /// Flags of `secretsync run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -129,9 +132,16 @@ pub fn main(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let client = kube::Client::try_default()
+        let mut kube_config = kube::Config::infer()
             .await
-            .context("connecting to the Kubernetes API (kubeconfig or in-cluster config)")?;
+            .context("loading the Kubernetes API config (kubeconfig or in-cluster)")?;
+        // Identifies the operator in API server audit logs and request metrics.
+        kube_config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(USER_AGENT),
+        ));
+        let client =
+            kube::Client::try_from(kube_config).context("connecting to the Kubernetes API")?;
         secretsync_controller::run(client, config, shutdown_signal()).await?;
         Ok(())
     })
