@@ -529,6 +529,7 @@ spec:
             .unwrap()
             .is_none()
     );
+    support::assert_operator_calls_in_rbac_table(&env);
 }
 
 #[tokio::test]

@@ -264,6 +264,7 @@ spec:
     .await;
     let out = op.output();
     assert!(!out.contains("pw-1") && !out.contains("tok-3"), "{out}");
+    support::assert_operator_calls_in_rbac_table(&env);
 }
 
 #[tokio::test]
@@ -452,6 +453,7 @@ spec:
         Some(data(&[("password", "merge-pw")])),
         "the Orphan Secret must outlive its binding"
     );
+    support::assert_operator_calls_in_rbac_table(&env);
 }
 
 async fn all_bindings_gone(env: &TestEnv, names: &[&str]) -> bool {

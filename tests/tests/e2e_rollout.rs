@@ -9,6 +9,8 @@
 //! the operator sends to workloads. Each test has its own API server, namespace, Vault
 //! prefix and operator, so they run in parallel.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -602,6 +604,7 @@ async fn rotation_restarts_each_dependent_workload_exactly_once() {
     );
     assert_eq!(f.workload_patches(), recorded_patches + users.len() as u64);
     assert!(!op.output().contains("CANARY"), "value in logs");
+    support::assert_operator_calls_in_rbac_table(&f.env);
 }
 
 /// Username and password rotated by two bindings 2 s apart: one restart.

@@ -268,6 +268,7 @@ spec:
     .unwrap();
     assert!(exited.success(), "exit status {exited:?}\n{}", op.output());
     assert!(!op.output().contains("CANARY"), "value leaked into logs");
+    support::assert_operator_calls_in_rbac_table(&env);
 }
 
 #[tokio::test]

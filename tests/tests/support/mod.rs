@@ -589,3 +589,30 @@ impl PrivateBao {
         assert_eq!(resp["sealed"], json!(false), "{resp}");
     }
 }
+
+/// Fake API server only: every (verb, resource) the operator requested — told apart from
+/// the test's own client and from OpenBao by its `User-Agent` — is listed in
+/// `rbac::API_ACCESS`, the table the Helm chart's RBAC rules are checked against. A call
+/// missing there would be forbidden in a cluster installed from the chart.
+pub fn assert_operator_calls_in_rbac_table(env: &TestEnv) {
+    let Ok(fake) = env.fake() else {
+        return;
+    };
+    let calls = fake.calls_by_agent("secretsync/");
+    assert!(
+        !calls.is_empty(),
+        "no request carried the operator's User-Agent"
+    );
+    let missing: Vec<_> = calls
+        .iter()
+        .filter(|(verb, resource)| {
+            !secretsync_controller::rbac::API_ACCESS
+                .iter()
+                .any(|a| a.resource == resource && a.verbs.contains(&verb.as_str()))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "operator API calls missing from rbac::API_ACCESS (and so from the chart's RBAC): {missing:?}; all calls: {calls:?}"
+    );
+}
