@@ -770,9 +770,17 @@ impl WatchFilter {
     }
 }
 
-fn line(v: &Value) -> Bytes {
-    let mut b = serde_json::to_vec(v).unwrap_or_default();
-    b.push(b'\n');
+/// One watch event line, `type` before `object` as a real API server writes it (a
+/// `serde_json::Map` would sort `object` first, which makes clients buffer the object
+/// before they know the event type, and so cost them more than a real server does).
+fn event_line(ty: &str, object: &Value) -> Bytes {
+    let mut b = Vec::with_capacity(256);
+    b.extend_from_slice(b"{\"type\":");
+    // Writing to a Vec cannot fail, and a `Value` always serializes.
+    let _ = serde_json::to_writer(&mut b, ty);
+    b.extend_from_slice(b",\"object\":");
+    let _ = serde_json::to_writer(&mut b, object);
+    b.extend_from_slice(b"}\n");
     Bytes::from(b)
 }
 
@@ -864,7 +872,7 @@ fn start_watch(
         } else {
             o
         };
-        line(&json!({"type": ty, "object": o}))
+        event_line(ty, &o)
     };
     let bookmark = {
         let kind = kind.clone();
@@ -878,13 +886,13 @@ fn start_watch(
             if end {
                 o["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
             }
-            line(&json!({"type": "BOOKMARK", "object": o}))
+            event_line("BOOKMARK", &o)
         }
     };
     tokio::spawn(async move {
         if let Some(msg) = gone {
             let st = ApiError::gone(msg).to_status();
-            let _ = tx.send(line(&json!({"type": "ERROR", "object": st}))).await;
+            let _ = tx.send(event_line("ERROR", &st)).await;
             return;
         }
         for (ty, o) in &initial {
@@ -1002,4 +1010,21 @@ fn testkit(sh: &Shared, method: &Method, rest: &str, bytes: &[u8]) -> Response {
 
 pub(crate) fn counts_json(c: &BTreeMap<(String, String), u64>) -> Value {
     json!({"counts": c.iter().map(|((v, r), n)| json!({"verb": v, "resource": r, "count": n})).collect::<Vec<_>>()})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_event_lines_put_the_type_first() {
+        let line = event_line(
+            "MODIFIED",
+            &json!({"metadata": {"name": "a"}, "kind": "Secret"}),
+        );
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            "{\"type\":\"MODIFIED\",\"object\":{\"kind\":\"Secret\",\"metadata\":{\"name\":\"a\"}}}\n"
+        );
+    }
 }
