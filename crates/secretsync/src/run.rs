@@ -128,9 +128,14 @@ pub fn main(args: RunArgs) -> Result<()> {
         restart_debounce,
         identity: identity(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker by default: the work is I/O-bound, and at 10,000 bindings a second worker
+    // cost a quarter more CPU in wake-ups and work stealing than it saved (BENCHMARKS.md).
+    // `TOKIO_WORKER_THREADS` still overrides it (tokio reads it when none is set here).
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         let mut kube_config = kube::Config::infer()
             .await
