@@ -29,8 +29,9 @@ demo:
 	$(CARGO) run -q -p secretsync -- render -f examples/quickstart/ --file-root examples
 
 ## Benchmarks the release binary against the fake API server and a real OpenBao (see
-## BENCHMARKS.md; about 7 minutes at full scale once built, 15 from a fresh clone). The operator is built on its
-## own, with exactly the features users get, not unified with the testkit's. Quick run:
+## BENCHMARKS.md; about 7 minutes at full scale once built, 15 from a fresh clone). The
+## operator is built on its own, with exactly the features users get, not unified with the
+## testkit's. Quick run:
 ##   make bench BENCH_ARGS="--scale 0.1 --steady 1m --settle 10s"
 BENCH_ARGS ?=
 bench:
