@@ -226,14 +226,11 @@ async fn sync(
         (None, None) => false,
     };
     let verify = |hash: &str| {
-        secret
-            .as_ref()
-            .and_then(|s| s.resource_version())
-            .map(|rv| Verified {
-                secret_rv: rv,
-                generation,
-                hash: hash.to_string(),
-            })
+        Verified::at(
+            secret.as_ref().and_then(|s| s.resource_version()),
+            generation,
+            hash,
+        )
     };
 
     let prev_status: Option<SecretBindingStatus> =
@@ -288,17 +285,13 @@ async fn sync(
         let desired = desired_secret(b, &hash);
         let body = crate::sync::apply_object(&desired, &data);
         drop(data);
-        // Until the apply succeeds, nothing about the Secret is known for sure.
+        // Until the apply succeeds, nothing about the Secret is known for sure (and the
+        // watch event of a write whose answer was lost must count as drift).
         state.verified = None;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         match api.patch(&target, &pp, &Patch::Apply(&body)).await {
             Ok(applied) => {
-                state.own_secret_rv = applied.resource_version();
-                state.verified = applied.resource_version().map(|rv| Verified {
-                    secret_rv: rv,
-                    generation,
-                    hash: hash.clone(),
-                });
+                state.verified = Verified::at(applied.resource_version(), generation, &hash);
                 written = true;
                 tracing::info!(binding = %key, secret = %target, keys = keys.len(), "applied Secret");
             }
@@ -312,6 +305,7 @@ async fn sync(
                 return fail(ctx, key, b, state, reasons::WRITE_FAILED, msg).await;
             }
             Err(e) => {
+                // Keep `verified` cleared: the write may have happened.
                 ctx.set_state(key, state);
                 return Err(e.into());
             }

@@ -26,11 +26,10 @@ pub struct BindingState {
     pub failures: u32,
     /// The status we last wrote (fresher than the watch cache right after a write).
     pub status: Option<SecretBindingStatus>,
-    /// resourceVersion of the Secret as our last apply left it: its watch event is ours.
-    pub own_secret_rv: Option<String>,
     /// Ready as last computed.
     pub ready: Option<bool>,
-    /// The Secret as this process last wrote or checked it.
+    /// The Secret as this process last wrote or checked it; a watch event showing that
+    /// resourceVersion is our own write (or one already checked), not drift.
     pub verified: Option<Verified>,
 }
 
@@ -49,6 +48,15 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// What a Secret at `secret_rv` is known to hold, if the API server gave a version.
+    pub fn at(secret_rv: Option<String>, generation: Option<i64>, hash: &str) -> Option<Self> {
+        secret_rv.map(|secret_rv| Verified {
+            secret_rv,
+            generation,
+            hash: hash.to_string(),
+        })
+    }
+
     /// The data hash, if the Secret is still as verified: same binding generation, the
     /// watch shows the same resourceVersion, and no forced sync asks for a full check.
     pub fn still_valid(
@@ -176,12 +184,12 @@ impl Ctx {
         self.binding_queue.forget(key);
     }
 
-    /// resourceVersion our last apply left on a binding's Secret.
-    pub fn own_secret_rv(&self, key: &ObjKey) -> Option<String> {
+    /// resourceVersion of a binding's Secret as this process last wrote or checked it.
+    pub fn verified_secret_rv(&self, key: &ObjKey) -> Option<String> {
         self.lock_states()
             .map
             .get(key)
-            .and_then(|s| s.own_secret_rv.clone())
+            .and_then(|s| s.verified.as_ref().map(|v| v.secret_rv.clone()))
     }
 
     fn update_gauge(&self, states: &States) {

@@ -530,9 +530,9 @@ pub fn vanished(present: &mut HashMap<ObjKey, ObjKey>, seen: &HashSet<ObjKey>) -
     gone.iter().filter_map(|k| present.remove(k)).collect()
 }
 
-/// Managed Secrets, metadata only (never caching their bytes). Any change not made by
-/// our own last apply is drift: the binding is reconciled, which GETs the Secret and
-/// compares the HMAC of its data.
+/// Managed Secrets, metadata only (never caching their bytes). A resourceVersion other
+/// than the one the binding last wrote or checked is drift: the binding is reconciled,
+/// which GETs the Secret and compares the HMAC of its data.
 async fn watch_secrets(ctx: Arc<Ctx>, scope: Option<String>, synced: Arc<AtomicUsize>) {
     // Api<PartialObjectMeta<_>> makes kube send metadata-only list/watch requests.
     let api: Api<PartialObjectMeta<Secret>> = api(&ctx.client, scope.as_deref());
@@ -578,7 +578,7 @@ async fn watch_secrets(ctx: Arc<Ctx>, scope: Option<String>, synced: Arc<AtomicU
             Ok(Event::Apply(meta)) => {
                 if let Some(k) = binding_of(&meta) {
                     present.insert(key_of(&meta), k.clone());
-                    if meta.resource_version() != ctx.own_secret_rv(&k) {
+                    if meta.resource_version() != ctx.verified_secret_rv(&k) {
                         ctx.binding_queue.add(k, Priority::Urgent);
                     }
                 }
