@@ -70,6 +70,16 @@ fn check_logic(node: &Value, outer: &Value, at: &str, errors: &mut Vec<String>) 
             }
         }
     }
+    check_junctors(map, outer, at, errors);
+}
+
+/// Checks every `allOf`/`anyOf`/`oneOf`/`not` of `map` against the structural node `outer`.
+fn check_junctors(
+    map: &serde_json::Map<String, Value>,
+    outer: &Value,
+    at: &str,
+    errors: &mut Vec<String>,
+) {
     for junctor in ["allOf", "anyOf", "oneOf"] {
         for (i, sub) in map
             .get(junctor)
@@ -156,20 +166,7 @@ fn check_node(node: &Value, at: &str, errors: &mut Vec<String>) {
             }
         }
     }
-    for junctor in ["allOf", "anyOf", "oneOf"] {
-        for (i, sub) in map
-            .get(junctor)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            check_logic(sub, node, &format!("{at}.{junctor}[{i}]"), errors);
-        }
-    }
-    if let Some(sub) = map.get("not") {
-        check_logic(sub, node, &format!("{at}.not"), errors);
-    }
+    check_junctors(map, node, at, errors);
 }
 
 #[test]
