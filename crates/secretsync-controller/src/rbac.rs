@@ -1,6 +1,10 @@
 //! Every Kubernetes API call the operator makes, as one table. The Helm chart's RBAC rules
 //! are checked against it (a test fails when the chart grants less, or more), and the
 //! end-to-end tests check that the requests the operator really sends are all listed here.
+//!
+//! Verbs are the ones the API server authorizes, which are not always the HTTP verb: a
+//! server-side apply is a `patch`, and when the object does not exist yet the server also
+//! checks `create` for it. Every apply that may create an object lists both.
 
 /// Where a permission is needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +44,9 @@ pub const API_ACCESS: &[Access] = &[
     Access {
         group: "secretsync.dev",
         resource: "secretsources/status",
-        verbs: &["get", "patch"],
+        verbs: &["patch"],
         scope: Scope::Watched,
-        reason: "report source readiness",
+        reason: "report source readiness (server-side apply of status; never creates)",
     },
     Access {
         group: "secretsync.dev",
@@ -54,23 +58,23 @@ pub const API_ACCESS: &[Access] = &[
     Access {
         group: "secretsync.dev",
         resource: "secretbindings/status",
-        verbs: &["get", "patch"],
+        verbs: &["patch"],
         scope: Scope::Watched,
-        reason: "report binding sync state",
+        reason: "report binding sync state and restarted workloads (apply / merge patch of status; never creates)",
     },
     Access {
         group: "",
         resource: "secrets",
-        verbs: &["get", "list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch"],
         scope: Scope::Watched,
-        reason: "read credential Secrets, server-side apply managed Secrets, watch managed Secrets (metadata only) for drift",
+        reason: "read credential Secrets, server-side apply managed Secrets (create + patch: an apply of a Secret that does not exist yet is authorized as create), watch managed Secrets (metadata only) for drift",
     },
     Access {
         group: "",
         resource: "secrets",
         verbs: &["get", "create"],
         scope: Scope::Operator,
-        reason: "create the HMAC key Secret at start-up",
+        reason: "read the HMAC key Secret by name; create it (POST) at start-up when absent",
     },
     Access {
         group: "",
@@ -84,14 +88,14 @@ pub const API_ACCESS: &[Access] = &[
         resource: "events",
         verbs: &["create", "patch"],
         scope: Scope::Watched,
-        reason: "record Synced, Rotated, SyncFailed and rollout events",
+        reason: "record Synced, Rotated, SyncFailed and rollout events (create; patch bumps a repeated event's series)",
     },
     Access {
         group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["get", "create", "update"],
         scope: Scope::Operator,
-        reason: "leader election",
+        reason: "leader election (create when absent; get and update by name, never apply)",
     },
     Access {
         group: "apps",
@@ -130,6 +134,10 @@ mod tests {
     #[test]
     fn lookups() {
         assert!(is_listed("", "secrets", "patch"));
+        // Applying a Secret that does not exist yet is authorized as create.
+        assert!(API_ACCESS.iter().any(|a| a.resource == "secrets"
+            && a.scope == Scope::Watched
+            && a.verbs.contains(&"create")));
         assert!(is_listed("coordination.k8s.io", "leases", "update"));
         assert!(!is_listed("", "secrets", "delete"));
         assert!(!is_listed("", "configmaps", "get"));
