@@ -1,5 +1,8 @@
 //! CRD generation: the YAML that `secretsync crds` prints and `crds/` holds.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 use crate::{SecretBinding, SecretSource};
@@ -9,18 +12,34 @@ use crate::{SecretBinding, SecretSource};
 #[error("rendering CRD YAML: {0}")]
 pub struct CrdError(#[from] serde_yaml::Error);
 
+/// The CRDs as the API server receives them, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = vec![SecretSource::crd(), SecretBinding::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                reflow_schema(schema);
+            }
+        }
+    }
+    crds
+}
+
 /// File name in `crds/` and the YAML of each CRD, in a stable order.
 pub fn crd_files() -> Result<Vec<(&'static str, String)>, CrdError> {
-    Ok(vec![
-        (
-            "secretsync.dev_secretsources.yaml",
-            serde_yaml::to_string(&SecretSource::crd())?,
-        ),
-        (
-            "secretsync.dev_secretbindings.yaml",
-            serde_yaml::to_string(&SecretBinding::crd())?,
-        ),
-    ])
+    let names = [
+        "secretsync.dev_secretsources.yaml",
+        "secretsync.dev_secretbindings.yaml",
+    ];
+    names
+        .into_iter()
+        .zip(crds())
+        .map(|(name, crd)| Ok((name, serde_yaml::to_string(&crd)?)))
+        .collect()
 }
 
 /// Both CRDs as one multi-document YAML stream.
@@ -31,4 +50,78 @@ pub fn crds_yaml() -> Result<String, CrdError> {
         out.push_str(&doc);
     }
     Ok(out)
+}
+
+/// Doc comments arrive wrapped at source-code width; `kubectl explain` wraps on its own, so
+/// a line break inside a sentence shows as a ragged break. Lines of one paragraph are
+/// joined with single spaces; paragraphs stay separated by one blank line.
+pub fn reflow(text: &str) -> String {
+    let mut paragraphs: Vec<String> = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.is_empty() {
+            if !current.is_empty() {
+                paragraphs.push(current.join(" "));
+                current.clear();
+            }
+        } else {
+            current.extend(words);
+        }
+    }
+    if !current.is_empty() {
+        paragraphs.push(current.join(" "));
+    }
+    paragraphs.join("\n\n")
+}
+
+fn reflow_schema(s: &mut JSONSchemaProps) {
+    if let Some(d) = s.description.as_mut() {
+        *d = reflow(d);
+    }
+    let maps = [
+        s.properties.as_mut(),
+        s.pattern_properties.as_mut(),
+        s.definitions.as_mut(),
+    ];
+    for map in maps.into_iter().flatten() {
+        map.values_mut().for_each(reflow_schema);
+    }
+    let lists = [s.all_of.as_mut(), s.any_of.as_mut(), s.one_of.as_mut()];
+    for list in lists.into_iter().flatten() {
+        list.iter_mut().for_each(reflow_schema);
+    }
+    if let Some(not) = s.not.as_mut() {
+        reflow_schema(not);
+    }
+    match s.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(one)) => reflow_schema(one),
+        Some(JSONSchemaPropsOrArray::Schemas(many)) => many.iter_mut().for_each(reflow_schema),
+        None => {}
+    }
+    for extra in [
+        s.additional_properties.as_mut(),
+        s.additional_items.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let JSONSchemaPropsOrBool::Schema(one) = extra {
+            reflow_schema(one);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflow_joins_lines_and_keeps_paragraphs() {
+        assert_eq!(reflow("one\ntwo  \n  three"), "one two three");
+        assert_eq!(reflow("changed.  If not"), "changed. If not");
+        assert_eq!(reflow("a\nb\n\n\nc\n"), "a b\n\nc");
+        assert_eq!(reflow("single"), "single");
+        assert_eq!(reflow(""), "");
+    }
 }

@@ -229,3 +229,51 @@ fn the_checker_catches_what_an_api_server_rejects() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+fn check_descriptions(v: &Value, at: &str, errors: &mut Vec<String>) {
+    match v {
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_descriptions(item, &format!("{at}[{i}]"), errors);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                let here = format!("{at}.{k}");
+                if let ("description", Some(text)) = (k.as_str(), item.as_str()) {
+                    // `kubectl explain` wraps text itself: a single line break inside a
+                    // paragraph shows as a ragged break mid-sentence.
+                    let without_paragraph_breaks = text.replace("\n\n", "");
+                    if without_paragraph_breaks.contains('\n') {
+                        errors.push(format!("{here}: line break inside a paragraph: {text:?}"));
+                    }
+                    if text.contains("\n\n\n") || text.trim() != text || text.contains("  ") {
+                        errors.push(format!("{here}: stray whitespace: {text:?}"));
+                    }
+                } else {
+                    check_descriptions(item, &here, errors);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn descriptions_are_paragraphs_without_hard_wraps() {
+    let mut errors = Vec::new();
+    let mut described = 0;
+    for crd in crds() {
+        let name = crd["metadata"]["name"].as_str().unwrap_or("?").to_string();
+        described += serde_json::to_string(&crd)
+            .unwrap()
+            .matches("\"description\"")
+            .count();
+        check_descriptions(&crd, &name, &mut errors);
+    }
+    assert!(
+        described > 50,
+        "expected documented schemas, found {described}"
+    );
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
