@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
 use crate::discovery;
+use crate::rbac::{self, User};
+use crate::request_info::{self, RequestInfo};
 use crate::resources::{ResourceDef, Special};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
@@ -49,9 +51,9 @@ pub(crate) struct Faults {
 pub(crate) struct Shared {
     pub inner: Mutex<Inner>,
     pub counts: Mutex<BTreeMap<(String, String), u64>>,
-    /// (User-Agent, verb, resource) combinations seen, so tests can tell one client's
-    /// calls from another's.
-    pub agent_calls: Mutex<BTreeSet<(String, String, String)>>,
+    /// (User-Agent, user, verb, resource) combinations seen, so tests can tell one
+    /// client's calls from another's and check who made them.
+    pub agent_calls: Mutex<BTreeSet<(String, String, String, String)>>,
     pub faults: Mutex<Faults>,
     pub paused: watch::Sender<bool>,
     pub close_epoch: watch::Sender<u64>,
@@ -182,7 +184,38 @@ pub(crate) async fn handle(State(sh): State<Arc<Shared>>, req: Request) -> Respo
             break;
         }
     }
-    route(sh, parts.method, &path, params, parts.headers, bytes).await
+    let info = request_info::parse(parts.method.as_str(), &path, &params);
+    let user = match authorize(&sh, &info, &parts.headers) {
+        Ok(user) => user,
+        Err(e) => return error_response(&e),
+    };
+    route(sh, parts.method, &path, params, parts.headers, bytes, &user).await
+}
+
+/// Authenticates and authorizes a request, counting it (refused ones too) first.
+fn authorize(sh: &Shared, info: &RequestInfo, headers: &HeaderMap) -> Result<User, ApiError> {
+    let inner = lock(&sh.inner);
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let user = rbac::authenticate(&inner, auth)?;
+    if info.resource_request {
+        let resource = info.combined_resource();
+        *lock(&sh.counts)
+            .entry((info.verb.clone(), resource.clone()))
+            .or_default() += 1;
+        let agent = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        lock(&sh.agent_calls).insert((agent, user.name.clone(), info.verb.clone(), resource));
+    }
+    if rbac::allowed(&inner, &user, info) {
+        Ok(user)
+    } else {
+        Err(rbac::forbidden(&user, info))
+    }
 }
 
 async fn route(
@@ -192,6 +225,7 @@ async fn route(
     params: Params,
     headers: HeaderMap,
     bytes: Bytes,
+    user: &User,
 ) -> Response {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
@@ -287,16 +321,6 @@ async fn route(
         Some(s) => format!("{}/{s}", def.plural),
         None => def.plural.clone(),
     };
-    *lock(&sh.counts)
-        .entry((verb.to_owned(), resource.clone()))
-        .or_default() += 1;
-    let agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    lock(&sh.agent_calls).insert((agent, verb.to_owned(), resource.clone()));
-
     // fault injection
     let (fail, delay) = {
         let mut f = lock(&sh.faults);
@@ -372,7 +396,7 @@ async fn route(
             }
         }
         ("create", None) => write(
-            &sh, &def, version, ns, verb, None, false, &params, &headers, &bytes,
+            &sh, &def, version, ns, verb, None, false, &params, &headers, &bytes, user,
         ),
         ("create", Some("token")) if def.special == Special::ServiceAccount => {
             let body = match parse_body(&bytes, false) {
@@ -386,10 +410,10 @@ async fn route(
             }
         }
         ("update" | "patch" | "delete", None) => write(
-            &sh, &def, version, ns, verb, name, false, &params, &headers, &bytes,
+            &sh, &def, version, ns, verb, name, false, &params, &headers, &bytes, user,
         ),
         ("update" | "patch", Some("status")) if def.status_subresource => write(
-            &sh, &def, version, ns, verb, name, true, &params, &headers, &bytes,
+            &sh, &def, version, ns, verb, name, true, &params, &headers, &bytes, user,
         ),
         ("deletecollection", None) => {
             let opts = delete_opts(&params, &bytes);
@@ -469,6 +493,7 @@ fn write(
     params: &Params,
     headers: &HeaderMap,
     bytes: &[u8],
+    user: &User,
 ) -> Response {
     let fmt = format_of(headers);
     let opts = WriteOpts {
@@ -505,6 +530,22 @@ fn write(
                 match ct {
                     "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
                         let body = parse_body(bytes, true)?;
+                        // An apply that creates the object is also authorized as create.
+                        if !status && inner.get(def, ns, name_s).is_none() {
+                            let create = RequestInfo {
+                                resource_request: true,
+                                verb: "create".into(),
+                                group: def.group.clone(),
+                                version: version.to_owned(),
+                                namespace: ns.unwrap_or_default().to_owned(),
+                                resource: def.plural.clone(),
+                                name: name_s.to_owned(),
+                                ..Default::default()
+                            };
+                            if !rbac::allowed(&inner, user, &create) {
+                                return Err(rbac::forbidden_create(&create));
+                            }
+                        }
                         // apply needs an explicit manager (no User-Agent fallback)
                         let opts = WriteOpts {
                             manager: params.get("fieldManager").cloned().unwrap_or_default(),

@@ -16,6 +16,8 @@ pub mod harness;
 mod http;
 mod managed;
 mod patch;
+mod rbac;
+mod request_info;
 mod resources;
 pub mod selectors;
 mod server;
@@ -24,6 +26,7 @@ mod store;
 mod util;
 mod validation;
 
-pub use server::{FakeApiServer, Options, TestkitError, kubeconfig_for};
+pub use rbac::ADMIN_TOKEN;
+pub use server::{FakeApiServer, Options, TestkitError, kubeconfig_for, kubeconfig_with_token};
 pub use status::{ApiError, Cause, Details};
 pub use store::DEFAULT_AUDIENCE;

@@ -129,7 +129,7 @@ impl FakeApiServer {
         format!("http://{}", self.addr)
     }
 
-    /// A kubeconfig pointing at this server (dummy token, namespace `default`).
+    /// A kubeconfig pointing at this server (the admin token, namespace `default`).
     pub fn kubeconfig_yaml(&self) -> String {
         kubeconfig_for(&self.url())
     }
@@ -167,8 +167,18 @@ impl FakeApiServer {
     pub fn calls_by_agent(&self, prefix: &str) -> BTreeSet<(String, String)> {
         lock(&self.shared.agent_calls)
             .iter()
-            .filter(|(agent, _, _)| agent.starts_with(prefix))
-            .map(|(_, verb, resource)| (verb.clone(), resource.clone()))
+            .filter(|(agent, _, _, _)| agent.starts_with(prefix))
+            .map(|(_, _, verb, resource)| (verb.clone(), resource.clone()))
+            .collect()
+    }
+
+    /// The users (e.g. `system:serviceaccount:NS:NAME`) that clients whose `User-Agent`
+    /// starts with `prefix` authenticated as, since the start or the last reset.
+    pub fn users_by_agent(&self, prefix: &str) -> BTreeSet<String> {
+        lock(&self.shared.agent_calls)
+            .iter()
+            .filter(|(agent, _, _, _)| agent.starts_with(prefix))
+            .map(|(_, user, _, _)| user.clone())
             .collect()
     }
 
@@ -342,8 +352,13 @@ impl Drop for FakeApiServer {
     }
 }
 
-/// A kubeconfig for a plain-HTTP server URL with a dummy token.
+/// A kubeconfig for a plain-HTTP server URL with the admin token.
 pub fn kubeconfig_for(url: &str) -> String {
+    kubeconfig_with_token(url, crate::rbac::ADMIN_TOKEN)
+}
+
+/// A kubeconfig for a plain-HTTP server URL authenticating with `token`.
+pub fn kubeconfig_with_token(url: &str, token: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Config
@@ -354,7 +369,7 @@ clusters:
 users:
 - name: secretsync-fake
   user:
-    token: secretsync-fake-token
+    token: {token}
 contexts:
 - name: secretsync-fake
   context:

@@ -87,6 +87,19 @@ impl Inner {
             tokens: HashMap::new(),
             tx,
         };
+        let system = WriteOpts {
+            manager: "fake-apiserver".into(),
+            ..Default::default()
+        };
+        for obj in crate::rbac::bootstrap_policy() {
+            let plural = match obj.get("kind").and_then(Value::as_str) {
+                Some("ClusterRole") => "clusterroles",
+                _ => "clusterrolebindings",
+            };
+            if let Some(def) = s.find("rbac.authorization.k8s.io", "v1", plural) {
+                let _ = s.create(&def, "v1", None, obj, &system);
+            }
+        }
         for ns in ["default", "kube-system", "kube-public"] {
             if let Some(def) = s.find("", "v1", "namespaces") {
                 let _ = s.create(
@@ -1083,6 +1096,31 @@ impl Inner {
         }))
     }
 
+    /// A token issued by [`Inner::token_request`] that is still good, or why it is not (the
+    /// TokenReview error text).
+    fn check_token(&self, token: &str) -> Result<&IssuedToken, &'static str> {
+        let t = self
+            .tokens
+            .get(token)
+            .ok_or("[invalid bearer token, token lookup failed]")?;
+        if t.expires < jiff::Timestamp::now().as_second() {
+            return Err("[invalid bearer token, service account token has expired]");
+        }
+        let sa_alive = self
+            .find("", "v1", "serviceaccounts")
+            .and_then(|d| self.get(&d, Some(&t.namespace), &t.name))
+            .is_some_and(|sa| meta_str(sa, "uid") == Some(t.sa_uid.as_str()));
+        if !sa_alive {
+            return Err("[invalid bearer token, service account token has been invalidated]");
+        }
+        Ok(t)
+    }
+
+    /// The issued token behind a bearer token, if it is still valid.
+    pub fn valid_token(&self, token: &str) -> Option<&IssuedToken> {
+        self.check_token(token).ok()
+    }
+
     /// TokenReview of a token issued by [`Inner::token_request`].
     pub fn token_review(&self, body: &Value) -> Value {
         let spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
@@ -1105,22 +1143,9 @@ impl Inner {
             "metadata": {"creationTimestamp": null},
             "spec": spec,
         });
-        let sa_alive = |t: &IssuedToken| {
-            self.find("", "v1", "serviceaccounts")
-                .and_then(|d| self.get(&d, Some(&t.namespace), &t.name).cloned())
-                .is_some_and(|sa| meta_str(&sa, "uid") == Some(t.sa_uid.as_str()))
-        };
-        let status = match self.tokens.get(token) {
-            None => {
-                json!({"authenticated": false, "user": {}, "error": "[invalid bearer token, token lookup failed]"})
-            }
-            Some(t) if t.expires < jiff::Timestamp::now().as_second() => {
-                json!({"authenticated": false, "user": {}, "error": "[invalid bearer token, service account token has expired]"})
-            }
-            Some(t) if !sa_alive(t) => {
-                json!({"authenticated": false, "user": {}, "error": "[invalid bearer token, service account token has been invalidated]"})
-            }
-            Some(t) => {
+        let status = match self.check_token(token) {
+            Err(error) => json!({"authenticated": false, "user": {}, "error": error}),
+            Ok(t) => {
                 let audiences: Vec<String> = if wanted.is_empty() {
                     t.audiences.clone()
                 } else {

@@ -58,6 +58,9 @@ pub(crate) fn validate(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
     let name = crate::util::meta_str(obj, "name").unwrap_or_default();
     let name_ok = if def.plural == "namespaces" {
         is_dns_label(name)
+    } else if def.group == "rbac.authorization.k8s.io" {
+        // RBAC names are path segments (`system:auth-delegator`), not DNS names.
+        !name.contains(['/', '%']) && name != "." && name != ".."
     } else {
         is_dns_subdomain(name)
     };

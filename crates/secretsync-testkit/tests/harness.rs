@@ -106,6 +106,8 @@ async fn standalone_binary_serves_with_crds() {
     let url = out.trim().trim_start_matches("listening on ");
     let addr = url.trim_start_matches("http://");
     assert_eq!(http_status(addr, "/version").await, Some(200));
+    // No credentials: the admin, as on the old insecure port (kubectl sends no token
+    // over plain HTTP).
     assert_eq!(
         http_status(addr, "/apis/secretsync.dev/v1alpha1").await,
         Some(200)
@@ -119,6 +121,17 @@ async fn standalone_binary_serves_with_crds() {
     let client = kube::Client::try_from(config).unwrap();
     let v = client.apiserver_version().await.unwrap();
     assert_eq!(v.major, "1");
+    let resources = client
+        .list_api_group_resources("secretsync.dev/v1alpha1")
+        .await
+        .unwrap();
+    assert!(
+        resources
+            .resources
+            .iter()
+            .any(|r| r.name == "secretbindings"),
+        "{resources:?}"
+    );
 }
 
 #[tokio::test]
