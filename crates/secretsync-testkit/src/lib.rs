@@ -11,6 +11,7 @@
 //! ```
 
 mod cel;
+pub mod chart;
 mod discovery;
 pub mod harness;
 mod http;
