@@ -3,16 +3,13 @@
 //! Vault KV v2 (token auth, Kubernetes auth against the API server's TokenReview) and AWS
 //! Secrets Manager (moto, static credentials from a Secret).
 
-mod support;
-
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
 use kube::api::PostParams;
-use secretsync_testkit::harness::TestEnv;
+use secretsync_e2e::*;
 use serde_json::json;
-use support::*;
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -32,7 +29,8 @@ async fn env_source_reads_only_allowed_variables() {
             ],
             ..Default::default()
         },
-    );
+    )
+    .await;
     apply(
         &env,
         r#"
@@ -119,7 +117,8 @@ async fn file_source_in_each_format() {
             file_root: Some(r.to_path_buf()),
             ..Default::default()
         },
-    );
+    )
+    .await;
     let p = |f: &str| r.join(f).display().to_string();
     apply(
         &env,
@@ -238,7 +237,7 @@ spec:
 }
 
 /// A KV v2 mount with `app/db` and a read policy; returns (mount, policy).
-async fn vault_data(bao: &Bao, password: &str) -> (String, String) {
+async fn vault_data(bao: &BaoAdmin, password: &str) -> (String, String) {
     let mount = unique("e2e-kv");
     bao.enable_kv(&mount, 2).await;
     bao.put_v2(
@@ -272,10 +271,10 @@ spec:
 #[tokio::test]
 async fn vault_kv2_with_token_auth() {
     let env = env().await;
-    let bao = Bao::shared();
+    let bao = BaoAdmin::shared();
     let (mount, policy) = vault_data(&bao, "vault-token-pw").await;
     let token = bao.token_with_policy(&policy).await;
-    let op = Operator::start(&env, &OperatorOpts::default());
+    let op = Operator::start(&env, &OperatorOpts::default()).await;
     apply(
         &env,
         &format!(
@@ -375,7 +374,7 @@ async fn api_server_for_bao(env: &TestEnv) -> (String, Option<String>) {
 #[tokio::test]
 async fn vault_kv2_with_kubernetes_auth() {
     let env = env().await;
-    let bao = Bao::shared();
+    let bao = BaoAdmin::shared();
     let (mount, policy) = vault_data(&bao, "vault-k8s-pw").await;
     let ns = env.namespace.clone();
     apply(
@@ -391,8 +390,8 @@ metadata: {name: shop-reader}
 "#,
     )
     .await;
-    if !env.is_fake() {
-        // A real API server only answers TokenReviews of callers allowed to make them.
+    {
+        // The API server only answers TokenReviews of callers allowed to make them.
         apply(
             &env,
             &format!(
@@ -451,7 +450,16 @@ subjects: [{{kind: ServiceAccount, name: bao-reviewer, namespace: {ns}}}]
     )
     .await;
 
-    let op = Operator::start(&env, &OperatorOpts::default());
+    // All namespaces, with the chart's opt-in grant for service-account tokens.
+    let op = Operator::start(
+        &env,
+        &OperatorOpts {
+            scope: WatchScope::AllNamespaces,
+            chart_values: json!({"rbac": {"vaultKubernetesAuth": true}}),
+            ..Default::default()
+        },
+    )
+    .await;
     apply(
         &env,
         &format!(
@@ -507,7 +515,7 @@ spec:
     assert!(c.message.contains("AccessDenied"), "{c:?}");
     let sources: Api<secretsync_api::SecretSource> =
         Api::namespaced(env.client.clone(), &env.namespace);
-    secretsync_testkit::harness::wait_for(WAIT, || async {
+    wait_for(WAIT, || async {
         sources
             .get_opt("vault-intruder")
             .await
@@ -529,7 +537,7 @@ spec:
             .unwrap()
             .is_none()
     );
-    support::assert_operator_calls_in_rbac_table(&env);
+    op.assert_calls_in_rbac_table(&env);
 }
 
 #[tokio::test]
@@ -544,7 +552,7 @@ async fn aws_with_static_credentials_from_a_secret() {
         r#"{"username":"aws-user","host":"db.internal"}"#,
     )
     .await;
-    let op = Operator::start(&env, &OperatorOpts::default());
+    let op = Operator::start(&env, &OperatorOpts::default()).await;
     apply(
         &env,
         &format!(

@@ -2,14 +2,11 @@
 //! into one Secret, key collisions, creation policies (Owner, Merge, Orphan) and bad
 //! bindings that must not disturb the others.
 
-mod support;
-
 use std::path::Path;
 
 use base64::Engine as _;
 use kube::api::DeleteParams;
-use secretsync_testkit::harness::{TestEnv, wait_for};
-use support::*;
+use secretsync_e2e::*;
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -50,7 +47,7 @@ spec: {{file: {{path: "{dotenv}", format: Dotenv}}}}
     .await;
 }
 
-fn start(env: &TestEnv, root: &Path) -> Operator {
+async fn start(env: &TestEnv, root: &Path) -> Operator {
     Operator::start(
         env,
         &OperatorOpts {
@@ -58,6 +55,7 @@ fn start(env: &TestEnv, root: &Path) -> Operator {
             ..Default::default()
         },
     )
+    .await
 }
 
 const COMBINED: &str = r#"
@@ -96,7 +94,7 @@ async fn data_extract_find_and_template_into_one_secret_and_key_collisions() {
     let env = env().await;
     let root = tempfile::tempdir().unwrap();
     file_sources(&env, root.path()).await;
-    let op = start(&env, root.path());
+    let op = start(&env, root.path()).await;
     apply(&env, COMBINED).await;
     wait_synced(&env, &op, "combined", "combined", &combined_data("tok-1")).await;
     let b = bindings(&env).get("combined").await.unwrap();
@@ -162,7 +160,7 @@ async fn bad_bindings_get_clear_conditions_and_do_not_affect_others() {
     let env = env().await;
     let root = tempfile::tempdir().unwrap();
     file_sources(&env, root.path()).await;
-    let op = start(&env, root.path());
+    let op = start(&env, root.path()).await;
     // The bad ones first, so the good one is queued behind them.
     apply(
         &env,
@@ -264,7 +262,7 @@ spec:
     .await;
     let out = op.output();
     assert!(!out.contains("pw-1") && !out.contains("tok-3"), "{out}");
-    support::assert_operator_calls_in_rbac_table(&env);
+    op.assert_calls_in_rbac_table(&env);
 }
 
 #[tokio::test]
@@ -295,7 +293,7 @@ data: {{other: {other}}}
     )
     .await;
     let foreign_before = secrets(&env).get("foreign").await.unwrap();
-    let op = start(&env, root.path());
+    let op = start(&env, root.path()).await;
     apply(
         &env,
         r#"
@@ -453,7 +451,7 @@ spec:
         Some(data(&[("password", "merge-pw")])),
         "the Orphan Secret must outlive its binding"
     );
-    support::assert_operator_calls_in_rbac_table(&env);
+    op.assert_calls_in_rbac_table(&env);
 }
 
 async fn all_bindings_gone(env: &TestEnv, names: &[&str]) -> bool {

@@ -1,16 +1,13 @@
 //! End-to-end under failure and load: a backend down for 30 s, API server faults (409, 500,
 //! closed watches, 410 Gone), and 50 bindings sharing 5 Vault keys.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use kube::api::DeleteParams;
-use secretsync_testkit::harness::{wait_for, wait_until};
+use secretsync_e2e::*;
 use serde_json::json;
-use support::*;
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -19,16 +16,18 @@ fn b64(s: &str) -> String {
 #[tokio::test]
 async fn backend_down_for_30s_keeps_the_secret_and_recovers_by_itself() {
     let env = env().await;
-    let bao = PrivateBao::start().await;
-    bao.admin.enable_kv("kv", 2).await;
-    bao.admin
+    let bao = BaoServer::start()
+        .await
+        .expect("a private OpenBao (SECRETSYNC_BAO_BIN)");
+    bao.admin().enable_kv("kv", 2).await;
+    bao.admin()
         .put_v2(
             "kv",
             "app/db",
             json!({"password": "outage-pw", "user": "u1"}),
         )
         .await;
-    let op = Operator::start(&env, &OperatorOpts::default());
+    let op = Operator::start(&env, &OperatorOpts::default()).await;
     apply(
         &env,
         &format!(
@@ -57,7 +56,7 @@ spec:
     - extract: {{key: app/db}}
 "#,
             token = b64("root"),
-            addr = bao.admin.addr,
+            addr = bao.address,
         ),
     )
     .await;
@@ -166,7 +165,8 @@ spec: {{file: {{path: "{}", format: Dotenv}}}}
             file_root: Some(root.path().to_path_buf()),
             ..Default::default()
         },
-    );
+    )
+    .await;
     // Wait until the operator leads and reconciles (a warm-up binding is synced), so the
     // faults hit the tested binding's writes and only its own reconciles happen: /readyz
     // is already 200 while standing by, and a binding that appears while the operator is
@@ -344,8 +344,8 @@ spec:
 #[tokio::test]
 async fn fifty_bindings_share_five_vault_reads_per_refresh() {
     let env = env().await;
-    let bao = Bao::shared();
-    let audit = std::path::PathBuf::from(required_env("SECRETSYNC_TEST_BAO_AUDIT_LOG"));
+    let bao = BaoAdmin::shared();
+    let audit = shared_audit_log();
     let mount = unique("e2e-share");
     bao.enable_kv(&mount, 2).await;
     for i in 0..5 {
@@ -359,7 +359,7 @@ async fn fifty_bindings_share_five_vault_reads_per_refresh() {
     let policy = unique("e2e-share-read");
     bao.read_policy(&policy, &mount).await;
     let token = bao.token_with_policy(&policy).await;
-    let op = Operator::start(&env, &OperatorOpts::default());
+    let op = Operator::start(&env, &OperatorOpts::default()).await;
     let mut yaml = format!(
         r#"
 apiVersion: v1

@@ -1,73 +1,40 @@
 //! End-to-end: the real `secretsync run` binary against the testkit API server.
 
-mod support;
-
-use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use secretsync_api::SecretBinding;
-use secretsync_testkit::harness::{ChildProcess, TestEnv, free_port, wait_until};
+use secretsync_e2e::*;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-/// The operator binary: `SECRETSYNC_BIN`, else the workspace's debug build (built on demand).
-fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("SECRETSYNC_BIN") {
-        return PathBuf::from(p);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "secretsync", "--bin", "secretsync"])
-        .current_dir(&root)
-        .status()
-        .expect("cargo build");
-    assert!(status.success());
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target.join("debug").join("secretsync")
-}
-
-fn start_operator(
+async fn start_operator(
     env: &TestEnv,
-    bin: &PathBuf,
     root: &std::path::Path,
     identity: &str,
-) -> (ChildProcess, u16) {
-    let metrics = free_port().unwrap();
-    let health = free_port().unwrap();
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args([
-        "run",
-        "--log-format",
-        "text",
-        "--operator-namespace",
-        &env.namespace,
-        "--namespace",
-        &env.namespace,
-    ])
-    .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
-    .arg(format!("--health-addr=127.0.0.1:{health}"))
-    .arg(format!("--file-root={}", root.display()))
-    .env("KUBECONFIG", &env.kubeconfig)
-    .env("POD_NAME", identity)
-    .env("RUST_LOG", "info");
-    (ChildProcess::spawn(cmd).unwrap(), metrics)
+    scope: WatchScope,
+) -> Operator {
+    Operator::start(
+        env,
+        &OperatorOpts {
+            identity: identity.into(),
+            scope,
+            file_root: Some(root.to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 async fn setup() -> (TestEnv, tempfile::TempDir) {
-    let env = TestEnv::start().await.unwrap();
-    env.install_crds().await.unwrap();
+    let env = env().await;
     let root = tempfile::tempdir().unwrap();
     std::fs::write(
         root.path().join("app.env"),
         "DB_USER=shop\nDB_PASSWORD=CANARY-e2e-9f1\n",
     )
     .unwrap();
-    support::apply(
+    apply(
         &env,
         &format!(
             r#"
@@ -123,17 +90,10 @@ async fn synced_secret(env: &TestEnv) -> Option<Secret> {
         .ok()?
 }
 
-fn sigterm(p: &ChildProcess) {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &p.id().to_string()])
-        .status();
-}
-
 #[tokio::test]
 async fn file_binding_syncs_and_drift_is_restored_and_values_stay_secret() {
-    let bin = binary();
     let (env, root) = setup().await;
-    let (mut op, metrics) = start_operator(&env, &bin, root.path(), "op-1");
+    let mut op = start_operator(&env, root.path(), "op-1", WatchScope::AllNamespaces).await;
     let s = wait_until(WAIT, || synced_secret(&env))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", op.output()));
@@ -204,7 +164,7 @@ spec:
 "#,
         ns = env.namespace
     );
-    support::apply(&env, &error_bindings).await;
+    apply(&env, &error_bindings).await;
     let bindings: Api<SecretBinding> = Api::namespaced(env.client.clone(), &env.namespace);
     for (name, reason) in [
         ("not-json", "InvalidJson"),
@@ -225,22 +185,11 @@ spec:
 
     // Canary: never in logs, status, events or metrics.
     let metrics_body = wait_until(WAIT, || async {
-        let addr = format!("127.0.0.1:{metrics}");
-        let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.ok()?;
+        let body = op.metrics().await;
         body.contains("secretsync_reconcile_total").then_some(body)
     })
     .await
     .unwrap();
-    assert!(metrics_body.contains("HTTP/1.1 200"), "{metrics_body}");
     assert!(
         !metrics_body.contains("CANARY"),
         "value leaked into metrics"
@@ -259,28 +208,22 @@ spec:
     assert!(ev.contains("SyncFailed"), "error events exist: {ev}");
     assert!(!ev.contains("CANARY"), "value leaked into events: {ev}");
 
-    sigterm(&op);
-    let exited = wait_until(WAIT, || {
-        let st = op.try_wait();
-        async move { st }
-    })
-    .await
-    .unwrap();
+    op.sigterm();
+    let exited = op.wait_exit().await;
     assert!(exited.success(), "exit status {exited:?}\n{}", op.output());
     assert!(!op.output().contains("CANARY"), "value leaked into logs");
-    support::assert_operator_calls_in_rbac_table(&env);
+    op.assert_calls_in_rbac_table(&env);
 }
 
 #[tokio::test]
 async fn standby_takes_over_when_the_leader_is_killed() {
-    let bin = binary();
     let (env, root) = setup().await;
-    let (mut a, _) = start_operator(&env, &bin, root.path(), "op-a");
+    let mut a = start_operator(&env, root.path(), "op-a", WatchScope::Namespace).await;
     wait_until(WAIT, || synced_secret(&env))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", a.output()));
-    let (b, b_metrics) = start_operator(&env, &bin, root.path(), "op-b");
-    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.namespace);
+    let b = start_operator(&env, root.path(), "op-b", WatchScope::Namespace).await;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.operator_namespace());
     let holder = || async {
         leases
             .get_opt("secretsync-leader")
@@ -294,9 +237,10 @@ async fn standby_takes_over_when_the_leader_is_killed() {
     // leader may write.
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
     wait_until(WAIT, || async {
-        let addr = format!("127.0.0.1:{b_metrics}");
-        (secretsync_testkit::harness::http_status(&addr, "/metrics").await == Some(200))
-            .then_some(())
+        (http_get(&format!("http://{}/metrics", b.metrics_addr))
+            .await
+            .is_some_and(|(status, _)| status == 200))
+        .then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("standby never started: {e}\n{}", b.output()));
@@ -320,7 +264,7 @@ async fn standby_takes_over_when_the_leader_is_killed() {
         a.output()
     );
 
-    a.kill();
+    a.process.kill();
     let killed_at = k8s_openapi::jiff::Timestamp::now();
     let t0 = std::time::Instant::now();
     wait_until(Duration::from_secs(25), || async {

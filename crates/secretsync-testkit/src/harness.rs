@@ -1,23 +1,19 @@
-//! End-to-end harness: a test environment (fake API server or a real cluster), child
-//! processes that are always killed (even when a test panics) and capture their output,
-//! polling helpers, and launchers for OpenBao and moto.
+//! End-to-end harness: child processes that are always killed (even when a test panics)
+//! and capture their output, polling helpers, launchers for OpenBao and moto, and (from
+//! [`crate::env`]) the test environment: the fake API server or a real cluster.
 
 use std::future::Future;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::server::{FakeApiServer, TestkitError};
+use crate::server::TestkitError;
 
-/// Environment variable naming a kubeconfig of a real cluster to run against instead.
-pub const E2E_KUBECONFIG_ENV: &str = "SECRETSYNC_E2E_KUBECONFIG";
+pub use crate::env::E2E_KUBECONFIG_ENV;
 /// Environment variable overriding the `bao` binary.
 pub const BAO_BIN_ENV: &str = "SECRETSYNC_BAO_BIN";
 /// Environment variable overriding the `moto_server` binary.
@@ -231,6 +227,8 @@ pub struct BaoServer {
     pub root_token: String,
     /// The process.
     pub process: ChildProcess,
+    /// `$HOME` of the process (the dev server writes a token helper file there).
+    _home: tempfile::TempDir,
 }
 
 impl BaoServer {
@@ -249,6 +247,7 @@ impl BaoServer {
         })?;
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
+        let home = tempfile::tempdir()?;
         let mut cmd = Command::new(bin);
         cmd.args([
             "server",
@@ -256,7 +255,8 @@ impl BaoServer {
             "-dev-root-token-id=root",
             &format!("-dev-listen-address={listen}"),
         ])
-        .args(extra);
+        .args(extra)
+        .env("HOME", home.path());
         let mut process = ChildProcess::spawn(cmd)?;
         let ready = wait_until(Duration::from_secs(30), || {
             let listen = listen.clone();
@@ -273,6 +273,7 @@ impl BaoServer {
             address: format!("http://{listen}"),
             root_token: "root".into(),
             process,
+            _home: home,
         })
     }
 }
@@ -318,156 +319,4 @@ impl MotoServer {
     }
 }
 
-/// A test environment: the fake API server (or the real cluster named by
-/// `SECRETSYNC_E2E_KUBECONFIG`), a kubeconfig file, a client and a fresh namespace.
-pub struct TestEnv {
-    /// The fake server; `None` against a real cluster.
-    pub server: Option<FakeApiServer>,
-    /// Client for the environment.
-    pub client: kube::Client,
-    /// Kubeconfig file for child processes.
-    pub kubeconfig: PathBuf,
-    /// The test namespace (random, created at start).
-    pub namespace: String,
-    dir: tempfile::TempDir,
-}
-
-impl std::fmt::Debug for TestEnv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestEnv")
-            .field("fake", &self.server.is_some())
-            .field("kubeconfig", &self.kubeconfig)
-            .field("namespace", &self.namespace)
-            .finish()
-    }
-}
-
-impl TestEnv {
-    /// Start the environment.
-    pub async fn start() -> Result<Self, TestkitError> {
-        let dir = tempfile::tempdir()?;
-        let (server, client, kubeconfig) =
-            match std::env::var_os(E2E_KUBECONFIG_ENV).filter(|p| !p.is_empty()) {
-                Some(path) => {
-                    let path = PathBuf::from(path);
-                    let kc = kube::config::Kubeconfig::read_from(&path)?;
-                    let config = kube::Config::from_custom_kubeconfig(
-                        kc,
-                        &kube::config::KubeConfigOptions::default(),
-                    )
-                    .await?;
-                    (None, kube::Client::try_from(config)?, path)
-                }
-                None => {
-                    let server = FakeApiServer::start().await?;
-                    let path = dir.path().join("kubeconfig");
-                    server.write_kubeconfig(&path)?;
-                    let client = server.client().await?;
-                    (Some(server), client, path)
-                }
-            };
-        let namespace = format!("e2e-{}", crate::util::random_hex(8));
-        let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": namespace, "labels": {"secretsync.dev/e2e": "true"}}
-        }))
-        .map_err(|e| TestkitError::Other(e.to_string()))?;
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await?;
-        Ok(Self {
-            server,
-            client,
-            kubeconfig,
-            namespace,
-            dir,
-        })
-    }
-
-    /// Whether this runs against the fake.
-    pub fn is_fake(&self) -> bool {
-        self.server.is_some()
-    }
-
-    /// The fake server, or `Unsupported` against a real cluster (fault injection,
-    /// request counts).
-    pub fn fake(&self) -> Result<&FakeApiServer, TestkitError> {
-        self.server.as_ref().ok_or_else(|| {
-            TestkitError::Unsupported("fault injection needs the fake API server".into())
-        })
-    }
-
-    /// Fail the next `n` matching requests (see [`FakeApiServer::fail_next`]);
-    /// `Unsupported` against a real cluster.
-    pub fn fail_next(
-        &self,
-        verb: &str,
-        resource: &str,
-        n: u32,
-        code: u16,
-    ) -> Result<(), TestkitError> {
-        self.fake()?.fail_next(verb, resource, n, code);
-        Ok(())
-    }
-
-    /// End every open watch; `Unsupported` against a real cluster.
-    pub fn close_watches(&self) -> Result<(), TestkitError> {
-        self.fake()?.close_watches();
-        Ok(())
-    }
-
-    /// Requests seen for a verb and resource; `Unsupported` against a real cluster.
-    pub fn count(&self, verb: &str, resource: &str) -> Result<u64, TestkitError> {
-        Ok(self.fake()?.count(verb, resource))
-    }
-
-    /// A scratch directory removed with the environment.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Install (server-side apply) the secretsync CRDs and wait until they are established.
-    pub async fn install_crds(&self) -> Result<(), TestkitError> {
-        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        let pp = PatchParams::apply("secretsync-testkit").force();
-        let mut names = Vec::new();
-        for (_, yaml) in secretsync_api::crd::crd_files()? {
-            let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)?;
-            let name = crd.metadata.name.clone().unwrap_or_default();
-            api.patch(&name, &pp, &Patch::Apply(&crd)).await?;
-            names.push(name);
-        }
-        for name in names {
-            let api = api.clone();
-            wait_for(Duration::from_secs(30), || {
-                let api = api.clone();
-                let name = name.clone();
-                async move {
-                    api.get_opt(&name).await.ok().flatten().is_some_and(|c| {
-                        c.status
-                            .and_then(|s| s.conditions)
-                            .unwrap_or_default()
-                            .iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-                }
-            })
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Spawn `program` with `KUBECONFIG` pointing at this environment.
-    pub fn spawn(&self, program: &Path, args: &[&str]) -> Result<ChildProcess, TestkitError> {
-        let mut cmd = Command::new(program);
-        cmd.args(args).env("KUBECONFIG", &self.kubeconfig);
-        ChildProcess::spawn(cmd)
-    }
-
-    /// Delete the test namespace (needed on real clusters; harmless on the fake).
-    pub async fn cleanup(&self) -> Result<(), TestkitError> {
-        Api::<Namespace>::all(self.client.clone())
-            .delete(&self.namespace, &DeleteParams::default())
-            .await?;
-        Ok(())
-    }
-}
+pub use crate::env::{OperatorIdentity, TestEnv, WatchScope};

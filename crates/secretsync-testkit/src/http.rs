@@ -1,6 +1,6 @@
 //! HTTP front: routing, verbs, watches, request accounting, faults, `/_testkit` endpoints.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -51,9 +51,9 @@ pub(crate) struct Faults {
 pub(crate) struct Shared {
     pub inner: Mutex<Inner>,
     pub counts: Mutex<BTreeMap<(String, String), u64>>,
-    /// (User-Agent, user, verb, resource) combinations seen, so tests can tell one
-    /// client's calls from another's and check who made them.
-    pub agent_calls: Mutex<BTreeSet<(String, String, String, String)>>,
+    /// Requests per (User-Agent, user, verb, resource), so tests can tell one client's
+    /// calls from another's and check who made them.
+    pub agent_calls: Mutex<BTreeMap<(String, String, String, String), u64>>,
     pub faults: Mutex<Faults>,
     pub paused: watch::Sender<bool>,
     pub close_epoch: watch::Sender<u64>,
@@ -209,7 +209,9 @@ fn authorize(sh: &Shared, info: &RequestInfo, headers: &HeaderMap) -> Result<Use
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        lock(&sh.agent_calls).insert((agent, user.name.clone(), info.verb.clone(), resource));
+        *lock(&sh.agent_calls)
+            .entry((agent, user.name.clone(), info.verb.clone(), resource))
+            .or_default() += 1;
     }
     if rbac::allowed(&inner, &user, info) {
         Ok(user)

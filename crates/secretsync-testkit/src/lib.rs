@@ -10,12 +10,15 @@
 //! # let _ = client; Ok(()) }
 //! ```
 
+pub mod bao;
 mod cel;
 pub mod chart;
 mod discovery;
+pub mod env;
 pub mod harness;
 mod http;
 mod managed;
+pub mod names;
 mod patch;
 mod rbac;
 mod request_info;

@@ -101,7 +101,7 @@ impl FakeApiServer {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::new(opts.history_limit)),
             counts: Mutex::new(BTreeMap::new()),
-            agent_calls: Mutex::new(BTreeSet::new()),
+            agent_calls: Mutex::new(BTreeMap::new()),
             faults: Mutex::new(Faults::default()),
             paused,
             close_epoch,
@@ -166,17 +166,27 @@ impl FakeApiServer {
     /// (e.g. `secretsync/` for the operator), since the start or the last reset.
     pub fn calls_by_agent(&self, prefix: &str) -> BTreeSet<(String, String)> {
         lock(&self.shared.agent_calls)
-            .iter()
+            .keys()
             .filter(|(agent, _, _, _)| agent.starts_with(prefix))
             .map(|(_, _, verb, resource)| (verb.clone(), resource.clone()))
             .collect()
+    }
+
+    /// Requests for one verb and resource by clients whose `User-Agent` starts with
+    /// `prefix`, since the start or the last reset.
+    pub fn count_by_agent(&self, prefix: &str, verb: &str, resource: &str) -> u64 {
+        lock(&self.shared.agent_calls)
+            .iter()
+            .filter(|((agent, _, v, r), _)| agent.starts_with(prefix) && v == verb && r == resource)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// The users (e.g. `system:serviceaccount:NS:NAME`) that clients whose `User-Agent`
     /// starts with `prefix` authenticated as, since the start or the last reset.
     pub fn users_by_agent(&self, prefix: &str) -> BTreeSet<String> {
         lock(&self.shared.agent_calls)
-            .iter()
+            .keys()
             .filter(|(agent, _, _, _)| agent.starts_with(prefix))
             .map(|(_, user, _, _)| user.clone())
             .collect()

@@ -1,0 +1,154 @@
+//! The test's cluster: a fresh environment with the CRDs, setup through the client, and
+//! reading bindings and Secrets back.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::Api;
+use secretsync_api::SecretBinding;
+use secretsync_testkit::harness::{TestEnv, wait_until};
+
+use crate::{Operator, WAIT};
+
+/// A fresh environment (fake API server or the real cluster) with the CRDs installed.
+pub async fn env() -> TestEnv {
+    let env = TestEnv::start().await.expect("test environment");
+    env.install_crds().await.expect("installing the CRDs");
+    env
+}
+
+/// Whether a test (or the rest of it) must be skipped because it needs the fake's fault
+/// injection or request accounting; prints why.
+pub fn skip_without_fake(env: &TestEnv, what: &str) -> bool {
+    if env.is_fake() {
+        return false;
+    }
+    eprintln!(
+        "SKIPPED {what}: needs the fake API server's fault injection / request accounting \
+         (SECRETSYNC_E2E_KUBECONFIG points at a real cluster)"
+    );
+    true
+}
+
+/// Server-side applies (manager `e2e`, forced) every document of a YAML stream, of any
+/// kind; namespaced objects without a namespace land in the environment's namespace.
+pub async fn apply(env: &TestEnv, yaml: &str) {
+    apply_as(env, "e2e", yaml).await
+}
+
+/// [`apply`] with a chosen field manager.
+pub async fn apply_as(env: &TestEnv, manager: &str, yaml: &str) {
+    if let Err(e) = env.apply_as(manager, yaml).await {
+        panic!("{e}\n--- manifest ---\n{yaml}");
+    }
+}
+
+/// Bindings of the environment's namespace.
+pub fn bindings(env: &TestEnv) -> Api<SecretBinding> {
+    Api::namespaced(env.client.clone(), &env.namespace)
+}
+
+/// Secrets of the environment's namespace.
+pub fn secrets(env: &TestEnv) -> Api<Secret> {
+    Api::namespaced(env.client.clone(), &env.namespace)
+}
+
+/// The binding's Ready condition, if any.
+pub async fn ready(env: &TestEnv, binding: &str) -> Option<Condition> {
+    let b = bindings(env).get_opt(binding).await.ok()??;
+    b.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+/// A Secret's data as byte vectors.
+pub async fn secret_data(env: &TestEnv, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+    let s = secrets(env).get_opt(name).await.ok()??;
+    Some(
+        s.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect(),
+    )
+}
+
+/// Expected Secret data from string pairs.
+pub fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Printable form of Secret data for assertion messages.
+pub fn show(d: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
+    d.iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect()
+}
+
+/// Waits until binding `binding` is Ready=True for its current generation and its target
+/// Secret `secret` holds exactly `want`; panics with the operator's output otherwise.
+pub async fn wait_synced(
+    env: &TestEnv,
+    op: &Operator,
+    binding: &str,
+    secret: &str,
+    want: &BTreeMap<String, Vec<u8>>,
+) {
+    let res = wait_until(WAIT, || async {
+        let b = bindings(env).get_opt(binding).await.ok()??;
+        let st = b.status.as_ref()?;
+        let ok = st.observed_generation == b.metadata.generation
+            && st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason == "Synced");
+        // The status describes the Secret's current data (it is written after the Secret).
+        let s = secrets(env).get_opt(secret).await.ok()??;
+        let hash_ok = s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("secretsync.dev/data-hash"))
+            == st.data_hash.as_ref();
+        let got: BTreeMap<String, Vec<u8>> = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        (ok && hash_ok && &got == want).then_some(())
+    })
+    .await;
+    if res.is_err() {
+        panic!(
+            "binding {binding}: not synced to {:?} within {WAIT:?}; Ready={:?}; Secret={:?}\n--- operator output ---\n{}",
+            show(want),
+            ready(env, binding).await,
+            secret_data(env, secret).await.as_ref().map(show),
+            op.output()
+        );
+    }
+}
+
+/// Waits until binding `binding` is Ready=False with `reason`; returns the condition.
+pub async fn wait_reason(env: &TestEnv, op: &Operator, binding: &str, reason: &str) -> Condition {
+    let res = wait_until(WAIT, || async {
+        ready(env, binding)
+            .await
+            .filter(|c| c.status == "False" && c.reason == reason)
+    })
+    .await;
+    match res {
+        Ok(c) => c,
+        Err(_) => panic!(
+            "binding {binding}: no Ready=False/{reason} within {WAIT:?}; Ready={:?}\n--- operator output ---\n{}",
+            ready(env, binding).await,
+            op.output()
+        ),
+    }
+}
