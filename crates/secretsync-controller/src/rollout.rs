@@ -113,7 +113,14 @@ pub struct Rollout {
     secrets: Mutex<HashMap<String, BTreeMap<String, ManagedSecret>>>,
     /// Opted-in workloads only.
     workloads: Mutex<HashMap<WorkloadKey, Tracked>>,
+    /// One lock per binding whose `status.restarted` is being written: restarts of many
+    /// workloads for one rotation would otherwise race each other's read-modify-write
+    /// and could exhaust the conflict retries (seen against a slower API server).
+    status_writers: Mutex<HashMap<(String, String), StatusWriter>>,
 }
+
+/// See [`Rollout::status_writer`].
+type StatusWriter = Arc<tokio::sync::Mutex<()>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is a few map operations; a poisoned lock holds usable data.
@@ -121,6 +128,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Rollout {
+    /// The lock serializing this process's writes of one binding's `status.restarted`
+    /// (dropped from the map once nobody holds it).
+    fn status_writer(&self, namespace: &str, binding: &str) -> StatusWriter {
+        let mut writers = lock(&self.status_writers);
+        writers.retain(|_, w| Arc::strong_count(w) > 1);
+        writers
+            .entry((namespace.to_owned(), binding.to_owned()))
+            .or_default()
+            .clone()
+    }
+
     /// Records a managed Secret's metadata; wakes the workloads that may depend on it when
     /// its data hash or binding changed.
     pub fn secret_applied(&self, meta: &PartialObjectMeta<Secret>) {
@@ -550,6 +568,8 @@ async fn record_restart(
         field_manager: Some(FIELD_MANAGER.to_string()),
         ..Default::default()
     };
+    let writer = ctx.rollout.status_writer(&key.namespace, binding);
+    let _serialized = writer.lock().await;
     for attempt in 1..=STATUS_ATTEMPTS {
         let Some(b) = api.get_opt(binding).await? else {
             return Ok(());
