@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug/secretsync
 
-.PHONY: build test lint fmt crds demo clean image bench
+.PHONY: build test test-e2e-cluster lint fmt crds demo clean image bench
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -11,6 +11,11 @@ build:
 ## into .venv on first use and started on loopback), CRD and example checks, end-to-end.
 test:
 	scripts/test-servers.sh $(CARGO) test --workspace --all-targets --no-fail-fast
+
+## Runs the end-to-end suite against a real cluster (kubeconfig in SECRETSYNC_E2E_KUBECONFIG)
+## and prints how many tests ran, passed and skipped, and why.
+test-e2e-cluster:
+	CARGO=$(CARGO) scripts/e2e-cluster.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

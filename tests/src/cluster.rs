@@ -18,16 +18,59 @@ pub async fn env() -> TestEnv {
     env
 }
 
-/// Whether a test (or the rest of it) must be skipped because it needs the fake's fault
-/// injection or request accounting; prints why.
-pub fn skip_without_fake(env: &TestEnv, what: &str) -> bool {
+/// [`env`] for a test whose operator watches every namespace: on a real cluster it runs
+/// alone (see `TestEnv::start_exclusive`).
+pub async fn env_all_namespaces() -> TestEnv {
+    let env = TestEnv::start_exclusive().await.expect("test environment");
+    env.install_crds().await.expect("installing the CRDs");
+    env
+}
+
+/// Environment variable naming a file where skipped tests and assertions are recorded
+/// (one line each) for `make test-e2e-cluster`'s summary.
+pub const SKIP_REPORT_ENV: &str = "SECRETSYNC_E2E_SKIP_REPORT";
+
+/// The running test's name (libtest names each test's thread after it).
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_owned()
+}
+
+fn record_skip(kind: &str, what: &str) {
+    let test = test_name();
+    let why = "needs the fake API server's fault injection or request counters";
+    eprintln!("SKIPPED {kind} {test}: {what}: {why} (SECRETSYNC_E2E_KUBECONFIG is a real cluster)");
+    if let Some(path) = std::env::var_os(SKIP_REPORT_ENV) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{kind}\t{test}\t{what}: {why}");
+        }
+    }
+}
+
+/// Whether the whole test must be skipped because it needs the fake's fault injection or
+/// request accounting; on a real cluster it prints and records why.
+pub fn skip_test_without_fake(env: &TestEnv, what: &str) -> bool {
     if env.is_fake() {
         return false;
     }
-    eprintln!(
-        "SKIPPED {what}: needs the fake API server's fault injection / request accounting \
-         (SECRETSYNC_E2E_KUBECONFIG points at a real cluster)"
-    );
+    record_skip("test", what);
+    true
+}
+
+/// Whether the assertions described by `what` must be skipped (the rest of the test runs);
+/// on a real cluster it prints and records why.
+pub fn skip_assertions_without_fake(env: &TestEnv, what: &str) -> bool {
+    if env.is_fake() {
+        return false;
+    }
+    record_skip("assertions", what);
     true
 }
 

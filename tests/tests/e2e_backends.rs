@@ -373,7 +373,7 @@ async fn api_server_for_bao(env: &TestEnv) -> (String, Option<String>) {
 
 #[tokio::test]
 async fn vault_kv2_with_kubernetes_auth() {
-    let env = env().await;
+    let env = env_all_namespaces().await;
     let bao = BaoAdmin::shared();
     let (mount, policy) = vault_data(&bao, "vault-k8s-pw").await;
     let ns = env.namespace.clone();

@@ -140,7 +140,10 @@ spec:
 #[tokio::test]
 async fn api_server_faults_converge_without_duplicate_writes() {
     let env = env().await;
-    if skip_without_fake(&env, "api_server_faults_converge_without_duplicate_writes") {
+    if skip_test_without_fake(
+        &env,
+        "injects 409/500 faults, closes watches, expires resource versions and counts writes",
+    ) {
         return;
     }
     let fake = env.fake().unwrap();

@@ -64,8 +64,11 @@ struct Fixture {
 
 impl Fixture {
     async fn new(tag: &str) -> Fixture {
+        Fixture::on(tag, env().await).await
+    }
+
+    async fn on(tag: &str, env: TestEnv) -> Fixture {
         let bao = BaoAdmin::shared();
-        let env = env().await;
         let prefix = format!("rollout/{}/", unique(tag));
         let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
         let mut s = Secret::default();
@@ -263,13 +266,13 @@ spec:
     }
 }
 
-/// [`skip_without_fake`], printed once per test.
+/// [`skip_assertions_without_fake`], reported once per test.
 fn skip_quietly(env: &TestEnv, noted: &AtomicBool) -> bool {
     if env.is_fake() {
         return false;
     }
     if !noted.swap(true, Ordering::Relaxed) {
-        skip_without_fake(env, "the workload patch-count assertions");
+        skip_assertions_without_fake(env, "the operator's workload patch counts");
     }
     true
 }
@@ -319,7 +322,7 @@ async fn holds_for(window: Duration, what: &str, mut check: impl AsyncFnMut() ->
 /// restarts nothing.
 #[tokio::test]
 async fn rotation_restarts_each_dependent_workload_exactly_once() {
-    let f = Fixture::new("kinds").await;
+    let f = Fixture::on("kinds", env_all_namespaces().await).await;
     f.vault_put("db", "one").await;
     f.vault_put("other", "x").await;
     f.binding("db", true, "1h").await;

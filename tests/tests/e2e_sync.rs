@@ -26,8 +26,11 @@ async fn start_operator(
     .await
 }
 
-async fn setup() -> (TestEnv, tempfile::TempDir) {
-    let env = env().await;
+async fn setup(scope: WatchScope) -> (TestEnv, tempfile::TempDir) {
+    let env = match scope {
+        WatchScope::Namespace => env().await,
+        WatchScope::AllNamespaces => env_all_namespaces().await,
+    };
     let root = tempfile::tempdir().unwrap();
     std::fs::write(
         root.path().join("app.env"),
@@ -92,7 +95,7 @@ async fn synced_secret(env: &TestEnv) -> Option<Secret> {
 
 #[tokio::test]
 async fn file_binding_syncs_and_drift_is_restored_and_values_stay_secret() {
-    let (env, root) = setup().await;
+    let (env, root) = setup(WatchScope::AllNamespaces).await;
     let mut op = start_operator(&env, root.path(), "op-1", WatchScope::AllNamespaces).await;
     let s = wait_until(WAIT, || synced_secret(&env))
         .await
@@ -217,7 +220,7 @@ spec:
 
 #[tokio::test]
 async fn standby_takes_over_when_the_leader_is_killed() {
-    let (env, root) = setup().await;
+    let (env, root) = setup(WatchScope::Namespace).await;
     let mut a = start_operator(&env, root.path(), "op-a", WatchScope::Namespace).await;
     wait_until(WAIT, || synced_secret(&env))
         .await

@@ -65,7 +65,10 @@ pub struct TestEnv {
     kinds: Mutex<HashMap<String, (ApiResource, bool)>>,
     cluster_objects: Mutex<Vec<(ApiResource, String)>>,
     identities: AtomicU32,
+    exclusive: bool,
     dir: tempfile::TempDir,
+    /// Held for the environment's lifetime on a real cluster (see [`TestEnv::start_exclusive`]).
+    _cluster_lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for TestEnv {
@@ -90,9 +93,52 @@ async fn client_from(path: &Path) -> Result<kube::Client, TestkitError> {
     Ok(kube::Client::try_from(config)?)
 }
 
+/// Takes the lock that keeps tests on one real cluster apart: shared by ordinary tests,
+/// exclusive for a test whose operator watches every namespace.
+async fn cluster_lock(exclusive: bool) -> Result<std::fs::File, TestkitError> {
+    let path = std::env::temp_dir().join("secretsync-e2e-cluster.lock");
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        if exclusive {
+            file.lock()?;
+        } else {
+            file.lock_shared()?;
+        }
+        Ok(file)
+    })
+    .await
+    .map_err(other)?
+}
+
 impl TestEnv {
     /// Start the environment.
     pub async fn start() -> Result<Self, TestkitError> {
+        Self::start_with(false).await
+    }
+
+    /// Start an environment whose operators may watch every namespace. On a real cluster
+    /// such an operator would act on every other test's objects (and rewrite their Secrets
+    /// with its own HMAC key), so this waits until no other test runs and keeps them out
+    /// until dropped. On the fake every test has a server of its own.
+    pub async fn start_exclusive() -> Result<Self, TestkitError> {
+        Self::start_with(true).await
+    }
+
+    /// Whether this environment was started with [`TestEnv::start_exclusive`].
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
+    }
+
+    async fn start_with(exclusive: bool) -> Result<Self, TestkitError> {
+        let real = std::env::var_os(E2E_KUBECONFIG_ENV).is_some_and(|p| !p.is_empty());
+        let cluster_lock = match real {
+            true => Some(cluster_lock(exclusive).await?),
+            false => None,
+        };
         let dir = tempfile::tempdir()?;
         let (server, client, kubeconfig) =
             match std::env::var_os(E2E_KUBECONFIG_ENV).filter(|p| !p.is_empty()) {
@@ -124,7 +170,9 @@ impl TestEnv {
             kinds: Mutex::new(HashMap::new()),
             cluster_objects: Mutex::new(Vec::new()),
             identities: AtomicU32::new(0),
+            exclusive,
             dir,
+            _cluster_lock: cluster_lock,
         })
     }
 
@@ -405,6 +453,22 @@ async fn cleanup(
     namespace: &str,
     cluster_objects: &[(ApiResource, String)],
 ) -> Result<(), TestkitError> {
+    // The test's operator is gone: nobody would remove the cleanup finalizer of a Merge
+    // binding, and the namespace would never finish terminating.
+    let bindings: Api<secretsync_api::SecretBinding> = Api::namespaced(client.clone(), namespace);
+    if let Ok(list) = bindings.list(&Default::default()).await {
+        for b in list
+            .items
+            .iter()
+            .filter(|b| b.metadata.finalizers.is_some())
+        {
+            let name = b.metadata.name.clone().unwrap_or_default();
+            let patch = json!({"metadata": {"finalizers": null}});
+            let _ = bindings
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+        }
+    }
     for (ar, name) in cluster_objects {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), ar);
         let _ = api.delete(name, &DeleteParams::default()).await;
