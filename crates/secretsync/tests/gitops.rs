@@ -73,7 +73,10 @@ fn health_checks_follow_ready_and_observed_generation() {
     let denied = BackendError::access_denied("token lacks read");
     let cases = [
         (binding(2, Some((2, synced()))), ("Healthy", "current")),
-        (binding(3, Some((2, synced()))), ("Progressing", "inProgress")),
+        (
+            binding(3, Some((2, synced()))),
+            ("Progressing", "inProgress"),
+        ),
         (binding(1, Some((1, failed))), ("Degraded", "failed")),
         (binding(1, None), ("Progressing", "inProgress")),
         (source(4, 4, Ok(())), ("Healthy", "current")),
