@@ -6,12 +6,14 @@ pub mod constants;
 pub mod crd;
 pub mod duration;
 pub mod manifest;
+pub mod reason;
 mod schema;
 pub mod source;
 
 pub use binding::*;
 pub use constants::*;
 pub use duration::{DurationError, parse_duration};
+pub use reason::ConditionReason;
 pub use source::*;
 
 /// Condition type used by both kinds.

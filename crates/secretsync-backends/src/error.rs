@@ -2,7 +2,10 @@
 
 use std::fmt;
 
-/// Condition reason of a backend failure, as surfaced in `Ready=False` conditions.
+use secretsync_api::ConditionReason;
+
+/// Condition reason of a backend failure (the subset of [`ConditionReason`] a backend can
+/// cause), as surfaced in `Ready=False` conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// The remote key (or version, or property) does not exist.
@@ -21,18 +24,24 @@ pub enum Reason {
     InvalidTemplate,
 }
 
+impl From<Reason> for ConditionReason {
+    fn from(r: Reason) -> Self {
+        match r {
+            Reason::SecretNotFound => ConditionReason::SecretNotFound,
+            Reason::AccessDenied => ConditionReason::AccessDenied,
+            Reason::InvalidJson => ConditionReason::InvalidJson,
+            Reason::BackendUnavailable => ConditionReason::BackendUnavailable,
+            Reason::InvalidConfig => ConditionReason::InvalidConfig,
+            Reason::KeyCollision => ConditionReason::KeyCollision,
+            Reason::InvalidTemplate => ConditionReason::InvalidTemplate,
+        }
+    }
+}
+
 impl Reason {
     /// The condition reason string.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::SecretNotFound => "SecretNotFound",
-            Reason::AccessDenied => "AccessDenied",
-            Reason::InvalidJson => "InvalidJson",
-            Reason::BackendUnavailable => "BackendUnavailable",
-            Reason::InvalidConfig => "InvalidConfig",
-            Reason::KeyCollision => "KeyCollision",
-            Reason::InvalidTemplate => "InvalidTemplate",
-        }
+        ConditionReason::from(self).as_str()
     }
 
     /// Whether retrying soon may help (as opposed to waiting for a config change).

@@ -9,7 +9,7 @@ use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::time::Instant;
 
-use crate::store::ObjKey;
+use crate::runtime::ObjKey;
 
 /// Token bucket per object: `burst` events at once, then one per `refill`.
 #[derive(Debug)]

@@ -11,27 +11,44 @@ use secretsync_api::{FIELD_MANAGER, HMAC_SECRET_KEY, HMAC_SECRET_NAME, LABEL_MAN
 use secretsync_backends::hash::HmacKey;
 use zeroize::Zeroizing;
 
-use crate::Error;
+/// Why the HMAC key could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum HmacKeyError {
+    /// The key Secret exists but lacks the `key` entry.
+    #[error("Secret {HMAC_SECRET_NAME} has no key {HMAC_SECRET_KEY:?}")]
+    Missing,
+    /// The key is too short to be a key.
+    #[error(
+        "Secret {HMAC_SECRET_NAME} key {HMAC_SECRET_KEY:?} is {len} bytes; at least 16 are needed"
+    )]
+    TooShort {
+        /// Its length.
+        len: usize,
+    },
+    /// The OS random source failed.
+    #[error("OS random source: {0}")]
+    Random(getrandom::Error),
+    /// Created by someone else and gone again, three times in a row.
+    #[error("could not read or create Secret {HMAC_SECRET_NAME}")]
+    Contended,
+    /// The API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
 
 /// Key length in bytes.
 pub const KEY_LEN: usize = 32;
 
 /// Extracts and checks the key from the Secret.
-pub fn key_from_secret(secret: &Secret) -> Result<HmacKey, Error> {
+pub fn key_from_secret(secret: &Secret) -> Result<HmacKey, HmacKeyError> {
     let bytes = secret
         .data
         .as_ref()
         .and_then(|d| d.get(HMAC_SECRET_KEY))
         .map(|b| b.0.clone())
-        .ok_or_else(|| {
-            Error::HmacKey(format!(
-                "Secret {HMAC_SECRET_NAME} has no key {HMAC_SECRET_KEY:?}"
-            ))
-        })?;
+        .ok_or(HmacKeyError::Missing)?;
     if bytes.len() < 16 {
-        return Err(Error::HmacKey(format!(
-            "Secret {HMAC_SECRET_NAME} key {HMAC_SECRET_KEY:?} is shorter than 16 bytes"
-        )));
+        return Err(HmacKeyError::TooShort { len: bytes.len() });
     }
     Ok(HmacKey::new(bytes))
 }
@@ -59,7 +76,7 @@ pub fn key_secret(namespace: &str, key: &[u8]) -> Secret {
 
 /// Reads the key, creating it if absent. Two replicas starting together both try to create:
 /// the loser gets 409 and reads the winner's key.
-pub async fn ensure_hmac_key(client: Client, namespace: &str) -> Result<HmacKey, Error> {
+pub async fn ensure_hmac_key(client: Client, namespace: &str) -> Result<HmacKey, HmacKeyError> {
     // The key Secret must not carry the managed label (it is not a synced Secret).
     debug_assert!(
         !key_secret(namespace, &[0])
@@ -72,7 +89,7 @@ pub async fn ensure_hmac_key(client: Client, namespace: &str) -> Result<HmacKey,
             return key_from_secret(&s);
         }
         let mut buf = Zeroizing::new(vec![0u8; KEY_LEN]);
-        getrandom::fill(&mut buf).map_err(|e| Error::HmacKey(format!("OS random source: {e}")))?;
+        getrandom::fill(&mut buf).map_err(HmacKeyError::Random)?;
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
@@ -90,9 +107,7 @@ pub async fn ensure_hmac_key(client: Client, namespace: &str) -> Result<HmacKey,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::HmacKey(format!(
-        "could not read or create Secret {HMAC_SECRET_NAME}"
-    )))
+    Err(HmacKeyError::Contended)
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
-//! The secretsync controller: SecretSource and SecretBinding reconcilers, leader election,
-//! metrics and health endpoints. The binary calls [`run`].
+//! The secretsync controller: SecretSource, SecretBinding and rollout reconcilers on a
+//! small generic runtime, leader election, metrics and health endpoints. The binary calls
+//! [`run`]; ARCHITECTURE.md walks through the flow.
 //!
-//! Layout: pure decisions live in [`sync`], [`rollout_plan`], [`queue`], [`backoff`],
-//! [`leader`] (decision part) and are unit-tested; [`binding`], [`source`], [`rollout`],
-//! [`controller`] do the I/O.
+//! - [`runtime`]: watch → index/store → queue → dispatch, readiness, leader election;
+//! - [`binding`], [`source`], [`rollout`]: one module per reconciler, each a pure `plan`
+//!   and its I/O;
+//! - [`context`]: what one leadership term shares; [`managed`]: the managed-Secret index;
+//! - [`outcome`]: what reconciles return; [`term`]: one leadership term.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,22 +16,21 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub mod backoff;
+use runtime::{wait_false, wait_true};
+
 pub mod binding;
 pub mod context;
-pub mod controller;
 pub mod events;
 pub mod hmac_key;
 pub mod http;
-pub mod leader;
+pub mod managed;
 pub mod metrics;
-pub mod queue;
+pub mod outcome;
 pub mod rbac;
 pub mod rollout;
-pub mod rollout_plan;
+pub mod runtime;
 pub mod source;
-pub mod store;
-pub mod sync;
+pub mod term;
 
 /// Operator settings (the `run` subcommand's flags).
 #[derive(Debug, Clone)]
@@ -63,13 +65,23 @@ pub enum Error {
     Kube(#[from] kube::Error),
     /// The HMAC key could not be read or created.
     #[error("HMAC key: {0}")]
-    HmacKey(String),
+    HmacKey(#[from] hmac_key::HmacKeyError),
     /// An HTTP listener could not bind.
     #[error("binding {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
-    /// Invalid configuration.
-    #[error("configuration: {0}")]
-    Config(String),
+    /// `--concurrency 0`.
+    #[error("--concurrency must be at least 1")]
+    ZeroConcurrency,
+    /// An `--env-allow` glob does not parse.
+    #[error("--env-allow: {}", .0.message)]
+    EnvAllow(secretsync_backends::BackendError),
+}
+
+/// Drops `managedFields` before an object is cached: nothing reads them from the stores,
+/// and at 10,000 bindings they were a quarter of the operator's heap (BENCHMARKS.md).
+pub(crate) fn without_managed_fields<K: kube::Resource>(mut obj: K) -> K {
+    obj.meta_mut().managed_fields = None;
+    obj
 }
 
 /// How long shutdown waits for in-flight reconciles.
@@ -84,10 +96,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     if config.concurrency == 0 {
-        return Err(Error::Config("--concurrency must be at least 1".into()));
+        return Err(Error::ZeroConcurrency);
     }
     let env_allow = secretsync_backends::env::EnvPolicy::from_globs(&config.env_allow)
-        .map_err(|e| Error::Config(format!("--env-allow: {}", e.message)))?;
+        .map_err(Error::EnvAllow)?;
     let config = Arc::new(config);
     let metrics = Arc::new(metrics::Metrics::new());
     let health = Arc::new(http::Health::default());
@@ -115,7 +127,7 @@ pub async fn run(
         stop_tx.send_replace(true);
     });
 
-    let term = controller::Term {
+    let term = term::Term {
         client: client.clone(),
         config: config.clone(),
         hmac,
@@ -140,10 +152,10 @@ pub async fn run(
 
 /// Runs reconcilers only while holding the lease. Losing it aborts them at once; shutdown
 /// drains them first and releases the lease last, so two processes never write together.
-async fn leading(term: controller::Term, mut stop: watch::Receiver<bool>) {
+async fn leading(term: term::Term, mut stop: watch::Receiver<bool>) {
     let (leader_tx, mut leader_rx) = watch::channel(false);
     let (elector_stop_tx, elector_stop_rx) = watch::channel(false);
-    let elector = leader::Elector::new(
+    let elector = runtime::leader::Elector::new(
         term.client.clone(),
         &term.config.operator_namespace,
         &term.config.identity,
@@ -182,20 +194,4 @@ async fn leading(term: controller::Term, mut stop: watch::Receiver<bool>) {
     }
     elector_stop_tx.send_replace(true);
     let _ = elector_task.await;
-}
-
-async fn wait_true(rx: &mut watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-async fn wait_false(rx: &mut watch::Receiver<bool>) {
-    while *rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
 }

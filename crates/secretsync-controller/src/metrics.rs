@@ -47,6 +47,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchLabel {
+    watch: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabel {
     ready: &'static str,
 }
@@ -68,6 +73,7 @@ pub struct Metrics {
     rotations: Counter,
     rollout_restarts: Family<KindLabel, Counter>,
     bindings: Family<ReadyLabel, Gauge>,
+    watch_retries: Family<WatchLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -91,6 +97,7 @@ impl Metrics {
             rotations: Counter::default(),
             rollout_restarts: Family::default(),
             bindings: Family::default(),
+            watch_retries: Family::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         registry.register(
@@ -138,6 +145,11 @@ impl Metrics {
             "SecretBindings by Ready status",
             m.bindings.clone(),
         );
+        registry.register(
+            "watch_retries",
+            "Failed attempts of a watch (list or watch) by watched kind; they are retried within seconds",
+            m.watch_retries.clone(),
+        );
         // Pre-create the Ready series so dashboards see zeros instead of nothing.
         for ready in ["true", "false", "unknown"] {
             m.bindings.get_or_create(&ReadyLabel { ready }).set(0);
@@ -166,6 +178,13 @@ impl Metrics {
             .get_or_create(&KindLabel {
                 kind: kind.to_string(),
             })
+            .inc();
+    }
+
+    /// Records a failed watch attempt.
+    pub fn watch_retry(&self, watch: &'static str) {
+        self.watch_retries
+            .get_or_create(&WatchLabel { watch })
             .inc();
     }
 
@@ -247,6 +266,7 @@ mod tests {
         m.rotation();
         m.rollout_restart("Deployment");
         m.set_bindings(3, 1, 0);
+        m.watch_retry("Deployment");
         let text = m.encode();
         for needle in [
             "secretsync_reconcile_total{controller=\"binding\",result=\"success\"} 1",
@@ -259,6 +279,7 @@ mod tests {
             "secretsync_rollout_restarts_total{kind=\"Deployment\"} 1",
             "secretsync_bindings{ready=\"true\"} 3",
             "secretsync_bindings{ready=\"false\"} 1",
+            "secretsync_watch_retries_total{watch=\"Deployment\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

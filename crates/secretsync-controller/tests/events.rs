@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use secretsync_controller::events::Events;
-use secretsync_controller::store::ObjKey;
+use secretsync_controller::runtime::ObjKey;
 use secretsync_testkit::FakeApiServer;
 
 #[tokio::test]

@@ -201,9 +201,11 @@ pub async fn render(opts: &RenderOptions) -> Result<RenderOutput> {
             Ok(data) => {
                 // The same Secret object the controller server-side applies.
                 let hash = opts.hmac_key.data_hash(&data);
-                let desired = secretsync_controller::sync::desired_secret(binding, &hash);
+                let desired = secretsync_controller::binding::plan::desired_secret(binding, &hash);
                 out.secrets
-                    .push(secretsync_controller::sync::apply_object(&desired, &data));
+                    .push(secretsync_controller::binding::plan::apply_object(
+                        &desired, &data,
+                    ));
             }
             Err(e) => out.errors.push(format!("SecretBinding {ns}/{name}: {e}")),
         }

@@ -10,8 +10,8 @@ use std::process::Command;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use secretsync_api::{SecretBinding, SecretBindingSpec, SecretSource, SecretSourceSpec};
 use secretsync_backends::BackendError;
+use secretsync_controller::binding::plan::{Outcome, next_status};
 use secretsync_controller::source::source_status;
-use secretsync_controller::sync::{Outcome, next_status};
 use serde_json::Value;
 
 fn evaluate(objects: &[Value]) -> Vec<(String, String)> {
@@ -67,7 +67,7 @@ fn health_checks_follow_ready_and_observed_generation() {
         read: true,
     };
     let failed = Outcome::Failed {
-        reason: "SecretNotFound".into(),
+        reason: secretsync_api::ConditionReason::SecretNotFound,
         message: "remote key db not found".into(),
     };
     let denied = BackendError::access_denied("token lacks read");

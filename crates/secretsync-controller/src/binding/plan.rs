@@ -10,31 +10,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, 
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use secretsync_api::{
-    ANNOTATION_BINDING, ANNOTATION_DATA_HASH, CONDITION_READY, CreationPolicy, FIELD_MANAGER,
-    LABEL_MANAGED, SecretBinding, SecretBindingStatus,
+    ANNOTATION_BINDING, ANNOTATION_DATA_HASH, CONDITION_READY, ConditionReason, CreationPolicy,
+    FIELD_MANAGER, LABEL_MANAGED, SecretBinding, SecretBindingStatus,
 };
 use secretsync_backends::SecretValue;
 use secretsync_backends::hash::HmacKey;
 use secretsync_backends::resolve::SecretData;
 use tokio::time::Instant;
-
-/// Condition reasons the controller adds to the backend taxonomy.
-pub mod reasons {
-    /// The Secret holds the backend's current data.
-    pub const SYNCED: &str = "Synced";
-    /// `spec.sourceRef` names no SecretSource in the namespace.
-    pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
-    /// The SecretSource could not be built (bad config or credentials).
-    pub const SOURCE_NOT_READY: &str = "SourceNotReady";
-    /// An Owner/Orphan target exists and belongs to someone else.
-    pub const TARGET_CONFLICT: &str = "TargetConflict";
-    /// A Merge target does not exist.
-    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
-    /// Writing the Secret failed.
-    pub const WRITE_FAILED: &str = "WriteFailed";
-    /// A SecretSource passed validation.
-    pub const VALID: &str = "Valid";
-}
 
 /// Result of checking the target Secret against the creation policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,7 +284,7 @@ pub enum Outcome {
     /// Something failed; the Secret was not touched.
     Failed {
         /// Condition reason.
-        reason: String,
+        reason: ConditionReason,
         /// Message naming keys, never values.
         message: String,
     },
@@ -320,13 +302,12 @@ pub fn keys_message(n: usize) -> String {
 /// A Ready condition, keeping `lastTransitionTime` when the status value did not change.
 pub fn ready_condition(
     previous: &[Condition],
-    ok: bool,
-    reason: &str,
+    reason: ConditionReason,
     message: &str,
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" };
+    let status = if reason.is_ready() { "True" } else { "False" };
     let prev = previous.iter().find(|c| c.type_ == CONDITION_READY);
     let last_transition_time = match prev {
         Some(p) if p.status == status => p.last_transition_time.clone(),
@@ -335,7 +316,7 @@ pub fn ready_condition(
     Condition {
         type_: CONDITION_READY.to_string(),
         status: status.to_string(),
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         message: message.to_string(),
         observed_generation: generation,
         last_transition_time,
@@ -370,8 +351,7 @@ pub fn next_status(
         Outcome::Synced { keys, hash, read } => {
             conditions.push(ready_condition(
                 &prev.conditions,
-                true,
-                reasons::SYNCED,
+                ConditionReason::Synced,
                 &keys_message(keys.len()),
                 generation,
                 now,
@@ -388,8 +368,7 @@ pub fn next_status(
         Outcome::Failed { reason, message } => {
             conditions.push(ready_condition(
                 &prev.conditions,
-                false,
-                reason,
+                *reason,
                 message,
                 generation,
                 now,
@@ -696,7 +675,7 @@ mod tests {
         assert_eq!(s4.last_rotation_time, Some(t(400)));
 
         let failed = Outcome::Failed {
-            reason: "BackendUnavailable".into(),
+            reason: ConditionReason::BackendUnavailable,
             message: "down".into(),
         };
         let s5 = next_status(Some(&s4), Some(1), &failed, &t(500));

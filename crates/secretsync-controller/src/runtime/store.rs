@@ -25,6 +25,14 @@ impl ObjKey {
     }
 }
 
+/// The key of any object (namespace empty for cluster-scoped ones).
+pub fn key_of<K: kube::Resource>(obj: &K) -> ObjKey {
+    ObjKey::new(
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default(),
+    )
+}
+
 impl fmt::Display for ObjKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)

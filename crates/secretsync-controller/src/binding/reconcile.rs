@@ -1,0 +1,423 @@
+//! The binding reconciler's I/O, as a sequence of steps: finalizer, source, target
+//! Secret, backend read, write, events, status. Each step either continues or stops the
+//! sync with a [`Stop`]; the decisions inside the steps live in [`super::plan`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use secretsync_api::{
+    ANNOTATION_FORCE_SYNC, ConditionReason, FIELD_MANAGER, SecretBinding, SecretBindingStatus,
+    parse_duration,
+};
+use secretsync_backends::resolve::SecretData;
+use secretsync_backends::{BackendError, SourceCache};
+use tokio::time::Instant;
+
+use super::plan::{
+    Outcome, ReadMemo, TargetCheck, apply_object, check_target, conforms, desired_secret,
+    force_sync_requested, is_rotation, keys_message, read_due,
+};
+use super::state::{BindingState, Verified};
+use super::{finalizer, status};
+use crate::context::Ctx;
+use crate::events::reasons as event_reasons;
+use crate::outcome::{ReconcileResult as R, Reconciled, Requeue};
+use crate::runtime::ObjKey;
+use crate::runtime::backoff::{backoff, jittered, random_unit};
+use crate::source::SourceEntry;
+
+/// Why a sync stopped before the end.
+#[derive(Debug)]
+pub enum Stop {
+    /// Reported in status as `Ready=False` with this reason; the Secret is untouched.
+    Failed(ConditionReason, String),
+    /// The API server failed: nothing more can be written now.
+    Api(kube::Error),
+}
+
+impl From<kube::Error> for Stop {
+    fn from(e: kube::Error) -> Self {
+        Stop::Api(e)
+    }
+}
+
+impl From<BackendError> for Stop {
+    fn from(e: BackendError) -> Self {
+        Stop::Failed(e.reason.into(), e.message)
+    }
+}
+
+/// Reconciles one binding.
+pub async fn reconcile(ctx: &Ctx, key: &ObjKey) -> Reconciled {
+    let Some(binding) = ctx.bindings.get(key) else {
+        ctx.forget(key);
+        return Reconciled::done(R::Deleted);
+    };
+    let mut state = ctx.binding_state(key);
+    if binding.metadata.deletion_timestamp.is_some() {
+        return match finalizer::finalize(ctx, &binding).await {
+            Ok(()) => Reconciled::done(R::Deleted),
+            Err(e) => {
+                ctx.api_failure("cleanup on deletion failed", &key.to_string(), &e);
+                api_retry(ctx, key, state)
+            }
+        };
+    }
+    match sync(ctx, key, &binding, &mut state).await {
+        Ok(done) => {
+            ctx.set_binding_state(key, state);
+            done
+        }
+        Err(Stop::Failed(reason, message)) => {
+            fail(ctx, key, &binding, state, reason, message).await
+        }
+        Err(Stop::Api(e)) => {
+            ctx.api_failure("reconcile failed", &key.to_string(), &e);
+            if let Some(m) = state.memo.as_mut() {
+                m.failed = true;
+            }
+            api_retry(ctx, key, state)
+        }
+    }
+}
+
+/// An API failure: back off (sooner if the API server comes back), status untouched (it
+/// may not be writable either).
+fn api_retry(ctx: &Ctx, key: &ObjKey, mut state: BindingState) -> Reconciled {
+    state.failures += 1;
+    let delay = backoff(state.failures - 1, random_unit());
+    ctx.set_binding_state(key, state);
+    Reconciled::api_error(delay)
+}
+
+/// The target Secret as far as this reconcile knows it.
+struct Target {
+    name: String,
+    /// The data hash it is known to hold without reading it (see [`Verified`]).
+    verified_hash: Option<String>,
+    /// The Secret as just read, when it had to be read (`None` also when absent).
+    secret: Option<Secret>,
+}
+
+impl Target {
+    /// Whether the Secret holds what the binding wants for `hash`.
+    fn holds(&self, ctx: &Ctx, b: &SecretBinding, hash: &str, keys: &[String]) -> bool {
+        match (&self.verified_hash, &self.secret) {
+            (Some(v), _) => v == hash,
+            (None, Some(s)) => conforms(s, &desired_secret(b, hash), &ctx.hmac, hash, keys),
+            (None, None) => false,
+        }
+    }
+
+    /// What may be remembered after finding the Secret holding `hash`.
+    fn verified(
+        &self,
+        b: &SecretBinding,
+        hash: &str,
+        current: Option<Verified>,
+    ) -> Option<Verified> {
+        match self.verified_hash {
+            Some(_) => current,
+            None => Verified::at(
+                self.secret.as_ref().and_then(|s| s.resource_version()),
+                b.metadata.generation,
+                hash,
+            ),
+        }
+    }
+}
+
+async fn sync(
+    ctx: &Ctx,
+    key: &ObjKey,
+    b: &SecretBinding,
+    state: &mut BindingState,
+) -> Result<Reconciled, Stop> {
+    let started = Instant::now();
+    finalizer::ensure(ctx, b).await?;
+    let force_value = b.annotations().get(ANNOTATION_FORCE_SYNC).cloned();
+    let force = force_sync_requested(state.force_seen.as_deref(), force_value.as_deref());
+    let refresh = parse_duration(&b.spec.refresh_interval).map_err(|e| {
+        Stop::Failed(
+            ConditionReason::InvalidConfig,
+            format!("spec.refreshInterval: {e}"),
+        )
+    })?;
+    let (entry, cache) = source_of(ctx, b).await?;
+    let target = look_at_target(ctx, b, state, force).await?;
+    let prev_status = state.status.clone().or_else(|| b.status.clone());
+    let now = Instant::now();
+    if !read_due(
+        state.memo.as_ref(),
+        b.metadata.generation,
+        entry.epoch,
+        force,
+        now,
+    ) {
+        if let Some(done) = still_intact(ctx, b, state, &target, prev_status.as_ref(), now).await? {
+            return Ok(done);
+        }
+        tracing::info!(binding = %key, secret = %target.name, "Secret drifted or missing; restoring");
+    }
+    let data = match secretsync_backends::resolve::resolve(&b.spec, &cache, force).await {
+        Ok(d) => d,
+        Err(e) => {
+            state.force_seen = force_value;
+            return Err(e.into());
+        }
+    };
+    let hash = ctx.hmac.data_hash(&data);
+    let keys: Vec<String> = data.keys().cloned().collect();
+    let written = write_secret(ctx, key, b, state, &target, data, &hash, &keys).await?;
+    let rotated = is_rotation(
+        prev_status.as_ref().and_then(|s| s.data_hash.as_deref()),
+        &hash,
+    );
+    announce(ctx, key, b, &target.name, &keys, rotated, written).await;
+    let outcome = Outcome::Synced {
+        keys,
+        hash,
+        read: true,
+    };
+    status::write(ctx, b, state, &outcome).await?;
+    let next = (!refresh.is_zero()).then(|| jittered(refresh, random_unit()));
+    state.memo = Some(ReadMemo {
+        generation: b.metadata.generation,
+        source_epoch: entry.epoch,
+        next_refresh: next.map(|d| now + d),
+        failed: false,
+    });
+    state.failures = 0;
+    state.force_seen = force_value;
+    tracing::debug!(binding = %key, elapsed_ms = started.elapsed().as_millis() as u64, written, rotated, "synced");
+    let result = if written { R::Written } else { R::Unchanged };
+    Ok(Reconciled {
+        result,
+        requeue: next.map_or(Requeue::Never, Requeue::After),
+    })
+}
+
+/// The binding's source, built.
+async fn source_of(
+    ctx: &Ctx,
+    b: &SecretBinding,
+) -> Result<(Arc<SourceEntry>, Arc<SourceCache>), Stop> {
+    let ns = b.namespace().unwrap_or_default();
+    let source_key = ObjKey::new(ns.clone(), b.spec.source_ref.name.clone());
+    let Some(source) = ctx.sources.get(&source_key) else {
+        return Err(Stop::Failed(
+            ConditionReason::SourceNotFound,
+            format!(
+                "SecretSource {:?} not found in namespace {ns:?}",
+                source_key.name
+            ),
+        ));
+    };
+    let entry = ctx.registry.get(&source).await;
+    match &entry.cache {
+        Ok(c) => {
+            let cache = c.clone();
+            Ok((entry, cache))
+        }
+        Err(e) => Err(Stop::Failed(
+            ConditionReason::SourceNotReady,
+            format!("SecretSource {:?} is not ready: {e}", source_key.name),
+        )),
+    }
+}
+
+/// Finds out what the target Secret holds: from memory while the watch shows it as last
+/// written or checked (at scale the GET is a third of a refresh's API work), else by
+/// reading it and checking the creation policy.
+async fn look_at_target(
+    ctx: &Ctx,
+    b: &SecretBinding,
+    state: &BindingState,
+    force: bool,
+) -> Result<Target, Stop> {
+    let ns = b.namespace().unwrap_or_default();
+    let name = b.target_name();
+    let watched_rv = ctx.managed.resource_version(&ns, &name);
+    let verified_hash = Verified::still_valid(
+        state.verified.as_ref(),
+        b.metadata.generation,
+        watched_rv.as_deref(),
+        force,
+    );
+    if verified_hash.is_some() {
+        return Ok(Target {
+            name,
+            verified_hash,
+            secret: None,
+        });
+    }
+    let secret = ctx.secrets(&ns).get_opt(&name).await?;
+    let check = check_target(
+        b.spec.target.creation_policy,
+        secret.as_ref(),
+        &name,
+        &b.name_any(),
+        &b.uid().unwrap_or_default(),
+    );
+    match check {
+        TargetCheck::Ok => Ok(Target {
+            name,
+            verified_hash: None,
+            secret,
+        }),
+        TargetCheck::Conflict(m) => Err(Stop::Failed(ConditionReason::TargetConflict, m)),
+        TargetCheck::NotFound(m) => Err(Stop::Failed(ConditionReason::TargetNotFound, m)),
+    }
+}
+
+/// Nothing is due: if the Secret still holds the last synced data, the reconcile is done
+/// (`Some`); otherwise it drifted and must be restored (`None`).
+async fn still_intact(
+    ctx: &Ctx,
+    b: &SecretBinding,
+    state: &mut BindingState,
+    target: &Target,
+    prev_status: Option<&SecretBindingStatus>,
+    now: Instant,
+) -> Result<Option<Reconciled>, Stop> {
+    let (keys, hash) = prev_status
+        .map(|s| (s.synced_keys.clone(), s.data_hash.clone()))
+        .unwrap_or_default();
+    let Some(hash) = hash.filter(|h| target.holds(ctx, b, h, &keys)) else {
+        return Ok(None);
+    };
+    state.verified = target.verified(b, &hash, state.verified.take());
+    let outcome = Outcome::Synced {
+        keys,
+        hash,
+        read: false,
+    };
+    status::write(ctx, b, state, &outcome).await?;
+    let requeue = state
+        .memo
+        .as_ref()
+        .and_then(|m| m.next_refresh)
+        .map_or(Requeue::Never, |at| {
+            Requeue::After(at.saturating_duration_since(now))
+        });
+    Ok(Some(Reconciled {
+        result: R::Unchanged,
+        requeue,
+    }))
+}
+
+/// Applies the Secret unless it already holds `hash`; returns whether it wrote.
+#[allow(clippy::too_many_arguments)]
+async fn write_secret(
+    ctx: &Ctx,
+    key: &ObjKey,
+    b: &SecretBinding,
+    state: &mut BindingState,
+    target: &Target,
+    data: SecretData,
+    hash: &str,
+    keys: &[String],
+) -> Result<bool, Stop> {
+    if target.holds(ctx, b, hash, keys) {
+        state.verified = target.verified(b, hash, state.verified.take());
+        return Ok(false);
+    }
+    let body = apply_object(&desired_secret(b, hash), &data);
+    drop(data);
+    // Until the apply succeeds nothing about the Secret is known for sure (and the watch
+    // event of a write whose answer was lost must count as drift).
+    state.verified = None;
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let api = ctx.secrets(&b.namespace().unwrap_or_default());
+    match api.patch(&target.name, &pp, &Patch::Apply(&body)).await {
+        Ok(applied) => {
+            state.verified = Verified::at(applied.resource_version(), b.metadata.generation, hash);
+            tracing::info!(binding = %key, secret = %target.name, keys = keys.len(), "applied Secret");
+            Ok(true)
+        }
+        // Only code and reason: the API server's message is kept out of status.
+        Err(kube::Error::Api(ae)) => Err(Stop::Failed(
+            ConditionReason::WriteFailed,
+            format!(
+                "writing Secret {:?} failed: {} {}",
+                target.name, ae.code, ae.reason
+            ),
+        )),
+        // `verified` stays cleared: the write may have happened.
+        Err(e) => Err(Stop::Api(e)),
+    }
+}
+
+/// `Rotated` when the data changed, `Synced` when the Secret was written for another
+/// reason (first sync, drift repair, spec change).
+async fn announce(
+    ctx: &Ctx,
+    key: &ObjKey,
+    b: &SecretBinding,
+    target: &str,
+    keys: &[String],
+    rotated: bool,
+    written: bool,
+) {
+    let listed = format!("{}: {}", keys_message(keys.len()), keys.join(", "));
+    let (reason, note) = if rotated {
+        ctx.metrics.rotation();
+        (
+            event_reasons::ROTATED,
+            format!("Secret {target:?} rotated ({listed})"),
+        )
+    } else if written {
+        (
+            event_reasons::SYNCED,
+            format!("Secret {target:?} written ({listed})"),
+        )
+    } else {
+        return;
+    };
+    ctx.events
+        .publish(key, &b.object_ref(&()), false, reason, note)
+        .await;
+}
+
+/// A failed sync: the Secret is untouched, status says why, retry with backoff.
+async fn fail(
+    ctx: &Ctx,
+    key: &ObjKey,
+    b: &SecretBinding,
+    mut state: BindingState,
+    reason: ConditionReason,
+    message: String,
+) -> Reconciled {
+    tracing::warn!(binding = %key, reason = reason.as_str(), message = %message, "sync failed");
+    ctx.events
+        .publish(
+            key,
+            &b.object_ref(&()),
+            true,
+            event_reasons::SYNC_FAILED,
+            format!("{reason}: {message}"),
+        )
+        .await;
+    state.failures += 1;
+    let memo = state.memo.get_or_insert(ReadMemo {
+        generation: b.metadata.generation,
+        source_epoch: 0,
+        next_refresh: None,
+        failed: true,
+    });
+    memo.failed = true;
+    let delay: Duration = backoff(state.failures - 1, random_unit());
+    let outcome = Outcome::Failed { reason, message };
+    let written = status::write(ctx, b, &mut state, &outcome).await;
+    ctx.set_binding_state(key, state);
+    match written {
+        Ok(()) => Reconciled::after(R::Error, delay),
+        Err(e) => {
+            ctx.api_failure("writing SecretBinding status failed", &key.to_string(), &e);
+            Reconciled::api_error(delay)
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! One leadership term: start the watches, wait for their first lists, run the
+//! dispatchers until told to stop, then drain. Everything a term learns lives in its
+//! [`Ctx`] and is dropped with it.
+
+use std::sync::Arc;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
+use secretsync_api::{LABEL_MANAGED, SecretBinding, SecretSource};
+use secretsync_backends::env::EnvPolicy;
+use secretsync_backends::hash::HmacKey;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::binding::index::{BindingIndex, ManagedSecretIndex};
+use crate::context::Ctx;
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::rollout::index::WorkloadIndex;
+use crate::rollout::plan::WorkloadKind;
+use crate::runtime::{Dispatcher, Index, InitialLists, Watch, wait_true};
+use crate::source::{SourceIndex, SourceRegistry};
+use crate::{Config, SHUTDOWN_GRACE};
+
+/// Inputs of a leadership term.
+#[derive(Clone)]
+pub struct Term {
+    /// API client.
+    pub client: Client,
+    /// Settings.
+    pub config: Arc<Config>,
+    /// HMAC key.
+    pub hmac: HmacKey,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// Env backend policy.
+    pub env_allow: EnvPolicy,
+}
+
+fn scoped<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Spawns one watch of `K` over `scope`, feeding `index`, counted in `lists`.
+fn spawn_watch<K, I>(
+    set: &mut JoinSet<()>,
+    ctx: &Arc<Ctx>,
+    name: &'static str,
+    scope: &Option<String>,
+    config: watcher::Config,
+    index: I,
+    lists: &InitialLists,
+) where
+    K: Resource<Scope = NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    I: Index<K> + 'static,
+{
+    let watch = Watch {
+        name,
+        scope: scope.clone(),
+        api: scoped::<K>(&ctx.client, scope.as_deref()),
+        config,
+    };
+    set.spawn(crate::runtime::watch::run(
+        watch,
+        Arc::new(index),
+        lists.register(),
+        ctx.health.clone(),
+        ctx.metrics.clone(),
+    ));
+}
+
+/// The watches binding and source reconciles need complete before they start.
+fn spawn_core_watches(
+    set: &mut JoinSet<()>,
+    ctx: &Arc<Ctx>,
+    scope: &Option<String>,
+    lists: &InitialLists,
+) {
+    let all = watcher::Config::default;
+    spawn_watch::<DeserializeGuard<SecretSource>, _>(
+        set,
+        ctx,
+        "SecretSource",
+        scope,
+        all(),
+        SourceIndex(ctx.clone()),
+        lists,
+    );
+    spawn_watch::<DeserializeGuard<SecretBinding>, _>(
+        set,
+        ctx,
+        "SecretBinding",
+        scope,
+        all(),
+        BindingIndex(ctx.clone()),
+        lists,
+    );
+    // Metadata only, and only managed Secrets: no Secret bytes are ever cached.
+    let managed = all().labels(&format!("{LABEL_MANAGED}=true"));
+    spawn_watch::<PartialObjectMeta<Secret>, _>(
+        set,
+        ctx,
+        "Secret",
+        scope,
+        managed,
+        ManagedSecretIndex(ctx.clone()),
+        lists,
+    );
+}
+
+/// The workload watches (metadata only) the rollout reconciler needs complete.
+fn spawn_workload_watches(
+    set: &mut JoinSet<()>,
+    ctx: &Arc<Ctx>,
+    scope: &Option<String>,
+    lists: &InitialLists,
+) {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    let all = watcher::Config::default;
+    spawn_watch::<PartialObjectMeta<Deployment>, _>(
+        set,
+        ctx,
+        "Deployment",
+        scope,
+        all(),
+        WorkloadIndex::<Deployment>::new(ctx.clone(), WorkloadKind::Deployment),
+        lists,
+    );
+    spawn_watch::<PartialObjectMeta<StatefulSet>, _>(
+        set,
+        ctx,
+        "StatefulSet",
+        scope,
+        all(),
+        WorkloadIndex::<StatefulSet>::new(ctx.clone(), WorkloadKind::StatefulSet),
+        lists,
+    );
+    spawn_watch::<PartialObjectMeta<DaemonSet>, _>(
+        set,
+        ctx,
+        "DaemonSet",
+        scope,
+        all(),
+        WorkloadIndex::<DaemonSet>::new(ctx.clone(), WorkloadKind::DaemonSet),
+        lists,
+    );
+}
+
+impl Term {
+    fn context(&self) -> Arc<Ctx> {
+        let registry = SourceRegistry::new(
+            self.client.clone(),
+            self.env_allow.clone(),
+            self.config.file_root.clone(),
+            self.metrics.clone(),
+        );
+        Arc::new(Ctx::new(
+            self.client.clone(),
+            self.config.clone(),
+            self.hmac.clone(),
+            self.metrics.clone(),
+            registry,
+        ))
+    }
+
+    /// Runs until `stop` turns true (then drains in-flight reconciles) or the task is
+    /// aborted (leadership lost).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let ctx = self.context();
+        let scopes: Vec<Option<String>> = if self.config.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.config.namespaces.iter().cloned().map(Some).collect()
+        };
+        let core_lists = InitialLists::default();
+        let workload_lists = InitialLists::default();
+        let mut watchers = JoinSet::new();
+        for scope in &scopes {
+            spawn_core_watches(&mut watchers, &ctx, scope, &core_lists);
+            spawn_workload_watches(&mut watchers, &ctx, scope, &workload_lists);
+        }
+        // Reconciling before the stores are complete would report SourceNotFound for
+        // sources not listed yet.
+        tokio::select! {
+            _ = core_lists.wait() => {}
+            _ = wait_true(&mut stop) => return,
+        }
+        tracing::info!(
+            sources = ctx.sources.len(),
+            bindings = ctx.bindings.len(),
+            "watch caches synced; reconciling"
+        );
+        ctx.refresh_gauge();
+        self.health.set_ready(true);
+
+        let mut dispatchers = JoinSet::new();
+        let dispatcher = |controller, concurrency, queue| Dispatcher {
+            controller,
+            concurrency,
+            queue,
+            health: ctx.health.clone(),
+            metrics: ctx.metrics.clone(),
+        };
+        let c = ctx.clone();
+        dispatchers.spawn(
+            dispatcher(
+                "binding",
+                self.config.concurrency,
+                ctx.binding_queue.clone(),
+            )
+            .run(move |key| {
+                let c = c.clone();
+                async move { crate::binding::reconcile(&c, &key).await }
+            }),
+        );
+        let c = ctx.clone();
+        dispatchers.spawn(
+            dispatcher(
+                "source",
+                self.config.concurrency.clamp(1, 4),
+                ctx.source_queue.clone(),
+            )
+            .run(move |key| {
+                let c = c.clone();
+                async move { crate::source::reconcile(&c, &key).await }
+            }),
+        );
+        // Rollout decisions need the complete managed-Secret index, binding store (both
+        // listed above) and workload lists: a partial view would compute a different
+        // revision and restart spuriously. Syncing Secrets never waits for workloads.
+        let c = ctx.clone();
+        let rollout = Dispatcher {
+            controller: "rollout",
+            concurrency: self.config.concurrency.clamp(1, 4),
+            queue: ctx.rollout.queue.clone(),
+            health: ctx.health.clone(),
+            metrics: ctx.metrics.clone(),
+        };
+        let mut stop_waiting = stop.clone();
+        dispatchers.spawn(async move {
+            tokio::select! {
+                _ = workload_lists.wait() => {}
+                _ = wait_true(&mut stop_waiting) => return,
+            }
+            tracing::info!(
+                workloads = c.rollout.tracked_len(),
+                "workload watches synced; rollout reconciler running"
+            );
+            rollout
+                .run(move |key| {
+                    let c = c.clone();
+                    async move { crate::rollout::reconcile(&c, &key).await }
+                })
+                .await
+        });
+
+        wait_true(&mut stop).await;
+        ctx.binding_queue.shutdown();
+        ctx.source_queue.shutdown();
+        ctx.rollout.queue.shutdown();
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while dispatchers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("in-flight reconciles did not finish within the grace period");
+        }
+        watchers.abort_all();
+    }
+}
