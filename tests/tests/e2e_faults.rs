@@ -461,3 +461,176 @@ spec:
     let st = bindings(&env).get("b0").await.unwrap().status.unwrap();
     assert!(st.last_sync_time.is_some());
 }
+
+/// The API server refuses every request (and drops every watch) for 20 s while a Vault
+/// value rotates, as when it is restarted or its node dies. After it is back the Secret
+/// follows the new value and the dependent Deployment restarts exactly once within the
+/// debounce plus 5 s, and the outage costs a handful of warning lines, not one per retry.
+#[tokio::test]
+async fn api_server_refusing_everything_for_20s_while_a_value_rotates() {
+    let env = env().await;
+    if skip_test_without_fake(&env, "refuses every API request for 20 s") {
+        return;
+    }
+    let fake = env.fake().unwrap();
+    let bao = BaoAdmin::shared();
+    let mount = unique("e2e-outage");
+    bao.enable_kv(&mount, 2).await;
+    bao.put_v2(&mount, "app/db", json!({"password": "before"}))
+        .await;
+    let policy = unique("e2e-outage-read");
+    bao.read_policy(&policy, &mount).await;
+    let token = bao.token_with_policy(&policy).await;
+    apply(
+        &env,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token}}
+data: {{token: {token}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: vault}}
+spec:
+  vault:
+    server: {addr}
+    mount: {mount}
+    auth: {{token: {{secretRef: {{name: vault-token, key: token}}}}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {{name: db}}
+spec:
+  sourceRef: {{name: vault}}
+  refreshInterval: 2s
+  data:
+    - {{secretKey: password, remoteRef: {{key: app/db, property: password}}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+  annotations: {{secretsync.dev/restart-on-rotation: "true"}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+  template:
+    metadata: {{labels: {{app: api}}}}
+    spec:
+      containers:
+        - name: app
+          image: app:1
+          env:
+            - name: PASSWORD
+              valueFrom: {{secretKeyRef: {{name: db, key: password}}}}
+"#,
+            token = b64(&token),
+            addr = bao.addr,
+        ),
+    )
+    .await;
+    const DEBOUNCE: Duration = Duration::from_secs(2);
+    let op = Operator::start(
+        &env,
+        &OperatorOpts {
+            args: vec![format!("--restart-debounce={}s", DEBOUNCE.as_secs())],
+            ..Default::default()
+        },
+    )
+    .await;
+    wait_synced(&env, &op, "db", "db", &data(&[("password", "before")])).await;
+    let ns = env.namespace.clone();
+    // Read in-process during the outage: every HTTP request is refused, the test's too.
+    let deployment = || {
+        fake.object("apps", "deployments", Some(&ns), "api")
+            .unwrap()
+    };
+    let secret_value = || {
+        fake.object("", "secrets", Some(&ns), "db").and_then(|s| {
+            s["data"]["password"]
+                .as_str()
+                .map(|v| String::from_utf8(b64_decode(v)).unwrap())
+        })
+    };
+    wait_for(WAIT, || async {
+        deployment()["metadata"]["annotations"]["secretsync.dev/secret-revision"].is_string()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("revision never recorded: {e}\n{}", op.output()));
+    let warnings_before = warnings(&op.output());
+
+    fake.close_watches();
+    fake.fail_next("*", "*", u32::MAX, 503);
+    bao.put_v2(&mount, "app/db", json!({"password": "after"}))
+        .await;
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(20) {
+        assert_eq!(
+            secret_value().as_deref(),
+            Some("before"),
+            "written during the outage?"
+        );
+        assert_eq!(
+            deployment()["metadata"]["generation"],
+            1,
+            "restarted during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    fake.clear_faults();
+    let back = Instant::now();
+
+    let limit = DEBOUNCE + Duration::from_secs(5);
+    let restarted = wait_until(limit, || async {
+        let d = deployment();
+        let ok = secret_value().as_deref() == Some("after")
+            && d["spec"]["template"]["metadata"]["annotations"]["secretsync.dev/restartedAt"]
+                .is_string();
+        ok.then_some(())
+    })
+    .await;
+    assert!(
+        restarted.is_ok(),
+        "not updated and restarted within {limit:?} of recovery\n{}",
+        op.output()
+    );
+    eprintln!(
+        "updated and restarted {:?} after the API server was back",
+        back.elapsed()
+    );
+    let once = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < once {
+        assert_eq!(
+            deployment()["metadata"]["generation"],
+            2,
+            "exactly one restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = op.output();
+    let outage_warnings = warnings(&output) - warnings_before;
+    assert!(
+        outage_warnings <= 10,
+        "{outage_warnings} warning/error lines about a 20 s outage:\n{output}"
+    );
+    assert!(
+        op.metric("secretsync_watch_retries_total{watch=\"Secret\"}")
+            .await
+            >= 1.0,
+        "watch retries are counted\n{}",
+        op.metrics().await
+    );
+}
+
+fn b64_decode(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+/// Lines at WARN or ERROR level.
+fn warnings(output: &str) -> usize {
+    output
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .count()
+}

@@ -179,7 +179,8 @@ async fn leading(term: term::Term, mut stop: watch::Receiver<bool>) {
                 // Lost the lease: stop writing immediately, no draining.
                 task.abort();
                 let _ = task.await;
-                tracing::warn!("lost leadership: reconcilers stopped");
+                // The elector has said why (deadline missed, or another holder).
+                tracing::info!("lost leadership: reconcilers stopped");
             }
             _ = wait_true(&mut stop) => {
                 term_stop_tx.send_replace(true);

@@ -72,9 +72,12 @@ fn main() -> Result<()> {
 }
 
 /// Log directives always appended to the user's filter. The AWS SDK logs whole HTTP
-/// responses (secret values included) at TRACE, and vaultrs/rustify log every 404 as an
-/// ERROR, so these targets are capped whatever `RUST_LOG` says.
+/// responses (secret values included) at TRACE, vaultrs/rustify log every 404 as an
+/// ERROR, and kube's client logs every failed API request as an ERROR of its own (the
+/// operator reports each failure once, with the object it concerns, and an API outage as
+/// one line per watch), so these targets are capped whatever `RUST_LOG` says.
 const LOG_CAPS: &[&str] = &[
+    "kube_client::client::builder=off",
     "aws_smithy_runtime=info",
     "aws_smithy_runtime_api=info",
     "aws_smithy_http_client=info",

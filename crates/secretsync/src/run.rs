@@ -145,6 +145,12 @@ pub fn main(args: RunArgs) -> Result<()> {
             http::header::USER_AGENT,
             http::HeaderValue::from_static(USER_AGENT),
         ));
+        // No retries inside the client: its default retries 429/503/504 up to 15 times with
+        // a backoff growing towards minutes, which hid an outage from the watches and kept
+        // the operator away from an API server that was back. The controller's runtime
+        // retries itself: watches within seconds, reconciles with their own backoff, and
+        // at once when the watches see the API server again.
+        kube_config.default_retry = false;
         let client =
             kube::Client::try_from(kube_config).context("connecting to the Kubernetes API")?;
         secretsync_controller::run(client, config, shutdown_signal()).await?;

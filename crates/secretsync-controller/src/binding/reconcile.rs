@@ -338,7 +338,13 @@ async fn write_secret(
             tracing::info!(binding = %key, secret = %target.name, keys = keys.len(), "applied Secret");
             Ok(true)
         }
-        // Only code and reason: the API server's message is kept out of status.
+        // The API server is unavailable (or shedding load): retried like any API failure,
+        // and sooner once the watches see it back.
+        Err(kube::Error::Api(ae)) if matches!(ae.code, 429 | 503 | 504) => {
+            Err(Stop::Api(kube::Error::Api(ae)))
+        }
+        // Anything else it refused is reported. Only code and reason: the API server's
+        // message is kept out of status.
         Err(kube::Error::Api(ae)) => Err(Stop::Failed(
             ConditionReason::WriteFailed,
             format!(

@@ -148,12 +148,20 @@ impl Elector {
     pub async fn run(&self, leader: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
         let mut observed: (Record, Instant) = (Record::default(), Instant::now());
         let mut last_renew: Option<Instant> = None;
+        // Consecutive failed attempts: the first is a warning, the rest of an outage are
+        // debug lines, and the end of it one info line.
+        let mut failures = 0u32;
         loop {
             if *stop.borrow() {
                 break;
             }
             let call = tokio::time::timeout(RETRY_PERIOD, self.attempt(&mut observed));
-            match call.await {
+            let result = call.await;
+            if result.as_ref().is_ok_and(|r| r.is_ok()) && failures > 0 {
+                tracing::info!(failures, "leader election reaches the API server again");
+                failures = 0;
+            }
+            match result {
                 Ok(Ok(true)) => {
                     if last_renew.is_none() {
                         tracing::info!(identity = %self.identity, lease = LEADER_LEASE_NAME, namespace = %self.namespace, "acquired leadership");
@@ -167,8 +175,25 @@ impl Elector {
                     }
                     leader.send_replace(false);
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "leader election attempt failed"),
-                Err(_) => tracing::warn!("leader election attempt timed out"),
+                Ok(Err(e)) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "leader election attempt failed; retrying every {}s", RETRY_PERIOD.as_secs());
+                    } else {
+                        tracing::debug!(error = %e, failures, "leader election attempt failed");
+                    }
+                }
+                Err(_) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(
+                            "leader election attempt timed out; retrying every {}s",
+                            RETRY_PERIOD.as_secs()
+                        );
+                    } else {
+                        tracing::debug!(failures, "leader election attempt timed out");
+                    }
+                }
             }
             if let Some(at) = last_renew
                 && at.elapsed() > RENEW_DEADLINE
