@@ -11,7 +11,7 @@ use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use secretsync_api::VaultAuth;
+use secretsync_api::{VaultAuth, VaultSource};
 use secretsync_backends::vault::VaultBackend;
 use secretsync_backends::{Backend, BackendError, ReadRequest, Reason, SecretValue, keys};
 use secretsync_testkit::bao::{BaoAdmin, count_audit_requests, shared_audit_log};
@@ -411,6 +411,41 @@ async fn missing_key_is_not_found() {
     assert!(err.message.contains("no/such/key"), "{err}");
 }
 
+/// An AppRole on the shared server: role `role` at a fresh auth mount, whose tokens live
+/// `ttl` and may read `<mount>/data/<read_path>`; a source and credentials using it, and a
+/// backend connected with them.
+struct AppRole {
+    auth_mount: String,
+    role_id: String,
+    spec: VaultSource,
+    creds: MapCredentials,
+    backend: VaultBackend,
+}
+
+async fn approle(admin: &BaoAdmin, mount: &str, read_path: &str, role: &str, ttl: &str) -> AppRole {
+    let policy = unique("pol");
+    admin
+        .policy(
+            &policy,
+            &format!("path \"{mount}/data/{read_path}\" {{ capabilities = [\"read\"] }}"),
+        )
+        .await;
+    let auth_mount = unique("approle");
+    let (role_id, secret_id) = admin.approle(&auth_mount, role, &policy, ttl).await;
+    let spec = source(&bao_addr(), mount, 2, approle_auth(&auth_mount, &role_id));
+    let creds = MapCredentials::with("approle", "secret-id", &secret_id);
+    let backend = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .unwrap();
+    AppRole {
+        auth_mount,
+        role_id,
+        spec,
+        creds,
+        backend,
+    }
+}
+
 #[tokio::test]
 async fn approle_auth_reads_within_its_policy() {
     let admin = BaoAdmin::shared();
@@ -422,21 +457,14 @@ async fn approle_auth_reads_within_its_policy() {
     admin
         .put_v2(&mount, "other/db", json!({"password": "no"}))
         .await;
-    let policy = unique("pol");
-    admin
-        .policy(
-            &policy,
-            &format!("path \"{mount}/data/shop/*\" {{ capabilities = [\"read\"] }}"),
-        )
-        .await;
-    let auth_mount = unique("approle");
-    let (role_id, secret_id) = admin.approle(&auth_mount, "shop", &policy, "1h").await;
+    let AppRole {
+        role_id,
+        spec,
+        creds,
+        backend,
+        ..
+    } = approle(&admin, &mount, "shop/*", "shop", "1h").await;
 
-    let spec = source(&bao_addr(), &mount, 2, approle_auth(&auth_mount, &role_id));
-    let creds = MapCredentials::with("approle", "secret-id", &secret_id);
-    let backend = VaultBackend::connect(String::new(), &spec, &creds)
-        .await
-        .unwrap();
     backend.validate().await.unwrap();
     let value = backend.read(&ReadRequest::latest("shop/db")).await.unwrap();
     assert_eq!(json_of(&value), json!({"password": "pw"}));
@@ -478,23 +506,11 @@ async fn approle_token_is_renewed_before_expiry() {
     let mount = unique("kvr");
     admin.enable_kv(&mount, 2).await;
     admin.put_v2(&mount, "k", json!({"v": "1"})).await;
-    let policy = unique("pol");
-    admin
-        .policy(
-            &policy,
-            &format!("path \"{mount}/data/*\" {{ capabilities = [\"read\"] }}"),
-        )
-        .await;
-    let auth_mount = unique("approle");
     // Tokens live 3 s and cannot be renewed past that: reads after 3 s only work if the
     // backend logged in again.
-    let (role_id, secret_id) = admin.approle(&auth_mount, "r", &policy, "3s").await;
-    let spec = source(&bao_addr(), &mount, 2, approle_auth(&auth_mount, &role_id));
-    let creds = MapCredentials::with("approle", "secret-id", &secret_id);
-    let backend = VaultBackend::connect(String::new(), &spec, &creds)
-        .await
-        .unwrap();
-    let login_path = format!("auth/{auth_mount}/login");
+    let role = approle(&admin, &mount, "*", "r", "3s").await;
+    let backend = role.backend;
+    let login_path = format!("auth/{}/login", role.auth_mount);
     for _ in 0..4 {
         backend.read(&ReadRequest::latest("k")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -510,20 +526,8 @@ async fn approle_relogs_in_once_after_403() {
     let mount = unique("kv403");
     admin.enable_kv(&mount, 2).await;
     admin.put_v2(&mount, "k", json!({"v": "1"})).await;
-    let policy = unique("pol");
-    admin
-        .policy(
-            &policy,
-            &format!("path \"{mount}/data/k\" {{ capabilities = [\"read\"] }}"),
-        )
-        .await;
-    let auth_mount = unique("approle");
-    let (role_id, secret_id) = admin.approle(&auth_mount, "r", &policy, "1h").await;
-    let spec = source(&bao_addr(), &mount, 2, approle_auth(&auth_mount, &role_id));
-    let creds = MapCredentials::with("approle", "secret-id", &secret_id);
-    let backend = VaultBackend::connect(String::new(), &spec, &creds)
-        .await
-        .unwrap();
+    let role = approle(&admin, &mount, "k", "r", "1h").await;
+    let (auth_mount, backend) = (role.auth_mount, role.backend);
     backend.read(&ReadRequest::latest("k")).await.unwrap();
 
     // Revoke every token issued by this AppRole mount (as if it had been revoked or
