@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use moto_support::{
     ADMIN_ACCESS_KEY_ID, MotoRequestCounter, REGION, admin_client, create_binary, create_string,
-    moto_endpoint, put_string, random_hex, unique_prefix,
+    moto_endpoint, put_string, unique_prefix,
 };
 use secretsync_api::{AwsAuth, AwsSecretRef, AwsSource};
 use secretsync_backends::aws::{AwsBackend, AwsOptions};
 use secretsync_backends::{Backend, BackendError, Credentials, ReadRequest, Reason, SecretValue};
+use secretsync_testkit::harness::free_port;
+use secretsync_testkit::names::unique;
 
 const CREDS_SECRET: &str = "aws-creds";
 
@@ -105,12 +107,9 @@ fn fast_fail() -> AwsOptions {
     }
 }
 
-/// An address nothing listens on: bind an ephemeral port, then close it.
+/// An address nothing listens on: a port that was free a moment ago.
 fn closed_port_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
+    format!("http://127.0.0.1:{}", free_port().expect("free port"))
 }
 
 fn text(v: &SecretValue) -> &str {
@@ -350,7 +349,7 @@ async fn static_credentials_come_from_the_credentials_secret() {
     let counter = MotoRequestCounter::start(&endpoint).await;
     let prefix = unique_prefix("static");
     create_string(&admin, &format!("{prefix}k"), "v").await;
-    let access_key_id = format!("AKID{}", random_hex().to_uppercase());
+    let access_key_id = unique("AKID").to_uppercase();
     let creds = MapCredentials::keys(&access_key_id).with(CREDS_SECRET, "session-token", "tok");
     let mut spec = source(&endpoint);
     if let Some(auth) = spec.auth.as_mut()
@@ -387,8 +386,8 @@ async fn assume_role_reads_through_the_assumed_role() {
     let counter = MotoRequestCounter::start(&endpoint).await;
     let prefix = unique_prefix("assume");
     create_string(&admin, &format!("{prefix}k"), "through-role").await;
-    let base_key = format!("AKID{}", random_hex().to_uppercase());
-    let role_arn = format!("arn:aws:iam::123456789012:role/reader-{}", random_hex());
+    let base_key = unique("AKID").to_uppercase();
+    let role_arn = format!("arn:aws:iam::123456789012:role/{}", unique("reader"));
     let mut spec = source(&endpoint);
     if let Some(auth) = spec.auth.as_mut() {
         auth.role_arn = Some(role_arn.clone());
@@ -552,7 +551,7 @@ async fn canary_value_never_appears_in_errors_or_logs() {
     let endpoint = moto_endpoint();
     let admin = admin_client(&endpoint);
     let prefix = unique_prefix("canary");
-    let canary = format!("CANARY-{}", random_hex());
+    let canary = unique("CANARY");
     let name = format!("{prefix}secret");
     create_string(&admin, &name, &canary).await;
     put_string(&admin, &name, &format!("{canary}-v2")).await;

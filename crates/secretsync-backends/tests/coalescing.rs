@@ -13,6 +13,8 @@ use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::{
     Backend, BackendError, BuildContext, ReadRequest, SecretValue, SourceCache, build_backend,
 };
+use secretsync_testkit::bao::{BaoAdmin, shared_audit_log};
+use secretsync_testkit::names::unique;
 use serde_json::json;
 
 fn context(creds: vault_support::MapCredentials) -> BuildContext {
@@ -113,8 +115,8 @@ async fn audited_reads(log: &std::path::Path, path: &str, expected: usize) -> us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn vault_hundred_concurrent_reads_make_one_request() {
-    let admin = vault_support::Admin::shared();
-    let mount = vault_support::unique("coalesce");
+    let admin = BaoAdmin::shared();
+    let mount = unique("coalesce");
     admin.enable_kv(&mount, 2).await;
     admin
         .put_v2(&mount, "app/db", json!({"password": "p"}))
@@ -132,7 +134,7 @@ async fn vault_hundred_concurrent_reads_make_one_request() {
         vault_support::MapCredentials::with("vault-token", "token", &vault_support::root_token());
     let backend = build_backend(&spec, &context(creds)).await.unwrap();
     let path = format!("{mount}/data/app/db");
-    let log = vault_support::audit_log();
+    let log = shared_audit_log();
     let cache = hundred_concurrent_reads(backend.clone(), "app/db").await;
     assert_eq!(audited_reads(&log, &path, 1).await, 1);
     assert_eq!(cache.stats().backend_calls, 1);

@@ -11,14 +11,14 @@ use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use secretsync_api::VaultAuth;
+use secretsync_api::{VaultAuth, VaultSource};
 use secretsync_backends::vault::VaultBackend;
 use secretsync_backends::{Backend, BackendError, ReadRequest, Reason, SecretValue, keys};
+use secretsync_testkit::bao::{BaoAdmin, count_audit_requests, shared_audit_log};
+use secretsync_testkit::harness::BaoServer;
+use secretsync_testkit::names::unique;
 use serde_json::{Value, json};
-use vault_support::{
-    Admin, MapCredentials, PrivateBao, approle_auth, audit_log, bao_addr, count_audit_requests,
-    root_token, source, token_auth, unique,
-};
+use vault_support::{MapCredentials, approle_auth, bao_addr, root_token, source, token_auth};
 
 /// A token-auth backend on the shared server.
 async fn connect_token(prefix: &str, mount: &str, kv_version: u8, token: &str) -> VaultBackend {
@@ -59,7 +59,7 @@ async fn read_err(backend: &VaultBackend, req: ReadRequest) -> BackendError {
 
 #[tokio::test]
 async fn kv2_read_returns_the_field_map_as_json() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kv2");
     admin.enable_kv(&mount, 2).await;
     admin
@@ -101,7 +101,7 @@ async fn kv2_read_returns_the_field_map_as_json() {
 
 #[tokio::test]
 async fn kv1_read_and_version_is_refused() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kv1");
     admin.enable_kv(&mount, 1).await;
     admin
@@ -131,7 +131,7 @@ async fn kv1_read_and_version_is_refused() {
 
 #[tokio::test]
 async fn kv2_version_pins() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kv2v");
     admin.enable_kv(&mount, 2).await;
     assert_eq!(
@@ -185,7 +185,7 @@ async fn kv2_version_pins() {
 
 #[tokio::test]
 async fn prefix_is_prepended_and_invisible() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kvp");
     admin.enable_kv(&mount, 2).await;
     admin
@@ -226,7 +226,7 @@ async fn prefix_is_prepended_and_invisible() {
 // Listing (find)
 // ---------------------------------------------------------------------------------------
 
-async fn seed_tree(admin: &Admin, mount: &str, version: u8) {
+async fn seed_tree(admin: &BaoAdmin, mount: &str, version: u8) {
     for key in [
         "apps/shop/db",
         "apps/shop/api/key",
@@ -279,7 +279,7 @@ async fn check_listing(backend: &VaultBackend) {
 
 #[tokio::test]
 async fn kv2_list_is_recursive() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kv2l");
     admin.enable_kv(&mount, 2).await;
     let backend = connect_token("", &mount, 2, &root_token()).await;
@@ -305,7 +305,7 @@ async fn kv2_list_is_recursive() {
 
 #[tokio::test]
 async fn kv1_list_is_recursive() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kv1l");
     admin.enable_kv(&mount, 1).await;
     let backend = connect_token("", &mount, 1, &root_token()).await;
@@ -320,7 +320,7 @@ async fn kv1_list_is_recursive() {
 
 #[tokio::test]
 async fn token_auth_with_policy() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kvt");
     admin.enable_kv(&mount, 2).await;
     admin.put_v2(&mount, "allowed/a", json!({"v": "1"})).await;
@@ -352,7 +352,7 @@ async fn token_auth_with_policy() {
 
 #[tokio::test]
 async fn token_falls_back_to_vault_token_env_only_when_secret_is_missing() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kvf");
     admin.enable_kv(&mount, 2).await;
     admin.put_v2(&mount, "k", json!({"v": "1"})).await;
@@ -387,7 +387,7 @@ async fn token_falls_back_to_vault_token_env_only_when_secret_is_missing() {
 
 #[tokio::test]
 async fn wrong_token_is_access_denied() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kvw");
     admin.enable_kv(&mount, 2).await;
     admin.put_v2(&mount, "k", json!({"v": "1"})).await;
@@ -402,7 +402,7 @@ async fn wrong_token_is_access_denied() {
 
 #[tokio::test]
 async fn missing_key_is_not_found() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kvm");
     admin.enable_kv(&mount, 2).await;
     let backend = connect_token("", &mount, 2, &root_token()).await;
@@ -411,9 +411,44 @@ async fn missing_key_is_not_found() {
     assert!(err.message.contains("no/such/key"), "{err}");
 }
 
+/// An AppRole on the shared server: role `role` at a fresh auth mount, whose tokens live
+/// `ttl` and may read `<mount>/data/<read_path>`; a source and credentials using it, and a
+/// backend connected with them.
+struct AppRole {
+    auth_mount: String,
+    role_id: String,
+    spec: VaultSource,
+    creds: MapCredentials,
+    backend: VaultBackend,
+}
+
+async fn approle(admin: &BaoAdmin, mount: &str, read_path: &str, role: &str, ttl: &str) -> AppRole {
+    let policy = unique("pol");
+    admin
+        .policy(
+            &policy,
+            &format!("path \"{mount}/data/{read_path}\" {{ capabilities = [\"read\"] }}"),
+        )
+        .await;
+    let auth_mount = unique("approle");
+    let (role_id, secret_id) = admin.approle(&auth_mount, role, &policy, ttl).await;
+    let spec = source(&bao_addr(), mount, 2, approle_auth(&auth_mount, &role_id));
+    let creds = MapCredentials::with("approle", "secret-id", &secret_id);
+    let backend = VaultBackend::connect(String::new(), &spec, &creds)
+        .await
+        .unwrap();
+    AppRole {
+        auth_mount,
+        role_id,
+        spec,
+        creds,
+        backend,
+    }
+}
+
 #[tokio::test]
 async fn approle_auth_reads_within_its_policy() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kva");
     admin.enable_kv(&mount, 2).await;
     admin
@@ -422,21 +457,14 @@ async fn approle_auth_reads_within_its_policy() {
     admin
         .put_v2(&mount, "other/db", json!({"password": "no"}))
         .await;
-    let policy = unique("pol");
-    admin
-        .policy(
-            &policy,
-            &format!("path \"{mount}/data/shop/*\" {{ capabilities = [\"read\"] }}"),
-        )
-        .await;
-    let auth_mount = unique("approle");
-    let (role_id, secret_id) = admin.approle(&auth_mount, "shop", &policy, "1h").await;
+    let AppRole {
+        role_id,
+        spec,
+        creds,
+        backend,
+        ..
+    } = approle(&admin, &mount, "shop/*", "shop", "1h").await;
 
-    let spec = source(&bao_addr(), &mount, 2, approle_auth(&auth_mount, &role_id));
-    let creds = MapCredentials::with("approle", "secret-id", &secret_id);
-    let backend = VaultBackend::connect(String::new(), &spec, &creds)
-        .await
-        .unwrap();
     backend.validate().await.unwrap();
     let value = backend.read(&ReadRequest::latest("shop/db")).await.unwrap();
     assert_eq!(json_of(&value), json!({"password": "pw"}));
@@ -474,56 +502,32 @@ async fn approle_auth_reads_within_its_policy() {
 
 #[tokio::test]
 async fn approle_token_is_renewed_before_expiry() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kvr");
     admin.enable_kv(&mount, 2).await;
     admin.put_v2(&mount, "k", json!({"v": "1"})).await;
-    let policy = unique("pol");
-    admin
-        .policy(
-            &policy,
-            &format!("path \"{mount}/data/*\" {{ capabilities = [\"read\"] }}"),
-        )
-        .await;
-    let auth_mount = unique("approle");
     // Tokens live 3 s and cannot be renewed past that: reads after 3 s only work if the
     // backend logged in again.
-    let (role_id, secret_id) = admin.approle(&auth_mount, "r", &policy, "3s").await;
-    let spec = source(&bao_addr(), &mount, 2, approle_auth(&auth_mount, &role_id));
-    let creds = MapCredentials::with("approle", "secret-id", &secret_id);
-    let backend = VaultBackend::connect(String::new(), &spec, &creds)
-        .await
-        .unwrap();
-    let login_path = format!("auth/{auth_mount}/login");
+    let role = approle(&admin, &mount, "*", "r", "3s").await;
+    let backend = role.backend;
+    let login_path = format!("auth/{}/login", role.auth_mount);
     for _ in 0..4 {
         backend.read(&ReadRequest::latest("k")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     backend.read(&ReadRequest::latest("k")).await.unwrap();
-    let logins = count_audit_requests(&audit_log(), &login_path);
+    let logins = count_audit_requests(&shared_audit_log(), &login_path);
     assert!(logins >= 2, "expected re-logins, saw {logins}");
 }
 
 #[tokio::test]
 async fn approle_relogs_in_once_after_403() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kv403");
     admin.enable_kv(&mount, 2).await;
     admin.put_v2(&mount, "k", json!({"v": "1"})).await;
-    let policy = unique("pol");
-    admin
-        .policy(
-            &policy,
-            &format!("path \"{mount}/data/k\" {{ capabilities = [\"read\"] }}"),
-        )
-        .await;
-    let auth_mount = unique("approle");
-    let (role_id, secret_id) = admin.approle(&auth_mount, "r", &policy, "1h").await;
-    let spec = source(&bao_addr(), &mount, 2, approle_auth(&auth_mount, &role_id));
-    let creds = MapCredentials::with("approle", "secret-id", &secret_id);
-    let backend = VaultBackend::connect(String::new(), &spec, &creds)
-        .await
-        .unwrap();
+    let role = approle(&admin, &mount, "k", "r", "1h").await;
+    let (auth_mount, backend) = (role.auth_mount, role.backend);
     backend.read(&ReadRequest::latest("k")).await.unwrap();
 
     // Revoke every token issued by this AppRole mount (as if it had been revoked or
@@ -537,14 +541,15 @@ async fn approle_relogs_in_once_after_403() {
         )
         .await;
     let login_path = format!("auth/{auth_mount}/login");
-    let before = count_audit_requests(&audit_log(), &login_path);
+    let log = shared_audit_log();
+    let before = count_audit_requests(&log, &login_path);
     backend.read(&ReadRequest::latest("k")).await.unwrap();
-    assert_eq!(count_audit_requests(&audit_log(), &login_path), before + 1);
+    assert_eq!(count_audit_requests(&log, &login_path), before + 1);
     // A policy denial on a fresh token does not trigger another login.
     admin.put_v2(&mount, "denied", json!({"v": "2"})).await;
     let err = read_err(&backend, ReadRequest::latest("denied")).await;
     assert_eq!(err.reason, Reason::AccessDenied, "{err}");
-    assert_eq!(count_audit_requests(&audit_log(), &login_path), before + 1);
+    assert_eq!(count_audit_requests(&log, &login_path), before + 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -613,12 +618,11 @@ async fn bad_configuration_is_invalid_config() {
 // Outages (private servers)
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn stopped_server_is_backend_unavailable() {
-    let mut bao = PrivateBao::start(false).await;
-    let admin = Admin::new(&bao.addr, "root");
-    admin.put_v2("secret", "k", json!({"v": "1"})).await;
-    let spec = source(&bao.addr, "secret", 2, token_auth());
+/// A private server holding `secret/k`, and a token-auth backend that has read it once.
+async fn private_server_with_backend() -> (BaoServer, VaultBackend) {
+    let bao = BaoServer::start().await.unwrap();
+    bao.admin().put_v2("secret", "k", json!({"v": "1"})).await;
+    let spec = source(&bao.address, "secret", 2, token_auth());
     let backend = VaultBackend::connect(
         String::new(),
         &spec,
@@ -627,8 +631,14 @@ async fn stopped_server_is_backend_unavailable() {
     .await
     .unwrap();
     backend.read(&ReadRequest::latest("k")).await.unwrap();
+    (bao, backend)
+}
 
-    bao.stop();
+#[tokio::test]
+async fn stopped_server_is_backend_unavailable() {
+    let (mut bao, backend) = private_server_with_backend().await;
+
+    bao.process.kill();
     let err = read_err(&backend, ReadRequest::latest("k")).await;
     assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
     assert!(err.message.contains("\"k\""), "{err}");
@@ -640,20 +650,9 @@ async fn stopped_server_is_backend_unavailable() {
 
 #[tokio::test]
 async fn sealed_server_is_backend_unavailable() {
-    let bao = PrivateBao::start(false).await;
-    let admin = Admin::new(&bao.addr, "root");
-    admin.put_v2("secret", "k", json!({"v": "1"})).await;
-    let spec = source(&bao.addr, "secret", 2, token_auth());
-    let backend = VaultBackend::connect(
-        String::new(),
-        &spec,
-        &MapCredentials::with("vault-token", "token", "root"),
-    )
-    .await
-    .unwrap();
-    backend.read(&ReadRequest::latest("k")).await.unwrap();
+    let (bao, backend) = private_server_with_backend().await;
 
-    admin.ok("PUT", "sys/seal", None).await;
+    bao.seal().await;
     let err = read_err(&backend, ReadRequest::latest("k")).await;
     assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
     let err = backend.validate().await.unwrap_err();
@@ -662,10 +661,10 @@ async fn sealed_server_is_backend_unavailable() {
 
 #[tokio::test]
 async fn tls_with_ca_bundle() {
-    let bao = PrivateBao::start(true).await;
-    let ca = bao.ca_pem();
+    let bao = BaoServer::start_tls().await.unwrap();
+    let ca = bao.ca_pem().unwrap().to_string();
     let creds = MapCredentials::with("vault-token", "token", "root");
-    let mut spec = source(&bao.addr, "secret", 2, token_auth());
+    let mut spec = source(&bao.address, "secret", 2, token_auth());
     spec.ca_bundle = Some(ca.clone());
     let backend = VaultBackend::connect(String::new(), &spec, &creds)
         .await
@@ -690,7 +689,7 @@ async fn tls_with_ca_bundle() {
 
 #[tokio::test]
 async fn namespaces_are_sent_as_header() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let ns = unique("ns");
     let (status, body) = admin
         .call("POST", &format!("sys/namespaces/{ns}"), None)
@@ -731,13 +730,13 @@ async fn namespaces_are_sent_as_header() {
 
 #[tokio::test]
 async fn audit_log_counts_every_read() {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kvc");
     admin.enable_kv(&mount, 2).await;
     let key = unique("counted");
     admin.put_v2(&mount, &key, json!({"v": "1"})).await;
     let path = format!("{mount}/data/{key}");
-    let log = audit_log();
+    let log = shared_audit_log();
     assert_eq!(count_audit_requests(&log, &path), 1, "the write");
 
     let backend = connect_token("", &mount, 2, &root_token()).await;
@@ -794,7 +793,7 @@ fn canary_never_appears_in_errors_or_logs() {
 /// Drives error paths around a planted canary value; returns every error's Display and
 /// Debug text.
 async fn canary_scenario(canary: &str) -> Vec<String> {
-    let admin = Admin::shared();
+    let admin = BaoAdmin::shared();
     let mount = unique("kvcan");
     admin.enable_kv(&mount, 2).await;
     admin

@@ -34,14 +34,22 @@ impl BaoAdmin {
 
     /// A client for `addr` with `token`.
     pub fn new(addr: &str, token: &str) -> Self {
+        Self::build(addr, token, None)
+    }
+
+    /// A client for an HTTPS server whose certificate is signed by `ca_pem` (trusted
+    /// instead of the system roots), e.g. [`BaoServer::start_tls`].
+    pub fn with_ca(addr: &str, token: &str, ca_pem: &str) -> Self {
+        Self::build(addr, token, Some(ca_pem))
+    }
+
+    fn build(addr: &str, token: &str, ca_pem: Option<&str>) -> Self {
         BaoAdmin {
             addr: addr.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             namespace: None,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            http: http_client(ca_pem, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("cannot build the OpenBao admin client: {e}")),
         }
     }
 
@@ -197,6 +205,23 @@ impl BaoAdmin {
     }
 }
 
+/// An HTTP client for OpenBao that trusts exactly `ca_pem` when given and no roots
+/// otherwise: plain-HTTP servers need none, and not asking for the system's roots keeps
+/// client construction working on hosts without a trust store.
+pub(crate) fn http_client(
+    ca_pem: Option<&str>,
+    timeout: Duration,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let certs = match ca_pem {
+        Some(pem) => reqwest::Certificate::from_pem_bundle(pem.as_bytes())?,
+        None => Vec::new(),
+    };
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .tls_certs_only(certs)
+        .build()
+}
+
 /// The shared server's audit log (`SECRETSYNC_TEST_BAO_AUDIT_LOG`).
 pub fn shared_audit_log() -> PathBuf {
     PathBuf::from(required_env("SECRETSYNC_TEST_BAO_AUDIT_LOG"))
@@ -218,9 +243,12 @@ pub fn count_audit_requests(log: &Path, path: &str) -> usize {
 }
 
 impl BaoServer {
-    /// An admin client with the root token.
+    /// An admin client with the root token (trusting the server's CA when it serves TLS).
     pub fn admin(&self) -> BaoAdmin {
-        BaoAdmin::new(&self.address, &self.root_token)
+        match self.ca_pem() {
+            Some(ca) => BaoAdmin::with_ca(&self.address, &self.root_token, ca),
+            None => BaoAdmin::new(&self.address, &self.root_token),
+        }
     }
 
     /// The unseal key the dev server printed.

@@ -221,15 +221,21 @@ pub fn find_binary(env_var: &str, name: &str) -> Option<PathBuf> {
 /// An OpenBao dev server (`bao server -dev`), killed on drop.
 #[derive(Debug)]
 pub struct BaoServer {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` for [`BaoServer::start_tls`]).
     pub address: String,
     /// The root token (`root`).
     pub root_token: String,
     /// The process.
     pub process: ChildProcess,
-    /// `$HOME` of the process (the dev server writes a token helper file there).
+    /// PEM of the CA the dev server generated for its certificate (TLS servers only).
+    ca_pem: Option<String>,
+    /// `$HOME` of the process (the dev server writes a token helper file there) and, with
+    /// TLS, the folder of its generated certificates.
     _home: tempfile::TempDir,
 }
+
+/// File name of the CA certificate `bao server -dev-tls` writes into its cert dir.
+const BAO_DEV_CA_FILE: &str = "vault-ca.pem";
 
 impl BaoServer {
     /// Start a dev server on a free port and wait until `/v1/sys/health` answers 200.
@@ -240,6 +246,22 @@ impl BaoServer {
 
     /// Like [`BaoServer::start`], with extra arguments (e.g. `-config FILE`).
     pub async fn start_with_args(extra: &[&str]) -> Result<Self, TestkitError> {
+        Self::launch(extra, false).await
+    }
+
+    /// Like [`BaoServer::start`], but serving HTTPS (`-dev-tls`) with a certificate for
+    /// 127.0.0.1 signed by a CA the server generates; [`BaoServer::ca_pem`] returns that CA,
+    /// and [`BaoServer::admin`] trusts it.
+    pub async fn start_tls() -> Result<Self, TestkitError> {
+        Self::launch(&[], true).await
+    }
+
+    /// PEM of the CA that signed the server's certificate; `None` for plain HTTP.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    async fn launch(extra: &[&str], tls: bool) -> Result<Self, TestkitError> {
         let bin = find_binary(BAO_BIN_ENV, "bao").ok_or_else(|| {
             TestkitError::Unsupported(format!(
                 "no bao binary (set {BAO_BIN_ENV} or put it on PATH)"
@@ -257,25 +279,56 @@ impl BaoServer {
         ])
         .args(extra)
         .env("HOME", home.path());
+        if tls {
+            cmd.arg("-dev-tls")
+                .arg(format!("-dev-tls-cert-dir={}", home.path().display()));
+        }
         let mut process = ChildProcess::spawn(cmd)?;
+        let ca_file = home.path().join(BAO_DEV_CA_FILE);
+        // Ready: `Some(ca_pem)` for TLS, `None` for plain HTTP.
         let ready = wait_until(Duration::from_secs(30), || {
             let listen = listen.clone();
-            async move { (http_status(&listen, "/v1/sys/health").await == Some(200)).then_some(()) }
+            let ca_file = ca_file.clone();
+            async move {
+                if tls {
+                    https_health(&listen, &ca_file).await
+                } else {
+                    (http_status(&listen, "/v1/sys/health").await == Some(200)).then_some(None)
+                }
+            }
         })
         .await;
-        if ready.is_err() || !process.is_running() {
-            return Err(TestkitError::Other(format!(
-                "bao did not become ready; output:\n{}",
-                process.output()
-            )));
-        }
+        let ca_pem = match ready {
+            Ok(ca_pem) if process.is_running() => ca_pem,
+            _ => {
+                return Err(TestkitError::Other(format!(
+                    "bao did not become ready; output:\n{}",
+                    process.output()
+                )));
+            }
+        };
+        let scheme = if tls { "https" } else { "http" };
         Ok(Self {
-            address: format!("http://{listen}"),
+            address: format!("{scheme}://{listen}"),
             root_token: "root".into(),
             process,
+            ca_pem,
             _home: home,
         })
     }
+}
+
+/// `Some(Some(ca_pem))` once `https://listen/v1/sys/health` answers 200 over TLS verified
+/// with the CA in `ca_file` (which the dev server writes shortly after starting).
+async fn https_health(listen: &str, ca_file: &std::path::Path) -> Option<Option<String>> {
+    let pem = std::fs::read_to_string(ca_file).ok()?;
+    let client = crate::bao::http_client(Some(&pem), Duration::from_secs(2)).ok()?;
+    let resp = client
+        .get(format!("https://{listen}/v1/sys/health"))
+        .send()
+        .await
+        .ok()?;
+    (resp.status().as_u16() == 200).then_some(Some(pem))
 }
 
 /// A moto server (AWS emulator), killed on drop.

@@ -165,3 +165,25 @@ async fn bao_launcher() {
     assert_eq!(http_status(&addr, "/v1/sys/health").await, Some(200));
     assert_eq!(bao.root_token, "root");
 }
+
+#[tokio::test]
+async fn bao_tls_launcher() {
+    let bao = match BaoServer::start_tls().await {
+        Ok(b) => b,
+        Err(TestkitError::Unsupported(why)) => {
+            println!("skipping: {why}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert!(
+        bao.address.starts_with("https://127.0.0.1:"),
+        "{}",
+        bao.address
+    );
+    let ca = bao.ca_pem().expect("a TLS server exposes its CA");
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
+    // The admin client trusts the generated CA.
+    let (status, _) = bao.admin().call("GET", "sys/health", None).await;
+    assert_eq!(status, 200);
+}

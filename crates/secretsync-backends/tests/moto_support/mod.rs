@@ -3,20 +3,16 @@
 //!
 //! - [`moto_endpoint`]: the server address; panics with instructions when unset, so tests
 //!   never pass silently without a server.
-//! - [`unique_prefix`]: a random secret-name prefix per test, so tests share one server.
+//! - [`unique_prefix`]: a fresh secret-name prefix per test, so tests share one server.
 //! - [`admin_client`]: an SDK client with dummy static credentials to create test data.
 //! - [`MotoRequestCounter`]: counts the Secrets Manager requests moto received for a set of
 //!   secret names (via moto's request recorder), e.g. to prove reads were coalesced.
 #![allow(dead_code)]
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use base64::Engine as _;
+use secretsync_testkit::names::{required_env, unique};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -29,33 +25,14 @@ pub const ADMIN_ACCESS_KEY_ID: &str = "AKIDSECRETSYNCADMIN";
 
 /// moto's base URL, e.g. `http://127.0.0.1:41234`.
 pub fn moto_endpoint() -> String {
-    match std::env::var(MOTO_ENDPOINT_VAR) {
-        Ok(v) if !v.trim().is_empty() => v.trim().trim_end_matches('/').to_string(),
-        _ => panic!(
-            "{MOTO_ENDPOINT_VAR} is not set: these tests need a real moto server. Run them with \
-             `make test` or `scripts/test-servers.sh cargo test -p secretsync-backends --test aws`."
-        ),
-    }
-}
-
-/// 16 random hex digits (no extra dependency; uniqueness is all that matters).
-pub fn random_hex() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.write_u32(std::process::id());
-    format!("{:016x}", h.finish())
+    required_env(MOTO_ENDPOINT_VAR)
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// A secret-name prefix no other test (or test run) uses, ending in `/`.
 pub fn unique_prefix(test: &str) -> String {
-    format!("secretsync-test/{test}-{}/", random_hex())
+    format!("secretsync-test/{}/", unique(test))
 }
 
 /// A client for creating test data (static dummy credentials, [`REGION`]).
