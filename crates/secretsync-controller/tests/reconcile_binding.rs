@@ -1,0 +1,354 @@
+//! The binding reconciler called directly against the fake API server: each test names
+//! one behaviour and asserts the exact requests one reconcile made.
+
+mod rig;
+
+use std::time::Duration;
+
+use rig::{NS, Rig};
+use secretsync_controller::binding::reconcile;
+use secretsync_controller::outcome::{ReconcileResult, Requeue};
+
+const ENV: &str = "DB_USER=shop\nDB_PASSWORD=pw-1\n";
+
+fn binding_yaml(name: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  sourceRef: {{name: files}}
+  refreshInterval: 1h
+{extra}  data:
+    - {{secretKey: password, remoteRef: {{key: DB_PASSWORD}}}}
+    - {{secretKey: username, remoteRef: {{key: DB_USER}}}}
+"#
+    )
+}
+
+/// A rig with source `files` and binding `app` (Owner policy).
+async fn rig_with_binding(extra: &str) -> (Rig, secretsync_controller::runtime::ObjKey) {
+    let rig = Rig::new(Duration::from_secs(1)).await;
+    rig.file_source("files", "app.env", ENV);
+    let key = rig.binding(&binding_yaml("app", extra));
+    (rig, key)
+}
+
+/// The first sync and the watch event it causes, as in production.
+async fn synced(rig: &Rig, key: &secretsync_controller::runtime::ObjKey) {
+    let r = reconcile(&rig.ctx, key).await;
+    assert_eq!(r.result, ReconcileResult::Written);
+    rig.watch_sees_secret(&key.name);
+    rig.reload_binding(key);
+}
+
+/// Makes the binding's refresh due now (as if its interval had passed).
+fn refresh_due(rig: &Rig, key: &secretsync_controller::runtime::ObjKey) {
+    let mut st = rig.ctx.binding_state(key);
+    st.memo.as_mut().unwrap().next_refresh = Some(tokio::time::Instant::now());
+    rig.ctx.set_binding_state(key, st);
+}
+
+#[tokio::test]
+async fn first_sync_writes_the_secret_status_and_one_event() {
+    let (rig, key) = rig_with_binding("").await;
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Written);
+    assert!(
+        matches!(r.requeue, Requeue::After(d) if d > Duration::from_secs(3000) && d < Duration::from_secs(4000)),
+        "refresh in 1h ±10%: {r:?}"
+    );
+    assert_eq!(
+        rig.requests(),
+        Rig::expect(&[
+            ("get secrets", 1),
+            ("patch secrets", 1),
+            ("patch secretbindings/status", 1),
+            ("create events", 1),
+        ])
+    );
+    let data = rig.secret_data("app");
+    assert_eq!(data["password"], "pw-1");
+    assert_eq!(data["username"], "shop");
+    let s = rig.secret("app").unwrap();
+    assert_eq!(s["metadata"]["labels"]["secretsync.dev/managed"], "true");
+    assert_eq!(s["metadata"]["ownerReferences"][0]["kind"], "SecretBinding");
+    assert_eq!(rig.ready(&key).1, "Synced");
+}
+
+#[tokio::test]
+async fn nothing_due_and_the_secret_as_written_costs_no_request() {
+    let (rig, key) = rig_with_binding("").await;
+    synced(&rig, &key).await;
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Unchanged);
+    assert_eq!(rig.requests(), Rig::expect(&[]));
+}
+
+#[tokio::test]
+async fn a_due_refresh_of_unchanged_data_neither_reads_nor_writes_the_secret() {
+    let (rig, key) = rig_with_binding("").await;
+    synced(&rig, &key).await;
+    refresh_due(&rig, &key);
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Unchanged);
+    // Only lastSyncTime moves.
+    assert_eq!(
+        rig.requests(),
+        Rig::expect(&[("patch secretbindings/status", 1)])
+    );
+}
+
+#[tokio::test]
+async fn an_edited_secret_is_read_and_restored() {
+    let (rig, key) = rig_with_binding("").await;
+    synced(&rig, &key).await;
+    rig.put(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: app, namespace: {NS}}}\ndata: {{password: ZWRpdGVk}}\n"
+    ));
+    rig.watch_sees_secret("app");
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Written);
+    // The backend is read again to restore it, which moves lastSyncTime.
+    assert_eq!(
+        rig.requests(),
+        Rig::expect(&[
+            ("get secrets", 1),
+            ("patch secrets", 1),
+            ("patch secretbindings/status", 1),
+            ("create events", 1),
+        ])
+    );
+    assert_eq!(rig.secret_data("app")["password"], "pw-1");
+}
+
+#[tokio::test]
+async fn a_rotated_value_is_written_with_a_rotated_event() {
+    let (rig, key) = rig_with_binding("").await;
+    synced(&rig, &key).await;
+    rig.file("app.env", "DB_USER=shop\nDB_PASSWORD=pw-2\n");
+    refresh_due(&rig, &key);
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Written);
+    assert_eq!(
+        rig.requests(),
+        Rig::expect(&[
+            ("patch secrets", 1),
+            ("patch secretbindings/status", 1),
+            ("create events", 1),
+        ])
+    );
+    assert_eq!(rig.secret_data("app")["password"], "pw-2");
+    let b = rig.reload_binding(&key);
+    assert!(b.status.unwrap().last_rotation_time.is_some());
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(rig.ctx.client.clone(), NS);
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert_eq!(reasons, vec!["Synced", "Rotated"]);
+}
+
+#[tokio::test]
+async fn a_missing_source_is_reported_and_nothing_is_written() {
+    let rig = Rig::new(Duration::from_secs(1)).await;
+    let key = rig.binding(&binding_yaml("app", ""));
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Error);
+    assert!(
+        matches!(r.requeue, Requeue::After(d) if d <= Duration::from_secs(6)),
+        "{r:?}"
+    );
+    assert_eq!(
+        rig.requests(),
+        Rig::expect(&[("patch secretbindings/status", 1), ("create events", 1)])
+    );
+    let (status, reason, message) = rig.ready(&key);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SourceNotFound")
+    );
+    assert!(message.contains("\"files\""), "{message}");
+    assert!(rig.secret("app").is_none());
+}
+
+#[tokio::test]
+async fn a_foreign_secret_is_never_overwritten() {
+    let (rig, key) = rig_with_binding("").await;
+    rig.put(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: app, namespace: {NS}}}\ndata: {{mine: eA==}}\n"
+    ));
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Error);
+    assert_eq!(
+        rig.requests(),
+        Rig::expect(&[
+            ("get secrets", 1),
+            ("patch secretbindings/status", 1),
+            ("create events", 1),
+        ])
+    );
+    assert_eq!(rig.ready(&key).1, "TargetConflict");
+    assert_eq!(
+        rig.secret_data("app").keys().collect::<Vec<_>>(),
+        vec!["mine"]
+    );
+}
+
+#[tokio::test]
+async fn merge_into_a_missing_secret_adds_the_finalizer_and_writes_nothing() {
+    let (rig, key) = rig_with_binding("  target: {creationPolicy: Merge}\n").await;
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Error);
+    assert_eq!(
+        rig.requests(),
+        Rig::expect(&[
+            ("patch secretbindings", 1),
+            ("get secrets", 1),
+            ("patch secretbindings/status", 1),
+            ("create events", 1),
+        ])
+    );
+    assert_eq!(rig.ready(&key).1, "TargetNotFound");
+    let b = rig.reload_binding(&key);
+    assert_eq!(
+        b.metadata.finalizers,
+        Some(vec!["secretsync.dev/cleanup".into()])
+    );
+}
+
+#[tokio::test]
+async fn merge_writes_only_its_keys_and_removes_them_on_deletion() {
+    let (rig, key) = rig_with_binding("  target: {creationPolicy: Merge}\n").await;
+    rig.put(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: app, namespace: {NS}}}\ndata: {{theirs: eA==}}\n"
+    ));
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Written);
+    let keys: Vec<String> = rig.secret_data("app").into_keys().collect();
+    assert_eq!(keys, vec!["password", "theirs", "username"]);
+    // Deleting: the API server sets deletionTimestamp and keeps the object (finalizer).
+    let mut b = rig.reload_binding(&key);
+    b.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    rig.ctx.bindings.upsert(key.clone(), b);
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Deleted);
+    assert_eq!(
+        rig.requests(),
+        Rig::expect(&[
+            ("get secrets", 1),
+            ("patch secrets", 1),
+            ("patch secretbindings", 1),
+        ])
+    );
+    let keys: Vec<String> = rig.secret_data("app").into_keys().collect();
+    assert_eq!(keys, vec!["theirs"], "only the other writer's key is left");
+}
+
+#[tokio::test]
+async fn a_missing_remote_key_keeps_the_secret_and_backs_off() {
+    let (rig, key) = rig_with_binding("").await;
+    synced(&rig, &key).await;
+    rig.file("app.env", "DB_USER=shop\n");
+    refresh_due(&rig, &key);
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Error);
+    assert!(matches!(r.requeue, Requeue::After(_)), "{r:?}");
+    assert_eq!(
+        rig.requests(),
+        Rig::expect(&[("patch secretbindings/status", 1), ("create events", 1)])
+    );
+    assert_eq!(rig.ready(&key).1, "SecretNotFound");
+    assert_eq!(
+        rig.secret_data("app")["password"],
+        "pw-1",
+        "last good data stays"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_write_is_write_failed_in_status() {
+    let (rig, key) = rig_with_binding("").await;
+    rig.server.fail_next("patch", "secrets", 1, 403);
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Error);
+    assert_eq!(
+        rig.requests(),
+        Rig::expect(&[
+            ("get secrets", 1),
+            ("patch secrets", 1),
+            ("patch secretbindings/status", 1),
+            ("create events", 1),
+        ])
+    );
+    let (_, reason, message) = rig.ready(&key);
+    assert_eq!(reason, "WriteFailed");
+    assert_eq!(message, "writing Secret \"app\" failed: 403 Forbidden");
+}
+
+#[tokio::test]
+async fn an_unavailable_api_server_is_retried_without_touching_status() {
+    let (rig, key) = rig_with_binding("").await;
+    rig.server.fail_next("patch", "secrets", 1, 503);
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Error);
+    assert!(
+        matches!(r.requeue, Requeue::ApiRetry(_)),
+        "parked for the API server: {r:?}"
+    );
+    assert_eq!(
+        rig.requests(),
+        Rig::expect(&[("get secrets", 1), ("patch secrets", 1)])
+    );
+    assert!(rig.reload_binding(&key).status.is_none());
+}
+
+#[tokio::test]
+async fn a_bad_refresh_interval_is_invalid_config() {
+    let (rig, key) = rig_with_binding("").await;
+    // Admission would refuse it; a stored object from an older CRD could still carry it.
+    let mut b = rig.reload_binding(&key);
+    b.spec.refresh_interval = "every hour".into();
+    rig.ctx.bindings.upsert(key.clone(), b);
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Error);
+    assert_eq!(
+        rig.requests(),
+        Rig::expect(&[("patch secretbindings/status", 1), ("create events", 1)])
+    );
+    let (_, reason, message) = rig.ready(&key);
+    assert_eq!(reason, "InvalidConfig");
+    assert!(message.starts_with("spec.refreshInterval"), "{message}");
+}
+
+#[tokio::test]
+async fn a_deleted_binding_is_forgotten() {
+    let (rig, key) = rig_with_binding("").await;
+    synced(&rig, &key).await;
+    rig.ctx.bindings.remove(&key);
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Deleted);
+    assert_eq!(rig.requests(), Rig::expect(&[]));
+    assert!(rig.ctx.binding_state(&key).memo.is_none());
+}
