@@ -18,6 +18,27 @@ enum Planned {
     Found { index: usize, req: ReadRequest },
 }
 
+impl Planned {
+    fn req(&self) -> &ReadRequest {
+        match self {
+            Planned::Data { req, .. }
+            | Planned::Extract { req, .. }
+            | Planned::Found { req, .. } => req,
+        }
+    }
+}
+
+/// Values read in one batch, by request.
+type Values = BTreeMap<ReadRequest, Result<SecretValue, BackendError>>;
+
+fn value_of<'a>(values: &'a Values, req: &ReadRequest) -> Result<&'a SecretValue, BackendError> {
+    match values.get(req) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(e.clone()),
+        None => Err(BackendError::unavailable("value missing from batch")),
+    }
+}
+
 /// Reads every remote key the binding needs (one batch through the shared cache) and
 /// builds the Secret data. `bypass` skips cached values (force-sync). Errors name the
 /// field and key at fault, never a value.
@@ -26,6 +47,42 @@ pub async fn resolve(
     cache: &SourceCache,
     bypass: bool,
 ) -> Result<SecretData, BackendError> {
+    let plan = plan_reads(spec, cache).await?;
+    let unique: Vec<ReadRequest> = plan
+        .iter()
+        .map(|p| p.req().clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let values: Values = unique
+        .iter()
+        .cloned()
+        .zip(cache.get_many(&unique, bypass).await)
+        .collect();
+    // dataFrom first, then explicit data, which wins over dataFrom for the same key.
+    let mut data = data_from(&plan, &values)?;
+    explicit_data(spec, &plan, &values, &mut data)?;
+    match &spec.target.template {
+        Some(t) => {
+            let rendered = render_templates(&t.data, &data)?;
+            Ok(match t.merge_policy {
+                MergePolicy::Replace => rendered,
+                MergePolicy::Merge => {
+                    data.extend(rendered);
+                    data
+                }
+            })
+        }
+        None => Ok(data),
+    }
+}
+
+/// Every read the binding needs: its `data` entries, `dataFrom.extract` keys, and the keys
+/// `dataFrom.find` globs match (listed through the cache).
+async fn plan_reads(
+    spec: &SecretBindingSpec,
+    cache: &SourceCache,
+) -> Result<Vec<Planned>, BackendError> {
     let mut plan = Vec::new();
     for (index, item) in spec.data.iter().enumerate() {
         plan.push(Planned::Data {
@@ -66,37 +123,18 @@ pub async fn resolve(
             }
         }
     }
+    Ok(plan)
+}
 
-    let unique: Vec<ReadRequest> = plan
-        .iter()
-        .map(|p| match p {
-            Planned::Data { req, .. }
-            | Planned::Extract { req, .. }
-            | Planned::Found { req, .. } => req.clone(),
-        })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let values: BTreeMap<ReadRequest, Result<SecretValue, BackendError>> = unique
-        .iter()
-        .cloned()
-        .zip(cache.get_many(&unique, bypass).await)
-        .collect();
-    let value_of = |req: &ReadRequest| -> Result<&SecretValue, BackendError> {
-        match values.get(req) {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(e.clone()),
-            None => Err(BackendError::unavailable("value missing from batch")),
-        }
-    };
-
-    // dataFrom first, then explicit data, which wins over dataFrom for the same key.
+/// The keys `dataFrom` contributes: every field of extracted values, every found key,
+/// sanitised, collisions refused.
+fn data_from(plan: &[Planned], values: &Values) -> Result<SecretData, BackendError> {
     let mut from: BTreeMap<String, (String, SecretValue)> = BTreeMap::new();
-    for p in &plan {
+    for p in plan {
         match p {
             Planned::Extract { index, req } => {
                 let ctx = format!("spec.dataFrom[{index}].extract (remote key {:?})", req.key);
-                let v = value_of(req).map_err(|e| e.context(&ctx))?;
+                let v = value_of(values, req).map_err(|e| e.context(&ctx))?;
                 for (field, fv) in extract_all(v, &req.key).map_err(|e| e.context(&ctx))? {
                     let origin = format!("{}:{field}", req.key);
                     insert_sanitized(&mut from, &field, &origin, fv)
@@ -105,55 +143,52 @@ pub async fn resolve(
             }
             Planned::Found { index, req } => {
                 let ctx = format!("spec.dataFrom[{index}].find (remote key {:?})", req.key);
-                let v = value_of(req).map_err(|e| e.context(&ctx))?;
+                let v = value_of(values, req).map_err(|e| e.context(&ctx))?;
                 insert_sanitized(&mut from, &req.key, &req.key, v.clone())
                     .map_err(|e| e.context(&ctx))?;
             }
             Planned::Data { .. } => {}
         }
     }
-    let mut data: SecretData = from.into_iter().map(|(k, (_, v))| (k, v)).collect();
-    let mut explicit = BTreeSet::new();
-    for p in &plan {
-        if let Planned::Data { index, req } = p {
-            let item = &spec.data[*index];
-            let ctx = format!(
-                "spec.data[{index}] (secretKey {:?}, remote key {:?})",
-                item.secret_key, req.key
-            );
-            if !is_valid_secret_key(&item.secret_key) {
-                return Err(BackendError::invalid_config(format!(
-                    "{ctx}: secretKey must consist of alphanumerics, '-', '_' or '.'"
-                )));
-            }
-            if !explicit.insert(item.secret_key.clone()) {
-                return Err(BackendError::new(
-                    Reason::KeyCollision,
-                    format!("{ctx}: secretKey is used by more than one spec.data entry"),
-                ));
-            }
-            let v = value_of(req).map_err(|e| e.context(&ctx))?;
-            let v = match &item.remote_ref.property {
-                Some(prop) => extract_property(v, &req.key, prop).map_err(|e| e.context(&ctx))?,
-                None => v.clone(),
-            };
-            data.insert(item.secret_key.clone(), v);
-        }
-    }
+    Ok(from.into_iter().map(|(k, (_, v))| (k, v)).collect())
+}
 
-    match &spec.target.template {
-        Some(t) => {
-            let rendered = render_templates(&t.data, &data)?;
-            Ok(match t.merge_policy {
-                MergePolicy::Replace => rendered,
-                MergePolicy::Merge => {
-                    data.extend(rendered);
-                    data
-                }
-            })
+/// Adds the explicit `data` entries (each key once, `property` picked), over `dataFrom`.
+fn explicit_data(
+    spec: &SecretBindingSpec,
+    plan: &[Planned],
+    values: &Values,
+    data: &mut SecretData,
+) -> Result<(), BackendError> {
+    let mut explicit = BTreeSet::new();
+    for p in plan {
+        let Planned::Data { index, req } = p else {
+            continue;
+        };
+        let item = &spec.data[*index];
+        let ctx = format!(
+            "spec.data[{index}] (secretKey {:?}, remote key {:?})",
+            item.secret_key, req.key
+        );
+        if !is_valid_secret_key(&item.secret_key) {
+            return Err(BackendError::invalid_config(format!(
+                "{ctx}: secretKey must consist of alphanumerics, '-', '_' or '.'"
+            )));
         }
-        None => Ok(data),
+        if !explicit.insert(item.secret_key.clone()) {
+            return Err(BackendError::new(
+                Reason::KeyCollision,
+                format!("{ctx}: secretKey is used by more than one spec.data entry"),
+            ));
+        }
+        let v = value_of(values, req).map_err(|e| e.context(&ctx))?;
+        let v = match &item.remote_ref.property {
+            Some(prop) => extract_property(v, &req.key, prop).map_err(|e| e.context(&ctx))?,
+            None => v.clone(),
+        };
+        data.insert(item.secret_key.clone(), v);
     }
+    Ok(())
 }
 
 /// Renders `spec.target.template.data` with the resolved keys as variables.

@@ -211,67 +211,7 @@ impl Term {
         ctx.refresh_gauge();
         self.health.set_ready(true);
 
-        let mut dispatchers = JoinSet::new();
-        let dispatcher = |controller, concurrency, queue| Dispatcher {
-            controller,
-            concurrency,
-            queue,
-            health: ctx.health.clone(),
-            metrics: ctx.metrics.clone(),
-        };
-        let c = ctx.clone();
-        dispatchers.spawn(
-            dispatcher(
-                "binding",
-                self.config.concurrency,
-                ctx.binding_queue.clone(),
-            )
-            .run(move |key| {
-                let c = c.clone();
-                async move { crate::binding::reconcile(&c, &key).await }
-            }),
-        );
-        let c = ctx.clone();
-        dispatchers.spawn(
-            dispatcher(
-                "source",
-                self.config.concurrency.clamp(1, 4),
-                ctx.source_queue.clone(),
-            )
-            .run(move |key| {
-                let c = c.clone();
-                async move { crate::source::reconcile(&c, &key).await }
-            }),
-        );
-        // Rollout decisions need the complete managed-Secret index, binding store (both
-        // listed above) and workload lists: a partial view would compute a different
-        // revision and restart spuriously. Syncing Secrets never waits for workloads.
-        let c = ctx.clone();
-        let rollout = Dispatcher {
-            controller: "rollout",
-            concurrency: self.config.concurrency.clamp(1, 4),
-            queue: ctx.rollout.queue.clone(),
-            health: ctx.health.clone(),
-            metrics: ctx.metrics.clone(),
-        };
-        let mut stop_waiting = stop.clone();
-        dispatchers.spawn(async move {
-            tokio::select! {
-                _ = workload_lists.wait() => {}
-                _ = wait_true(&mut stop_waiting) => return,
-            }
-            tracing::info!(
-                workloads = c.rollout.tracked_len(),
-                "workload watches synced; rollout reconciler running"
-            );
-            rollout
-                .run(move |key| {
-                    let c = c.clone();
-                    async move { crate::rollout::reconcile(&c, &key).await }
-                })
-                .await
-        });
-
+        let mut dispatchers = spawn_dispatchers(&ctx, &self.config, workload_lists, &stop);
         wait_true(&mut stop).await;
         ctx.binding_queue.shutdown();
         ctx.source_queue.shutdown();
@@ -285,4 +225,71 @@ impl Term {
         }
         watchers.abort_all();
     }
+}
+
+/// The binding, source and rollout dispatchers; the rollout one starts once the workload
+/// lists are complete (or never, when the term stops first).
+fn spawn_dispatchers(
+    ctx: &Arc<Ctx>,
+    config: &Config,
+    workload_lists: InitialLists,
+    stop: &watch::Receiver<bool>,
+) -> JoinSet<()> {
+    let mut dispatchers = JoinSet::new();
+    let dispatcher = |controller, concurrency, queue| Dispatcher {
+        controller,
+        concurrency,
+        queue,
+        health: ctx.health.clone(),
+        metrics: ctx.metrics.clone(),
+    };
+    let c = ctx.clone();
+    dispatchers.spawn(
+        dispatcher("binding", config.concurrency, ctx.binding_queue.clone()).run(move |key| {
+            let c = c.clone();
+            async move { crate::binding::reconcile(&c, &key).await }
+        }),
+    );
+    let c = ctx.clone();
+    dispatchers.spawn(
+        dispatcher(
+            "source",
+            config.concurrency.clamp(1, 4),
+            ctx.source_queue.clone(),
+        )
+        .run(move |key| {
+            let c = c.clone();
+            async move { crate::source::reconcile(&c, &key).await }
+        }),
+    );
+    // Rollout decisions need the complete managed-Secret index, binding store (both
+    // listed above) and workload lists: a partial view would compute a different
+    // revision and restart spuriously. Syncing Secrets never waits for workloads.
+    let c = ctx.clone();
+    let rollout = Dispatcher {
+        controller: "rollout",
+        concurrency: config.concurrency.clamp(1, 4),
+        queue: ctx.rollout.queue.clone(),
+        health: ctx.health.clone(),
+        metrics: ctx.metrics.clone(),
+    };
+    let mut stop_waiting = stop.clone();
+    dispatchers.spawn(async move {
+        tokio::select! {
+            _ = workload_lists.wait() => {}
+            _ = wait_true(&mut stop_waiting) => return,
+        }
+        tracing::info!(
+            workloads = c.rollout.tracked_len(),
+            "workload watches synced; rollout reconciler running"
+        );
+        rollout
+            .run(move |key| {
+                let c = c.clone();
+                async move { crate::rollout::reconcile(&c, &key).await }
+            })
+            .await
+    });
+
+    dispatchers
 }

@@ -1,0 +1,317 @@
+//! Unit tests of the pure decisions.
+use super::*;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+use k8s_openapi::jiff::Timestamp;
+use secretsync_api::SecretBindingSpec;
+
+fn binding(policy: CreationPolicy) -> SecretBinding {
+    let mut b = SecretBinding::new("shop-db", SecretBindingSpec::default());
+    b.metadata.namespace = Some("shop".into());
+    b.metadata.uid = Some("uid-1".into());
+    b.metadata.generation = Some(2);
+    b.spec.target.creation_policy = policy;
+    b.spec.target.labels.insert("team".into(), "a".into());
+    b
+}
+
+fn data(pairs: &[(&str, &str)]) -> SecretData {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), SecretValue::from(*v)))
+        .collect()
+}
+
+fn key() -> HmacKey {
+    HmacKey::new(vec![9; 32])
+}
+
+fn keys(d: &SecretData) -> Vec<String> {
+    d.keys().cloned().collect()
+}
+
+#[test]
+fn apply_object_for_each_policy() {
+    let d = data(&[("password", "pw"), ("user", "u")]);
+    let b = binding(CreationPolicy::Owner);
+    let s = apply_object(&desired_secret(&b, "h1"), &d);
+    assert_eq!(s.metadata.name.as_deref(), Some("shop-db"));
+    assert_eq!(s.labels()[LABEL_MANAGED], "true");
+    assert_eq!(s.labels()["team"], "a");
+    assert_eq!(s.annotations()[ANNOTATION_BINDING], "shop-db");
+    assert_eq!(s.annotations()[ANNOTATION_DATA_HASH], "h1");
+    assert_eq!(s.type_.as_deref(), Some("Opaque"));
+    let owner = &s.owner_references()[0];
+    assert_eq!(
+        (owner.uid.as_str(), owner.controller),
+        ("uid-1", Some(true))
+    );
+    assert_eq!(s.data.as_ref().unwrap()["password"].0, b"pw");
+    assert!(s.string_data.is_none());
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["kind"], "Secret");
+    assert_eq!(json["data"]["password"], "cHc=");
+    assert!(!json.to_string().contains("null"));
+
+    let s = apply_object(&desired_secret(&binding(CreationPolicy::Orphan), "h"), &d);
+    assert!(s.metadata.owner_references.is_none());
+    let s = apply_object(&desired_secret(&binding(CreationPolicy::Merge), "h"), &d);
+    assert!(s.metadata.owner_references.is_none());
+    assert!(s.type_.is_none());
+
+    let c = serde_json::to_value(cleanup_object("t", "ns")).unwrap();
+    assert_eq!(
+        c["metadata"],
+        serde_json::json!({"name": "t", "namespace": "ns"})
+    );
+    assert!(c.get("data").is_none());
+}
+
+#[test]
+fn target_checks() {
+    let b = binding(CreationPolicy::Owner);
+    let ours = apply_object(&desired_secret(&b, "h"), &data(&[]));
+    let foreign = Secret {
+        metadata: ObjectMeta {
+            name: Some("shop-db".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let other_binding = {
+        let mut o = binding(CreationPolicy::Orphan);
+        o.metadata.name = Some("other".into());
+        apply_object(&desired_secret(&o, "h"), &data(&[]))
+    };
+    let chk = |p, s| check_target(p, s, "shop-db", "shop-db", "uid-1");
+    assert_eq!(chk(CreationPolicy::Owner, None), TargetCheck::Ok);
+    assert_eq!(chk(CreationPolicy::Owner, Some(&ours)), TargetCheck::Ok);
+    assert!(matches!(
+        chk(CreationPolicy::Owner, Some(&foreign)),
+        TargetCheck::Conflict(_)
+    ));
+    assert!(matches!(
+        chk(CreationPolicy::Orphan, Some(&other_binding)),
+        TargetCheck::Conflict(_)
+    ));
+    assert!(matches!(
+        chk(CreationPolicy::Merge, None),
+        TargetCheck::NotFound(_)
+    ));
+    assert_eq!(chk(CreationPolicy::Merge, Some(&foreign)), TargetCheck::Ok);
+    // An Orphan Secret written by this binding (no owner ref) is still ours.
+    let orphan = apply_object(
+        &desired_secret(&binding(CreationPolicy::Orphan), "h"),
+        &data(&[]),
+    );
+    assert_eq!(chk(CreationPolicy::Owner, Some(&orphan)), TargetCheck::Ok);
+}
+
+#[test]
+fn conformance_detects_drift() {
+    let hm = key();
+    let b = binding(CreationPolicy::Owner);
+    let d = data(&[("a", "1"), ("b", "2")]);
+    let hash = hm.data_hash(&d);
+    let desired = desired_secret(&b, &hash);
+    let good = apply_object(&desired, &d);
+    assert!(conforms(&good, &desired, &hm, &hash, &keys(&d)));
+
+    let mut edited = good.clone();
+    edited
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("a".into(), ByteString(b"x".to_vec()));
+    assert!(!conforms(&edited, &desired, &hm, &hash, &keys(&d)));
+
+    let mut missing = good.clone();
+    missing.data.as_mut().unwrap().remove("b");
+    assert!(!conforms(&missing, &desired, &hm, &hash, &keys(&d)));
+
+    let mut unlabeled = good.clone();
+    unlabeled
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove(LABEL_MANAGED);
+    assert!(!conforms(&unlabeled, &desired, &hm, &hash, &keys(&d)));
+
+    let mut stale_annotation = good.clone();
+    stale_annotation
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(ANNOTATION_DATA_HASH.into(), "old".into());
+    assert!(!conforms(
+        &stale_annotation,
+        &desired,
+        &hm,
+        &hash,
+        &keys(&d)
+    ));
+
+    let mut no_owner = good.clone();
+    no_owner.metadata.owner_references = None;
+    assert!(!conforms(&no_owner, &desired, &hm, &hash, &keys(&d)));
+
+    // Foreign extra keys are fine; with managedFields, a key we still own but no
+    // longer want triggers a write.
+    let mut extra = good.clone();
+    extra
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("other".into(), ByteString(b"z".to_vec()));
+    assert!(conforms(&extra, &desired, &hm, &hash, &keys(&d)));
+    let mf = |data_keys: &[&str]| ManagedFieldsEntry {
+        manager: Some(FIELD_MANAGER.into()),
+        operation: Some("Apply".into()),
+        fields_v1: Some(FieldsV1(serde_json::json!({
+            "f:data": data_keys.iter().map(|k| (format!("f:{k}"), serde_json::json!({}))).collect::<serde_json::Map<_,_>>(),
+            "f:metadata": {
+                "f:labels": {"f:team": {}, "f:secretsync.dev/managed": {}},
+                "f:annotations": {"f:secretsync.dev/binding": {}, "f:secretsync.dev/data-hash": {}},
+            },
+        }))),
+        ..Default::default()
+    };
+    let mut tracked = extra.clone();
+    tracked.metadata.managed_fields = Some(vec![mf(&["a", "b"])]);
+    assert!(conforms(&tracked, &desired, &hm, &hash, &keys(&d)));
+    tracked.metadata.managed_fields = Some(vec![mf(&["a", "b", "other"])]);
+    assert!(!conforms(&tracked, &desired, &hm, &hash, &keys(&d)));
+}
+
+#[test]
+fn rotation_and_force_sync() {
+    assert!(!is_rotation(None, "h"));
+    assert!(!is_rotation(Some(""), "h"));
+    assert!(!is_rotation(Some("h"), "h"));
+    assert!(is_rotation(Some("g"), "h"));
+    assert!(!force_sync_requested(None, None));
+    assert!(force_sync_requested(None, Some("1")));
+    assert!(!force_sync_requested(Some("1"), Some("1")));
+    assert!(force_sync_requested(Some("1"), Some("2")));
+    assert!(!force_sync_requested(Some("1"), None));
+}
+
+#[test]
+fn read_decisions() {
+    let now = Instant::now();
+    let memo = ReadMemo {
+        generation: Some(2),
+        source_epoch: 1,
+        next_refresh: Some(now + std::time::Duration::from_secs(60)),
+        failed: false,
+    };
+    assert!(read_due(None, Some(2), 1, false, now));
+    assert!(!read_due(Some(&memo), Some(2), 1, false, now));
+    assert!(read_due(Some(&memo), Some(3), 1, false, now));
+    assert!(read_due(Some(&memo), Some(2), 2, false, now));
+    assert!(read_due(Some(&memo), Some(2), 1, true, now));
+    assert!(read_due(
+        Some(&memo),
+        Some(2),
+        1,
+        false,
+        now + std::time::Duration::from_secs(61)
+    ));
+    let never = ReadMemo {
+        next_refresh: None,
+        ..memo.clone()
+    };
+    assert!(!read_due(
+        Some(&never),
+        Some(2),
+        1,
+        false,
+        now + std::time::Duration::from_secs(1_000_000)
+    ));
+    let failed = ReadMemo {
+        failed: true,
+        ..memo
+    };
+    assert!(read_due(Some(&failed), Some(2), 1, false, now));
+}
+
+fn t(secs: i64) -> Time {
+    Time(Timestamp::from_second(secs).unwrap())
+}
+
+#[test]
+fn status_transitions() {
+    let synced = |hash: &str, read| Outcome::Synced {
+        keys: vec!["a".into(), "b".into()],
+        hash: hash.into(),
+        read,
+    };
+    let s1 = next_status(None, Some(1), &synced("h1", true), &t(100));
+    let ready = &s1.conditions[0];
+    assert_eq!(
+        (
+            ready.status.as_str(),
+            ready.reason.as_str(),
+            ready.message.as_str()
+        ),
+        ("True", "Synced", "2 keys")
+    );
+    assert_eq!(s1.last_sync_time, Some(t(100)));
+    assert_eq!(s1.last_rotation_time, None, "first sync is no rotation");
+    assert_eq!(s1.data_hash.as_deref(), Some("h1"));
+    assert_eq!(s1.observed_generation, Some(1));
+
+    // Same data, no read: identical status, so nothing is written.
+    let s2 = next_status(Some(&s1), Some(1), &synced("h1", false), &t(200));
+    assert_eq!(s2, s1);
+    // Same data with a read: only lastSyncTime moves.
+    let s3 = next_status(Some(&s1), Some(1), &synced("h1", true), &t(300));
+    assert_eq!(s3.last_sync_time, Some(t(300)));
+    assert_eq!(s3.conditions[0].last_transition_time, t(100));
+
+    let s4 = next_status(Some(&s3), Some(1), &synced("h2", true), &t(400));
+    assert_eq!(s4.last_rotation_time, Some(t(400)));
+
+    let failed = Outcome::Failed {
+        reason: ConditionReason::BackendUnavailable,
+        message: "down".into(),
+    };
+    let s5 = next_status(Some(&s4), Some(1), &failed, &t(500));
+    assert_eq!(s5.conditions[0].status, "False");
+    assert_eq!(s5.conditions[0].reason, "BackendUnavailable");
+    assert_eq!(s5.conditions[0].last_transition_time, t(500));
+    assert_eq!(s5.data_hash.as_deref(), Some("h2"), "last good hash stays");
+    assert_eq!(s5.last_sync_time, Some(t(400)));
+    let s6 = next_status(Some(&s5), Some(1), &failed, &t(600));
+    assert_eq!(s6, s5, "repeated failure writes nothing");
+    assert_eq!(ready_of(Some(&s6)), Some(false));
+    assert_eq!(keys_message(1), "1 key");
+}
+
+#[test]
+fn never_synced_goes_first() {
+    let mut b = binding(CreationPolicy::Owner);
+    assert!(never_synced(&b));
+    let ok = Outcome::Synced {
+        keys: vec![],
+        hash: "h".into(),
+        read: true,
+    };
+    b.status = Some(next_status(None, Some(2), &ok, &t(1)));
+    assert!(!never_synced(&b));
+    b.metadata.generation = Some(3);
+    assert!(never_synced(&b));
+}
+
+#[test]
+fn secret_hash_of_subset() {
+    let hm = key();
+    let d = data(&[("a", "1")]);
+    let s = apply_object(&desired_secret(&binding(CreationPolicy::Owner), "h"), &d);
+    assert_eq!(
+        secret_data_hash(&hm, &s, &["a".into()]),
+        Some(hm.data_hash(&d))
+    );
+    assert_eq!(secret_data_hash(&hm, &s, &["zz".into()]), None);
+}
