@@ -1,5 +1,9 @@
 //! Environment-variable backend, confined to the operator's `--env-allow` globs.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use secretsync_api::BackendKind;
@@ -63,16 +67,55 @@ impl EnvPolicy {
     }
 }
 
+/// Where an env backend finds variables.
+#[derive(Clone, Default)]
+pub enum Environment {
+    /// The operator process's environment.
+    #[default]
+    Process,
+    /// A fixed set of variables (tests: the process environment cannot be changed safely
+    /// while other threads run).
+    Fixed(Arc<BTreeMap<String, OsString>>),
+}
+
+impl Environment {
+    fn var(&self, name: &str) -> Option<OsString> {
+        match self {
+            Environment::Process => std::env::var_os(name),
+            Environment::Fixed(vars) => vars.get(name).cloned(),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        match self {
+            Environment::Process => std::env::vars_os()
+                .filter_map(|(k, _)| k.into_string().ok())
+                .collect(),
+            Environment::Fixed(vars) => vars.keys().cloned().collect(),
+        }
+    }
+}
+
 /// Reads the operator's environment.
 pub struct EnvBackend {
     prefix: String,
     policy: EnvPolicy,
+    environment: Environment,
 }
 
 impl EnvBackend {
-    /// A backend reading variables `prefix + NAME`.
+    /// A backend reading variables `prefix + NAME` of the process environment.
     pub fn new(prefix: String, policy: EnvPolicy) -> Self {
-        EnvBackend { prefix, policy }
+        Self::with_environment(prefix, policy, Environment::Process)
+    }
+
+    /// A backend reading variables `prefix + NAME` of `environment`.
+    pub fn with_environment(prefix: String, policy: EnvPolicy, environment: Environment) -> Self {
+        EnvBackend {
+            prefix,
+            policy,
+            environment,
+        }
     }
 }
 
@@ -96,7 +139,7 @@ impl Backend for EnvBackend {
                 req.key
             )));
         }
-        match std::env::var_os(&name) {
+        match self.environment.var(&name) {
             Some(v) => Ok(SecretValue::new(v.into_encoded_bytes())),
             None => Err(BackendError::new(
                 crate::Reason::SecretNotFound,
@@ -110,8 +153,10 @@ impl Backend for EnvBackend {
 
     async fn list(&self, _under: &str) -> Result<Vec<String>, BackendError> {
         // Keys are the variable names after the prefix; the glob is matched against them.
-        let mut keys: Vec<String> = std::env::vars_os()
-            .filter_map(|(k, _)| k.into_string().ok())
+        let mut keys: Vec<String> = self
+            .environment
+            .names()
+            .into_iter()
             .filter(|k| k.starts_with(&self.prefix) && self.policy.allows(k))
             .map(|k| k[self.prefix.len()..].to_string())
             .filter(|k| !k.is_empty())
@@ -136,15 +181,20 @@ mod tests {
 
     #[tokio::test]
     async fn allow_list_is_enforced() {
-        // SAFETY: set_var in tests; these names are unique to this test.
-        unsafe {
-            std::env::set_var("SSYNC_T1_DATABASE_URL", "postgres://x");
-            std::env::set_var("SSYNC_T1_OTHER", "o");
-            std::env::set_var("SSYNC_T1X_SECRET", "no");
-        }
-        let b = EnvBackend::new(
+        let vars = Environment::Fixed(Arc::new(
+            [
+                ("SSYNC_T1_DATABASE_URL", "postgres://x"),
+                ("SSYNC_T1_OTHER", "o"),
+                ("SSYNC_T1X_SECRET", "no"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect(),
+        ));
+        let b = EnvBackend::with_environment(
             "SSYNC_T1_".into(),
             EnvPolicy::from_globs(&["SSYNC_T1_DATABASE_*"]).unwrap(),
+            vars.clone(),
         );
         let v = b.read(&ReadRequest::latest("database/url")).await.unwrap();
         assert_eq!(v.as_str(), Some("postgres://x"));
@@ -157,7 +207,8 @@ mod tests {
         assert_eq!(missing.reason, crate::Reason::SecretNotFound);
         assert_eq!(b.list("").await.unwrap(), vec!["DATABASE_URL".to_string()]);
 
-        let none = EnvBackend::new("SSYNC_T1_".into(), EnvPolicy::deny_all());
+        let none =
+            EnvBackend::with_environment("SSYNC_T1_".into(), EnvPolicy::deny_all(), vars.clone());
         assert_eq!(
             none.read(&ReadRequest::latest("database/url"))
                 .await
@@ -171,7 +222,7 @@ mod tests {
         );
         assert!(none.list("").await.unwrap().is_empty());
 
-        let all = EnvBackend::new("SSYNC_T1".into(), EnvPolicy::allow_all());
+        let all = EnvBackend::with_environment("SSYNC_T1".into(), EnvPolicy::allow_all(), vars);
         assert_eq!(
             all.list("").await.unwrap(),
             vec![

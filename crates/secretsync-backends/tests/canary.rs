@@ -10,7 +10,7 @@ use secretsync_api::{
     TemplateSpec,
 };
 use secretsync_backends::cache::NoopObserver;
-use secretsync_backends::env::{EnvBackend, EnvPolicy};
+use secretsync_backends::env::{EnvBackend, EnvPolicy, Environment};
 use secretsync_backends::file::FileBackend;
 use secretsync_backends::{Backend, ReadRequest, SecretValue, SourceCache, resolve::resolve};
 
@@ -87,8 +87,13 @@ fn canary_never_leaks_from_local_backends_and_resolution() {
     std::fs::write(&bad_json, format!(r#"{{"k": "{CANARY}"#)).unwrap();
     let bad_yaml = root.path().join("bad.yaml");
     std::fs::write(&bad_yaml, format!("k: [{CANARY}\n")).unwrap();
-    // SAFETY: test-only variable with a unique name.
-    unsafe { std::env::set_var("CANARYTEST_SECRET", CANARY) };
+    let environment = Environment::Fixed(Arc::new(
+        [(
+            "CANARYTEST_SECRET".to_string(),
+            std::ffi::OsString::from(CANARY),
+        )]
+        .into(),
+    ));
 
     let mut seen = Vec::new();
     rt.block_on(async {
@@ -122,7 +127,11 @@ fn canary_never_leaks_from_local_backends_and_resolution() {
                 .unwrap_err();
             check(&mut seen, "bad structured file", format!("{e} {e:?}"));
         }
-        let env = EnvBackend::new("CANARYTEST_".into(), EnvPolicy::deny_all());
+        let env = EnvBackend::with_environment(
+            "CANARYTEST_".into(),
+            EnvPolicy::deny_all(),
+            environment.clone(),
+        );
         let e = env.read(&ReadRequest::latest("secret")).await.unwrap_err();
         check(&mut seen, "env denied", format!("{e} {e:?}"));
 

@@ -7,7 +7,7 @@ mod vault_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secretsync_api::{AwsSource, SecretSourceSpec};
+use secretsync_api::{AwsAuth, AwsSecretRef, AwsSource, SecretSourceSpec};
 use secretsync_backends::cache::NoopObserver;
 use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::{
@@ -162,18 +162,25 @@ async fn aws_hundred_concurrent_reads_make_one_request() {
         aws: Some(AwsSource {
             region: moto_support::REGION.to_string(),
             endpoint: Some(endpoint.clone()),
-            auth: None,
+            // Static keys from a Secret (moto accepts any), so the test does not depend on
+            // the process environment.
+            auth: Some(AwsAuth {
+                secret_ref: Some(AwsSecretRef {
+                    name: "aws".into(),
+                    access_key_id_key: "id".into(),
+                    secret_access_key_key: "secret".into(),
+                    session_token_key: None,
+                }),
+                role_arn: None,
+            }),
         }),
         ..Default::default()
     };
-    // SAFETY: test process; the default chain reads these dummy keys (moto accepts any).
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDCOALESCE");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "dummy");
-    }
-    let backend = build_backend(&spec, &context(Default::default()))
-        .await
-        .unwrap();
+    let mut creds = vault_support::MapCredentials::with("aws", "id", "AKIDCOALESCE");
+    creds
+        .secrets
+        .insert(("aws".into(), "secret".into()), "dummy".into());
+    let backend = build_backend(&spec, &context(creds)).await.unwrap();
     let cache = hundred_concurrent_reads(backend, "db").await;
     assert_eq!(counter.count_reads(&prefix).await, 1);
     assert_eq!(cache.stats().backend_calls, 1);
