@@ -21,10 +21,7 @@ impl Inner {
         name: &str,
         opts: &DeleteOpts,
     ) -> Result<Value, ApiError> {
-        let old = self
-            .get(def, ns, name)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
+        let old = self.existing(def, ns, name)?;
         if let Some(uid) = &opts.uid
             && Some(uid.as_str()) != meta_str(&old, "uid")
         {

@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use crate::resources::{self, ResourceDef};
+use crate::status::ApiError;
 use crate::util::meta_mut;
 
 pub use tokens::DEFAULT_AUDIENCE;
@@ -134,6 +135,13 @@ impl Inner {
 
     pub fn get(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> Option<&Value> {
         self.objects.get(&def.storage_key())?.get(&ns_key(ns, name))
+    }
+
+    /// A copy of the stored object, or its `404`.
+    fn existing(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        self.get(def, ns, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))
     }
 
     pub(super) fn emit(&mut self, key: &str, ty: &'static str, obj: Value, old: Option<Value>) {

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::Inner;
 use crate::status::{ApiError, Cause};
-use crate::util::{meta_str, new_uid};
+use crate::util::{meta_str, new_uid, string_list};
 
 /// A token issued through the TokenRequest endpoint.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ impl Inner {
             .ok_or_else(|| ApiError::not_found("", "serviceaccounts", name))?;
         let sa_uid = meta_str(sa, "uid").unwrap_or_default().to_owned();
         let spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
-        let mut audiences = strings(&spec, "audiences");
+        let mut audiences = string_list(&spec, "audiences");
         if audiences.is_empty() {
             audiences = vec![DEFAULT_AUDIENCE.to_owned()];
         }
@@ -119,7 +119,7 @@ impl Inner {
             .get("token")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let wanted = strings(&spec, "audiences");
+        let wanted = string_list(&spec, "audiences");
         let mut out = json!({
             "kind": "TokenReview",
             "apiVersion": "authentication.k8s.io/v1",
@@ -156,16 +156,4 @@ impl Inner {
         out["status"] = status;
         out
     }
-}
-
-/// The strings of a list field (non-strings skipped; absent = empty).
-fn strings(v: &Value, field: &str) -> Vec<String> {
-    v.get(field)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -144,10 +144,7 @@ impl Inner {
         status: bool,
         opts: &WriteOpts,
     ) -> Result<Value, ApiError> {
-        let old = self
-            .get(def, ns, name)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
+        let old = self.existing(def, ns, name)?;
         if !body.is_object() {
             return Err(ApiError::bad_request(
                 "the body of the request must be a JSON object",
@@ -183,10 +180,7 @@ impl Inner {
         status: bool,
         opts: &WriteOpts,
     ) -> Result<Value, ApiError> {
-        let old = self
-            .get(def, ns, name)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
+        let old = self.existing(def, ns, name)?;
         let mut target = old.clone();
         match patch_type {
             PatchType::Merge => crate::patch::merge_patch(&mut target, body),
