@@ -22,6 +22,7 @@ use futures::StreamExt;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use secretsync_api::{ANNOTATION_RESTARTED_AT, ANNOTATION_SECRET_REVISION, SecretBinding};
+use secretsync_testkit::bao::BaoAdmin;
 use secretsync_testkit::harness::{BAO_BIN_ENV, BaoServer, ChildProcess, find_binary, free_port};
 use secretsync_testkit::{FakeApiServer, Options};
 use serde_json::{Value, json};
@@ -151,10 +152,8 @@ struct Bench {
     args: Args,
     tck: f64,
     bao: BaoServer,
-    /// `127.0.0.1:PORT`.
-    bao_host: String,
-    /// `http://127.0.0.1:PORT`.
-    bao_url: String,
+    /// Admin client of `bao` (root token).
+    bao_admin: BaoAdmin,
     audit: AuditCounter,
     dir: tempfile::TempDir,
     report: Report,
@@ -180,10 +179,7 @@ impl Operator {
     }
 
     async fn metrics(&self) -> String {
-        probe::http(&self.metrics_addr, "GET", "/metrics", &[], None)
-            .await
-            .map(|(_, b)| b)
-            .unwrap_or_default()
+        probe::metrics(&self.metrics_addr).await
     }
 
     /// CPU seconds used in each whole minute between `from` and `to` seconds after start.
@@ -306,7 +302,7 @@ impl Bench {
         let t = Instant::now();
         for i in 0..layout.namespaces {
             let ns = world::ns_name(i);
-            for o in world::source_objects(&ns, &self.bao_url, &self.args.cache_ttl) {
+            for o in world::source_objects(&ns, &self.bao.address, &self.args.cache_ttl) {
                 world::put(server, &o)?;
             }
             for j in 0..layout.per_namespace {
@@ -833,8 +829,8 @@ impl Bench {
         let m0 = op.metrics().await;
         let before = Self::deployments_with(server, true, ANNOTATION_RESTARTED_AT);
         let t0 = Instant::now();
-        probe::bao_put(
-            &self.bao_host,
+        world::bao_put(
+            &self.bao_admin,
             &world::remote_key(0, 0),
             &world::remote_value(0, 2),
         )
@@ -1072,16 +1068,16 @@ async fn bench(args: Args) -> Result<()> {
     println!("secretsync-bench: scale {s}, machine {machine}");
     let dir = tempfile::tempdir()?;
     let (bao, audit_path) = start_bao(dir.path()).await?;
-    let host = bao.address.trim_start_matches("http://").to_string();
+    let bao_admin = bao.admin();
     let t = Instant::now();
     let puts: Vec<Result<()>> = futures::stream::iter(
         (0..large.namespaces).flat_map(|i| (0..world::KEYS_PER_NAMESPACE).map(move |r| (i, r))),
     )
     .map(|(i, r)| {
-        let host = host.clone();
+        let bao = &bao_admin;
         async move {
-            probe::bao_put(
-                &host,
+            world::bao_put(
+                bao,
                 &world::remote_key(i, r),
                 &world::remote_value(i * world::KEYS_PER_NAMESPACE + r, 1),
             )
@@ -1101,8 +1097,7 @@ async fn bench(args: Args) -> Result<()> {
     let mut b = Bench {
         tck: probe::clk_tck(),
         audit: AuditCounter::new(&audit_path),
-        bao_host: host,
-        bao_url: bao.address.clone(),
+        bao_admin,
         bao,
         dir,
         report: Report::default(),
