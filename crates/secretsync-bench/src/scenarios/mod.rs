@@ -23,17 +23,22 @@ use crate::world;
 /// Shared state of the whole benchmark.
 pub struct Bench {
     pub args: Args,
+    /// Clock ticks per second of `/proc/<pid>/stat`.
     pub tck: f64,
     pub bao: BaoServer,
     /// Admin client of `bao` (root token).
     pub bao_admin: BaoAdmin,
+    /// Request counts from the audit log of `bao`.
     pub audit: AuditCounter,
+    /// Kubeconfigs and OpenBao's files.
     pub dir: tempfile::TempDir,
     pub report: Report,
+    /// What goes into `results.json`.
     pub results: serde_json::Map<String, Value>,
 }
 
 impl Bench {
+    /// A fresh fake API server with the secretsync CRDs.
     async fn fake(&self) -> Result<FakeApiServer> {
         let server = FakeApiServer::start_with(Options {
             // Generous watch history: relists caused by the fake's small default would be
@@ -112,6 +117,7 @@ impl Bench {
         Ok(())
     }
 
+    /// Starts the operator against `server` (kubeconfig `NAME.kubeconfig`).
     fn spawn_operator(&self, server: &FakeApiServer, name: &str) -> Result<Operator> {
         let kubeconfig = self.dir.path().join(format!("{name}.kubeconfig"));
         server.write_kubeconfig(&kubeconfig)?;
@@ -155,6 +161,7 @@ impl Bench {
     }
 }
 
+/// Idle operator: its memory 15 s after start, with no objects.
 pub async fn run_idle(b: &mut Bench) -> Result<()> {
     println!("\n== idle operator");
     let server = b.fake().await?;
@@ -175,6 +182,7 @@ pub async fn run_idle(b: &mut Bench) -> Result<()> {
     Ok(())
 }
 
+/// Cold start of the small layout (10 bindings per namespace).
 pub async fn run_cold_small(b: &mut Bench, layout: Layout) -> Result<()> {
     println!("\n== cold start, {} bindings", layout.bindings());
     let server = b.fake().await?;
@@ -188,6 +196,8 @@ pub async fn run_cold_small(b: &mut Bench, layout: Layout) -> Result<()> {
     Ok(())
 }
 
+/// The main run: cold start of the large layout, settle, steady state, new bindings and
+/// rotation, all against one operator.
 pub async fn run_main(b: &mut Bench, layout: Layout) -> Result<()> {
     println!(
         "\n== cold start, {} bindings, then steady state, new bindings, rotation",
@@ -214,6 +224,7 @@ pub async fn run_main(b: &mut Bench, layout: Layout) -> Result<()> {
     Ok(())
 }
 
+/// The large layout plus unrelated Secrets and Deployments: memory next to the main run.
 pub async fn run_unrelated(b: &mut Bench, layout: Layout) -> Result<()> {
     println!(
         "\n== {} bindings plus {} unrelated Secrets and {} unrelated Deployments",
