@@ -9,8 +9,9 @@ build:
 
 ## Runs every test: unit, integration against real OpenBao and moto servers (installed
 ## into .venv on first use and started on loopback), CRD and example checks, end-to-end.
+## The benchmark crate is left out (`make bench` builds it; `make lint` checks it).
 test:
-	scripts/test-servers.sh $(CARGO) test --workspace --all-targets --no-fail-fast
+	scripts/test-servers.sh $(CARGO) test --workspace --exclude secretsync-bench --all-targets --no-fail-fast
 
 ## Runs the end-to-end suite against a real cluster (kubeconfig in SECRETSYNC_E2E_KUBECONFIG)
 ## and prints how many tests ran, passed and skipped, and why.
@@ -36,12 +37,12 @@ demo:
 ## Benchmarks the release binary against the fake API server and a real OpenBao (see
 ## BENCHMARKS.md; about 7 minutes at full scale once built, 15 from a fresh clone). The
 ## operator is built on its own, with exactly the features users get, not unified with the
-## testkit's. Quick run:
+## bench's (crates/secretsync-bench, on top of the testkit). Quick run:
 ##   make bench BENCH_ARGS="--scale 0.1 --steady 1m --settle 10s"
 BENCH_ARGS ?=
 bench:
 	$(CARGO) build --release -p secretsync
-	$(CARGO) build --release -p secretsync-testkit --bin secretsync-bench
+	$(CARGO) build --release -p secretsync-bench
 	scripts/test-servers.sh target/release/secretsync-bench $(BENCH_ARGS)
 
 clean:

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::request_info::RequestInfo;
 use crate::status::ApiError;
 use crate::store::Inner;
-use crate::util::meta_str;
+use crate::util::{meta_str, string_list};
 
 /// The bearer token of the admin kubeconfig.
 pub const ADMIN_TOKEN: &str = "secretsync-fake-token";
@@ -156,39 +156,28 @@ fn rules_of(inner: &Inner, role_ref: &Value, binding_ns: Option<&str>) -> Vec<Va
         .unwrap_or_default()
 }
 
-fn strings(rule: &Value, field: &str) -> Vec<String> {
-    rule.get(field)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn has(list: &[String], want: &str) -> bool {
     list.iter().any(|v| v == "*" || v == want)
 }
 
 /// One policy rule against one request.
 pub(crate) fn rule_allows(rule: &Value, req: &RequestInfo) -> bool {
-    if !has(&strings(rule, "verbs"), &req.verb) {
+    if !has(&string_list(rule, "verbs"), &req.verb) {
         return false;
     }
     if !req.resource_request {
-        return strings(rule, "nonResourceURLs").iter().any(|u| {
+        return string_list(rule, "nonResourceURLs").iter().any(|u| {
             u == "*"
                 || u == &req.path
                 || u.strip_suffix('*')
                     .is_some_and(|prefix| req.path.starts_with(prefix))
         });
     }
-    if !has(&strings(rule, "apiGroups"), &req.group) {
+    if !has(&string_list(rule, "apiGroups"), &req.group) {
         return false;
     }
     let combined = req.combined_resource();
-    let resource_ok = strings(rule, "resources").iter().any(|r| {
+    let resource_ok = string_list(rule, "resources").iter().any(|r| {
         r == "*"
             || *r == combined
             || (!req.subresource.is_empty() && *r == format!("*/{}", req.subresource))
@@ -196,7 +185,7 @@ pub(crate) fn rule_allows(rule: &Value, req: &RequestInfo) -> bool {
     if !resource_ok {
         return false;
     }
-    let names = strings(rule, "resourceNames");
+    let names = string_list(rule, "resourceNames");
     names.is_empty() || (!req.name.is_empty() && names.contains(&req.name))
 }
 

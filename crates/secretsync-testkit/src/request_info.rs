@@ -30,6 +30,14 @@ pub(crate) struct RequestInfo {
     pub subresource: String,
     /// Object name, empty for collections.
     pub name: String,
+    /// The path from the resource on: `[resource, name, subresource, ...]`, for a namespace
+    /// itself `[namespaces, NAME, ...]`. Authorization does not need it; serving does (the
+    /// name of a list authorized by its field selector is not in the path, and a path
+    /// with more than three parts is no resource).
+    pub parts: Vec<String>,
+    /// The resource is below a `/namespaces/NS/` prefix, rather than being a namespace
+    /// itself (`/namespaces/NS[/SUB]`, whose namespace is its own name).
+    pub in_namespace: bool,
 }
 
 impl RequestInfo {
@@ -74,8 +82,10 @@ pub(crate) fn parse(method: &str, path: &str, params: &BTreeMap<String, String>)
         // subresources keep `namespaces` as the resource.
         if rest.len() > 2 && !NAMESPACE_SUBRESOURCES.contains(&rest[2]) {
             rest = &rest[2..];
+            info.in_namespace = true;
         }
     }
+    info.parts = rest.iter().map(|p| (*p).to_owned()).collect();
     info.resource = rest[0].to_owned();
     if let Some(name) = rest.get(1) {
         info.name = (*name).to_owned();
@@ -162,6 +172,29 @@ mod tests {
             p("POST", "/api/v1/namespaces/x/serviceaccounts/sa/token", &[]).combined_resource(),
             "serviceaccounts/token"
         );
+    }
+
+    #[test]
+    fn parts_start_at_the_resource() {
+        let parts = |path: &str| p("GET", path, &[]).parts;
+        assert_eq!(
+            parts("/api/v1/namespaces/shop/secrets/db/status/x"),
+            ["secrets", "db", "status", "x"]
+        );
+        assert_eq!(parts("/apis/apps/v1/deployments"), ["deployments"]);
+        assert_eq!(
+            parts("/api/v1/namespaces/shop/status"),
+            ["namespaces", "shop", "status"]
+        );
+        assert!(p("GET", "/api/v1/namespaces/shop/secrets", &[]).in_namespace);
+        assert!(!p("GET", "/api/v1/namespaces/shop", &[]).in_namespace);
+        assert!(p("GET", "/api/v1/namespaces/shop/namespaces/shop", &[]).in_namespace);
+        let i = p(
+            "GET",
+            "/api/v1/namespaces/ops/secrets",
+            &[("fieldSelector", "metadata.name=db")],
+        );
+        assert_eq!((i.name.as_str(), i.parts.len()), ("db", 1));
     }
 
     #[test]

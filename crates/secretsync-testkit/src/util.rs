@@ -118,16 +118,22 @@ pub(crate) fn get_dotted<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
     Some(cur)
 }
 
-/// Does `obj` carry a finalizer?
-pub(crate) fn finalizers(obj: &Value) -> Vec<String> {
-    obj.get("metadata")
-        .and_then(|m| m.get("finalizers"))
+/// The strings of a list field of `v` (other items skipped; absent = empty).
+pub(crate) fn string_list(v: &Value, field: &str) -> Vec<String> {
+    v.get(field)
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
                 .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect()
         })
+        .unwrap_or_default()
+}
+
+/// Does `obj` carry a finalizer?
+pub(crate) fn finalizers(obj: &Value) -> Vec<String> {
+    obj.get("metadata")
+        .map(|m| string_list(m, "finalizers"))
         .unwrap_or_default()
 }
 

@@ -1,12 +1,11 @@
-//! Measurement probes: /proc for the operator process, the OpenBao audit log, plain HTTP
-//! to OpenBao and to the operator's `/metrics`, percentiles, the machine description.
+//! Measurement probes: /proc for the operator process, the OpenBao audit log, the
+//! operator's `/metrics`, percentiles, the machine description.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use anyhow::{Context, Result};
 
 /// CPU time and memory of one process, from `/proc/<pid>/stat` and `/proc/<pid>/status`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -127,82 +126,19 @@ pub fn classify_audit_line(line: &str) -> (bool, bool) {
     (true, read)
 }
 
-/// A plain HTTP/1.1 request (loopback test servers only); returns status and body.
-pub async fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> Result<(u16, String)> {
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    .context("connect timeout")??;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    let body = body.unwrap_or_default();
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
-        .await
-        .context("read timeout")??;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
+/// The Prometheus text at `http://ADDR/metrics`; empty when nothing answers.
+pub async fn metrics(addr: &str) -> String {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build();
+    let Ok(client) = client else {
+        return String::new();
     };
-    Ok((code, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+    match client.get(format!("http://{addr}/metrics")).send().await {
+        Ok(resp) => resp.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
     }
-    out
-}
-
-/// Writes a KV v2 secret on OpenBao (mount `secret`, root token).
-pub async fn bao_put(addr: &str, key: &str, data: &serde_json::Value) -> Result<()> {
-    let body = serde_json::json!({ "data": data }).to_string();
-    let (code, text) = http(
-        addr,
-        "POST",
-        &format!("/v1/secret/data/{key}"),
-        &[
-            ("X-Vault-Token", "root"),
-            ("Content-Type", "application/json"),
-        ],
-        Some(&body),
-    )
-    .await?;
-    if code / 100 != 2 {
-        bail!("OpenBao write of {key}: HTTP {code}: {text}");
-    }
-    Ok(())
 }
 
 /// Sum of every sample of a metric family in Prometheus text (`name` or `name{...}`).
@@ -294,11 +230,6 @@ mod tests {
         let text = "# HELP x\nsecretsync_a_total{b=\"1\"} 2\nsecretsync_a_total{b=\"2\"} 3\nsecretsync_ab 7\n";
         assert_eq!(metric_sum(text, "secretsync_a_total"), 5.0);
         assert_eq!(metric_sum(text, "secretsync_ab"), 7.0);
-    }
-
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
     }
 
     #[test]

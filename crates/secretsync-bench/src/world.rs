@@ -1,11 +1,12 @@
 //! The benchmark's objects: namespaces of bindings over one OpenBao, opted-in Deployments,
 //! unrelated Secrets and Deployments. Written in-process into the fake (no HTTP, not
-//! counted as API requests).
+//! counted as API requests); the remote keys are written to OpenBao.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use base64::Engine;
 use secretsync_api::{ANNOTATION_FORCE_SYNC, ANNOTATION_RESTART_ON_ROTATION};
 use secretsync_testkit::FakeApiServer;
+use secretsync_testkit::bao::BaoAdmin;
 use serde_json::{Value, json};
 
 /// Remote keys each namespace's bindings read (every binding of a namespace reads all of
@@ -39,6 +40,21 @@ pub fn remote_value(n: usize, generation: u32) -> Value {
         "username": format!("user-{n}"),
         "password": format!("pw-{n}-{generation}-0123456789abcdef0123456789abcdef"),
     })
+}
+
+/// Writes remote key `key` (KV v2, mount `secret`) on OpenBao.
+pub async fn bao_put(bao: &BaoAdmin, key: &str, data: &Value) -> Result<()> {
+    let path = format!("secret/data/{key}");
+    let Some((code, body)) = bao
+        .try_call("POST", &path, Some(json!({ "data": data })))
+        .await
+    else {
+        bail!("OpenBao write of {key}: no answer from {}", bao.addr);
+    };
+    if code / 100 != 2 {
+        bail!("OpenBao write of {key}: HTTP {code}: {body}");
+    }
+    Ok(())
 }
 
 /// Writes one object in-process (server-side apply as the testkit's manager).
