@@ -18,9 +18,14 @@ test:
 test-e2e-cluster:
 	CARGO=$(CARGO) scripts/e2e-cluster.sh
 
+## Formatting, clippy with the workspace lints ([workspace.lints], clippy.toml), and
+## cargo-deny's license, ban and source checks (deny.toml; installed on first use, which
+## takes a few minutes).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
+	$(CARGO) deny check licenses bans sources
 
 fmt:
 	$(CARGO) fmt --all

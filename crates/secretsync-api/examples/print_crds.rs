@@ -1,3 +1,6 @@
-fn main() {
-    print!("{}", secretsync_api::crd::crds_yaml().unwrap());
+//! Prints the CRDs as YAML (what `secretsync crds` prints).
+
+fn main() -> Result<(), secretsync_api::crd::CrdError> {
+    print!("{}", secretsync_api::crd::crds_yaml()?);
+    Ok(())
 }

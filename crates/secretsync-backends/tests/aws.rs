@@ -3,6 +3,8 @@
 //! Run with `make test` or `scripts/test-servers.sh cargo test -p secretsync-backends --test aws`;
 //! without `SECRETSYNC_TEST_MOTO_ENDPOINT` the tests fail with that instruction.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 mod moto_support;
 
 use std::collections::HashMap;

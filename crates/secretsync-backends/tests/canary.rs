@@ -1,6 +1,8 @@
 //! A planted canary value must never appear in an error message, a log line or `Debug`
 //! output, whichever error path is taken.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! The shared cache coalesces concurrent reads: 100 concurrent reads of one key cause
 //! exactly one request, counted at the real server (OpenBao's audit log, moto's recorder).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 mod moto_support;
 mod vault_support;
 

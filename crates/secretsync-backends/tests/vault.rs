@@ -5,6 +5,8 @@
 //! address. Every test works on its own random mounts/keys, so they run in parallel on one
 //! server. Tests that stop or seal a server start a private one.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 mod vault_support;
 
 use std::io::Write as _;

@@ -19,7 +19,6 @@ mod report;
 mod scenarios;
 mod world;
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -43,12 +42,9 @@ fn main() -> Result<()> {
         );
     }
     args.operator = args.operator.canonicalize()?;
+    // `make bench` runs under scripts/test-servers.sh, which exports the bao binary.
     if find_binary(BAO_BIN_ENV, "bao").is_none() {
-        let venv = PathBuf::from(".venv/bin/bao");
-        if venv.is_file() {
-            // SAFETY: no other thread exists yet (the runtime is built below).
-            unsafe { std::env::set_var(BAO_BIN_ENV, venv.canonicalize()?) };
-        }
+        bail!("no bao binary: set {BAO_BIN_ENV} or run through `make bench`");
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,6 +1,8 @@
 //! The controller in-process against the testkit's fake API server: file-backend binding to
 //! Secret bytes and status, drift restore, Owner conflict, Merge cleanup, leader election.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;

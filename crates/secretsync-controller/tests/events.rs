@@ -1,6 +1,8 @@
 //! Event publishing against the testkit's fake API server: warnings fold into series,
 //! normal events are created one by one (and not kept in the recorder's cache).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use secretsync_controller::events::Events;
 use secretsync_controller::runtime::ObjKey;

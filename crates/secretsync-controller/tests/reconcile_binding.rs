@@ -1,6 +1,8 @@
 //! The binding reconciler called directly against the fake API server: each test names
 //! one behaviour and asserts the exact requests one reconcile made.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 mod rig;
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! The rollout reconciler called directly against the fake API server.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 mod rig;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,7 @@
 //! The source reconciler called directly against the fake API server.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 mod rig;
 
 use std::time::Duration;

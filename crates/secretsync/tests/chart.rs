@@ -4,6 +4,8 @@
 //! the values and are flags the binary accepts, and the optional objects appear when
 //! enabled.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;

@@ -1,5 +1,7 @@
 //! Tests of the `secretsync` binary's offline commands: `crds` and `render`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

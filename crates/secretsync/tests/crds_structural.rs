@@ -2,6 +2,8 @@
 //! refuses to store them. The fake API server used by the other tests does not enforce
 //! these rules, so they are checked here on the shipped YAML.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 use std::path::PathBuf;
 
 use serde_json::Value;

@@ -1,5 +1,7 @@
 //! Every manifest under `examples/` parses into the typed resources.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 use std::path::{Path, PathBuf};
 
 use secretsync_api::manifest::{Manifest, parse_stream};

@@ -4,6 +4,8 @@
 //! with the examples' server addresses pointed at them. Vault Kubernetes auth needs a
 //! cluster and is covered by the end-to-end tests instead.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

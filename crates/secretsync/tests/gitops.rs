@@ -4,6 +4,8 @@
 //! before the operator caught up. Evaluated by Lua and CEL interpreters from the test
 //! venv (`SECRETSYNC_TEST_PYTHON`, see scripts/test-servers.sh).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 use std::path::Path;
 use std::process::Command;
 
