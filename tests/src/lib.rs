@@ -56,3 +56,44 @@ pub async fn moto_create_secret(endpoint: &str, name: &str, value: &str) {
         "moto CreateSecret {name}: {status} {body}"
     );
 }
+
+/// Standard base64 of a string (Secret `data` in test manifests).
+pub fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A fresh KV v2 mount on the shared OpenBao (named after `tag`) and a token that may only
+/// read it: (mount, token).
+pub async fn vault_mount_and_reader(bao: &BaoAdmin, tag: &str) -> (String, String) {
+    let mount = unique(tag);
+    bao.enable_kv(&mount, 2).await;
+    let policy = unique(&format!("{tag}-read"));
+    bao.read_policy(&policy, &mount).await;
+    let token = bao.token_with_policy(&policy).await;
+    (mount, token)
+}
+
+/// YAML of a Secret `vault-token` holding `token` and a SecretSource `vault` reading KV v2
+/// `mount` at `addr` with it; `spec_extra` is added to the source's spec (e.g.
+/// `"  cache: {ttl: 2s}\n"`).
+pub fn vault_source_yaml(addr: &str, mount: &str, token: &str, spec_extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token}}
+data: {{token: {token}}}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {{name: vault}}
+spec:
+{spec_extra}  vault:
+    server: {addr}
+    mount: {mount}
+    auth: {{token: {{secretRef: {{name: vault-token, key: token}}}}}}
+"#,
+        token = b64(token),
+    )
+}

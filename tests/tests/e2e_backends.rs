@@ -11,10 +11,6 @@ use kube::api::PostParams;
 use secretsync_e2e::*;
 use serde_json::json;
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
 #[tokio::test]
 async fn env_source_reads_only_allowed_variables() {
     let env = env().await;
@@ -275,31 +271,8 @@ async fn vault_kv2_with_token_auth() {
     let (mount, policy) = vault_data(&bao, "vault-token-pw").await;
     let token = bao.token_with_policy(&policy).await;
     let op = Operator::start(&env, &OperatorOpts::default()).await;
-    apply(
-        &env,
-        &format!(
-            r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: vault-token}}
-data: {{token: {token}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: vault}}
-spec:
-  vault:
-    server: {addr}
-    mount: {mount}
-    kvVersion: 2
-    auth: {{token: {{secretRef: {{name: vault-token, key: token}}}}}}
-{binding}"#,
-            token = b64(&token),
-            addr = bao.addr,
-            binding = vault_binding("vault"),
-        ),
-    )
-    .await;
+    let yaml = vault_source_yaml(&bao.addr, &mount, &token, "") + &vault_binding("vault");
+    apply(&env, &yaml).await;
     wait_synced(
         &env,
         &op,

@@ -4,13 +4,8 @@
 
 use std::path::Path;
 
-use base64::Engine as _;
 use kube::api::DeleteParams;
 use secretsync_e2e::*;
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
 
 const APP_JSON: &str = r#"{
   "api_token": "tok-1",

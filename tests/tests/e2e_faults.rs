@@ -9,10 +9,6 @@ use kube::api::DeleteParams;
 use secretsync_e2e::*;
 use serde_json::json;
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
 #[tokio::test]
 async fn backend_down_for_30s_keeps_the_secret_and_recovers_by_itself() {
     let env = env().await;
@@ -349,8 +345,7 @@ async fn fifty_bindings_share_five_vault_reads_per_refresh() {
     let env = env().await;
     let bao = BaoAdmin::shared();
     let audit = shared_audit_log();
-    let mount = unique("e2e-share");
-    bao.enable_kv(&mount, 2).await;
+    let (mount, token) = vault_mount_and_reader(&bao, "e2e-share").await;
     for i in 0..5 {
         bao.put_v2(
             &mount,
@@ -359,30 +354,8 @@ async fn fifty_bindings_share_five_vault_reads_per_refresh() {
         )
         .await;
     }
-    let policy = unique("e2e-share-read");
-    bao.read_policy(&policy, &mount).await;
-    let token = bao.token_with_policy(&policy).await;
     let op = Operator::start(&env, &OperatorOpts::default()).await;
-    let mut yaml = format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: vault-token}}
-data: {{token: {token}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: vault}}
-spec:
-  cache: {{ttl: 2s}}
-  vault:
-    server: {addr}
-    mount: {mount}
-    auth: {{token: {{secretRef: {{name: vault-token, key: token}}}}}}
-"#,
-        token = b64(&token),
-        addr = bao.addr,
-    );
+    let mut yaml = vault_source_yaml(&bao.addr, &mount, &token, "  cache: {ttl: 2s}\n");
     for n in 0..50 {
         yaml.push_str(&format!(
             r#"---
@@ -474,30 +447,13 @@ async fn api_server_refusing_everything_for_20s_while_a_value_rotates() {
     }
     let fake = env.fake().unwrap();
     let bao = BaoAdmin::shared();
-    let mount = unique("e2e-outage");
-    bao.enable_kv(&mount, 2).await;
+    let (mount, token) = vault_mount_and_reader(&bao, "e2e-outage").await;
     bao.put_v2(&mount, "app/db", json!({"password": "before"}))
         .await;
-    let policy = unique("e2e-outage-read");
-    bao.read_policy(&policy, &mount).await;
-    let token = bao.token_with_policy(&policy).await;
     apply(
         &env,
         &format!(
-            r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: vault-token}}
-data: {{token: {token}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: vault}}
-spec:
-  vault:
-    server: {addr}
-    mount: {mount}
-    auth: {{token: {{secretRef: {{name: vault-token, key: token}}}}}}
+            r#"{source}
 ---
 apiVersion: secretsync.dev/v1alpha1
 kind: SecretBinding
@@ -525,8 +481,7 @@ spec:
             - name: PASSWORD
               valueFrom: {{secretKeyRef: {{name: db, key: password}}}}
 "#,
-            token = b64(&token),
-            addr = bao.addr,
+            source = vault_source_yaml(&bao.addr, &mount, &token, ""),
         ),
     )
     .await;

@@ -81,6 +81,11 @@ impl ConditionReason {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
+    /// Whether retrying soon may help (as opposed to waiting for a config change).
+    pub const fn is_transient(self) -> bool {
+        matches!(self, ConditionReason::BackendUnavailable)
+    }
+
     /// Whether `Ready` is `True` with this reason.
     pub const fn is_ready(self) -> bool {
         matches!(self, ConditionReason::Synced | ConditionReason::Valid)

@@ -126,12 +126,7 @@ impl Backend for EnvBackend {
     }
 
     async fn read(&self, req: &ReadRequest) -> Result<SecretValue, BackendError> {
-        if req.version.is_some() {
-            return Err(BackendError::invalid_config(format!(
-                "remote key {:?}: the env backend has no versions",
-                req.key
-            )));
-        }
+        req.unversioned(self.kind())?;
         let name = env_var_name(&self.prefix, &req.key);
         if !self.policy.allows(&name) {
             return Err(BackendError::access_denied(format!(

@@ -4,57 +4,10 @@ use std::fmt;
 
 use secretsync_api::ConditionReason;
 
-/// Condition reason of a backend failure (the subset of [`ConditionReason`] a backend can
-/// cause), as surfaced in `Ready=False` conditions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// The remote key (or version, or property) does not exist.
-    SecretNotFound,
-    /// The backend refused the credentials or the key is not allowed.
-    AccessDenied,
-    /// `property` or `extract` used on a value that is not a JSON object.
-    InvalidJson,
-    /// Network error, 5xx, throttling, sealed Vault: retried with backoff.
-    BackendUnavailable,
-    /// The source or binding configuration is wrong.
-    InvalidConfig,
-    /// Two remote keys map to one Secret key after sanitising.
-    KeyCollision,
-    /// A template does not parse or fails to render.
-    InvalidTemplate,
-}
-
-impl From<Reason> for ConditionReason {
-    fn from(r: Reason) -> Self {
-        match r {
-            Reason::SecretNotFound => ConditionReason::SecretNotFound,
-            Reason::AccessDenied => ConditionReason::AccessDenied,
-            Reason::InvalidJson => ConditionReason::InvalidJson,
-            Reason::BackendUnavailable => ConditionReason::BackendUnavailable,
-            Reason::InvalidConfig => ConditionReason::InvalidConfig,
-            Reason::KeyCollision => ConditionReason::KeyCollision,
-            Reason::InvalidTemplate => ConditionReason::InvalidTemplate,
-        }
-    }
-}
-
-impl Reason {
-    /// The condition reason string.
-    pub fn as_str(self) -> &'static str {
-        ConditionReason::from(self).as_str()
-    }
-
-    /// Whether retrying soon may help (as opposed to waiting for a config change).
-    pub fn is_transient(self) -> bool {
-        matches!(self, Reason::BackendUnavailable)
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Condition reason of a backend failure, as surfaced in `Ready=False` conditions. Backends
+/// use the taxonomy's subset: `SecretNotFound`, `AccessDenied`, `InvalidJson`,
+/// `BackendUnavailable`, `InvalidConfig`, `KeyCollision`, `InvalidTemplate`.
+pub type Reason = ConditionReason;
 
 /// A backend failure. `detail` strings are written by this crate and must never contain
 /// secret values; upstream error texts are only included when they cannot carry values

@@ -167,12 +167,7 @@ impl Backend for FileBackend {
     }
 
     async fn read(&self, req: &ReadRequest) -> Result<SecretValue, BackendError> {
-        if req.version.is_some() {
-            return Err(BackendError::invalid_config(format!(
-                "remote key {:?}: the file backend has no versions",
-                req.key
-            )));
-        }
+        req.unversioned(self.kind())?;
         match self.format {
             FileFormat::Dir => {
                 let p = self.key_path(&req.key)?;

@@ -44,6 +44,18 @@ impl ReadRequest {
             version: None,
         }
     }
+
+    /// `InvalidConfig` when the request pins a version on a backend that has none.
+    pub fn unversioned(&self, backend: BackendKind) -> Result<(), BackendError> {
+        match self.version {
+            None => Ok(()),
+            Some(_) => Err(BackendError::invalid_config(format!(
+                "remote key {:?}: the {} backend has no versions",
+                self.key,
+                backend.as_str()
+            ))),
+        }
+    }
 }
 
 /// A connection to one secret store, built once per source generation and shared.
@@ -84,12 +96,16 @@ pub trait Credentials: Send + Sync {
     }
 
     /// A token for `service_account` (the operator's own when `None`), for Vault
-    /// Kubernetes auth.
+    /// Kubernetes auth. Providers without a cluster have none.
     async fn service_account_token(
         &self,
-        service_account: Option<&str>,
-        audiences: &[String],
-    ) -> Result<SecretValue, BackendError>;
+        _service_account: Option<&str>,
+        _audiences: &[String],
+    ) -> Result<SecretValue, BackendError> {
+        Err(BackendError::invalid_config(
+            "no service account token is available",
+        ))
+    }
 }
 
 /// Credentials provider that has none: every lookup is `InvalidConfig`.
@@ -101,16 +117,6 @@ impl Credentials for NoCredentials {
         Err(BackendError::invalid_config(format!(
             "Secret {name:?} (key {key:?}) is not available"
         )))
-    }
-
-    async fn service_account_token(
-        &self,
-        _service_account: Option<&str>,
-        _audiences: &[String],
-    ) -> Result<SecretValue, BackendError> {
-        Err(BackendError::invalid_config(
-            "no service account token is available",
-        ))
     }
 }
 

@@ -57,14 +57,6 @@ impl Credentials for MapCredentials {
                 )
             })
     }
-
-    async fn service_account_token(
-        &self,
-        _service_account: Option<&str>,
-        _audiences: &[String],
-    ) -> Result<SecretValue, BackendError> {
-        Err(BackendError::invalid_config("no service account tokens"))
-    }
 }
 
 fn secret_ref() -> AwsSecretRef {

@@ -151,239 +151,77 @@ fn crd_list_schema() -> Value {
     }})
 }
 
-#[allow(clippy::too_many_arguments)]
-fn builtin(
-    group: &str,
-    version: &str,
-    plural: &str,
-    kind: &str,
-    short: &[&str],
-    namespaced: bool,
+/// Namespaced or cluster scoped.
+#[derive(Clone, Copy, PartialEq)]
+enum Scope {
+    Ns,
+    Cluster,
+}
+
+/// One built-in resource, as a row of [`builtins`].
+struct Builtin {
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    short: &'static [&'static str],
+    scope: Scope,
     status: bool,
     generation: bool,
     special: Special,
-    list_schema: Option<Value>,
-) -> ResourceDef {
-    ResourceDef {
-        group: group.into(),
-        versions: vec![version.into()],
-        plural: plural.into(),
-        singular: kind.to_lowercase(),
-        kind: kind.into(),
-        short_names: short.iter().map(|s| s.to_string()).collect(),
-        categories: if ["deployments", "statefulsets", "daemonsets"].contains(&plural) {
-            vec!["all".into()]
-        } else {
-            vec![]
-        },
-        namespaced,
-        status_subresource: status,
-        has_generation: generation,
-        return_deleted_object: false,
-        special,
-        schemas: BTreeMap::new(),
-        list_schema,
-        printer_columns: vec![],
+    list_schema: Option<fn() -> Value>,
+}
+
+impl Builtin {
+    fn def(&self) -> ResourceDef {
+        ResourceDef {
+            group: self.group.into(),
+            versions: vec![self.version.into()],
+            plural: self.plural.into(),
+            singular: self.kind.to_lowercase(),
+            kind: self.kind.into(),
+            short_names: self.short.iter().map(|s| s.to_string()).collect(),
+            categories: if ["deployments", "statefulsets", "daemonsets"].contains(&self.plural) {
+                vec!["all".into()]
+            } else {
+                vec![]
+            },
+            namespaced: self.scope == Scope::Ns,
+            status_subresource: self.status,
+            has_generation: self.generation,
+            return_deleted_object: false,
+            special: self.special,
+            schemas: BTreeMap::new(),
+            list_schema: self.list_schema.map(|f| f()),
+            printer_columns: vec![],
+        }
     }
 }
 
 /// The built-in resources.
 pub(crate) fn builtins() -> Vec<ResourceDef> {
-    use Special as S;
-    vec![
-        builtin(
-            "",
-            "v1",
-            "secrets",
-            "Secret",
-            &[],
-            true,
-            false,
-            false,
-            S::None,
-            None,
-        ),
-        builtin(
-            "",
-            "v1",
-            "configmaps",
-            "ConfigMap",
-            &["cm"],
-            true,
-            false,
-            false,
-            S::None,
-            None,
-        ),
-        builtin(
-            "",
-            "v1",
-            "serviceaccounts",
-            "ServiceAccount",
-            &["sa"],
-            true,
-            false,
-            false,
-            S::ServiceAccount,
-            None,
-        ),
-        builtin(
-            "",
-            "v1",
-            "events",
-            "Event",
-            &["ev"],
-            true,
-            false,
-            false,
-            S::None,
-            None,
-        ),
-        builtin(
-            "",
-            "v1",
-            "namespaces",
-            "Namespace",
-            &["ns"],
-            false,
-            true,
-            false,
-            S::Namespace,
-            None,
-        ),
-        builtin(
-            "events.k8s.io",
-            "v1",
-            "events",
-            "Event",
-            &["ev"],
-            true,
-            false,
-            false,
-            S::None,
-            None,
-        ),
-        builtin(
-            "apps",
-            "v1",
-            "deployments",
-            "Deployment",
-            &["deploy"],
-            true,
-            true,
-            true,
-            S::None,
-            Some(workload_schema()),
-        ),
-        builtin(
-            "apps",
-            "v1",
-            "statefulsets",
-            "StatefulSet",
-            &["sts"],
-            true,
-            true,
-            true,
-            S::None,
-            Some(workload_schema()),
-        ),
-        builtin(
-            "apps",
-            "v1",
-            "daemonsets",
-            "DaemonSet",
-            &["ds"],
-            true,
-            true,
-            true,
-            S::None,
-            Some(workload_schema()),
-        ),
-        builtin(
-            "coordination.k8s.io",
-            "v1",
-            "leases",
-            "Lease",
-            &[],
-            true,
-            false,
-            false,
-            S::None,
-            None,
-        ),
-        builtin(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "roles",
-            "Role",
-            &[],
-            true,
-            false,
-            false,
-            S::None,
-            None,
-        ),
-        builtin(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "rolebindings",
-            "RoleBinding",
-            &[],
-            true,
-            false,
-            false,
-            S::None,
-            None,
-        ),
-        builtin(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "clusterroles",
-            "ClusterRole",
-            &[],
-            false,
-            false,
-            false,
-            S::None,
-            None,
-        ),
-        builtin(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "clusterrolebindings",
-            "ClusterRoleBinding",
-            &[],
-            false,
-            false,
-            false,
-            S::None,
-            None,
-        ),
-        builtin(
-            "authentication.k8s.io",
-            "v1",
-            "tokenreviews",
-            "TokenReview",
-            &[],
-            false,
-            false,
-            false,
-            S::TokenReview,
-            None,
-        ),
-        builtin(
-            "apiextensions.k8s.io",
-            "v1",
-            "customresourcedefinitions",
-            "CustomResourceDefinition",
-            &["crd", "crds"],
-            false,
-            true,
-            true,
-            S::Crd,
-            Some(crd_list_schema()),
-        ),
-    ]
+    use Scope::{Cluster, Ns};
+    // One row per resource: a table reads better than formatted struct literals.
+    #[rustfmt::skip]
+    let table = [
+        Builtin { group: "", version: "v1", plural: "secrets", kind: "Secret", short: &[], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },
+        Builtin { group: "", version: "v1", plural: "configmaps", kind: "ConfigMap", short: &["cm"], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },
+        Builtin { group: "", version: "v1", plural: "serviceaccounts", kind: "ServiceAccount", short: &["sa"], scope: Ns, status: false, generation: false, special: Special::ServiceAccount, list_schema: None },
+        Builtin { group: "", version: "v1", plural: "events", kind: "Event", short: &["ev"], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },
+        Builtin { group: "", version: "v1", plural: "namespaces", kind: "Namespace", short: &["ns"], scope: Cluster, status: true, generation: false, special: Special::Namespace, list_schema: None },
+        Builtin { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", short: &["ev"], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },
+        Builtin { group: "apps", version: "v1", plural: "deployments", kind: "Deployment", short: &["deploy"], scope: Ns, status: true, generation: true, special: Special::None, list_schema: Some(workload_schema) },
+        Builtin { group: "apps", version: "v1", plural: "statefulsets", kind: "StatefulSet", short: &["sts"], scope: Ns, status: true, generation: true, special: Special::None, list_schema: Some(workload_schema) },
+        Builtin { group: "apps", version: "v1", plural: "daemonsets", kind: "DaemonSet", short: &["ds"], scope: Ns, status: true, generation: true, special: Special::None, list_schema: Some(workload_schema) },
+        Builtin { group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease", short: &[], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },
+        Builtin { group: "rbac.authorization.k8s.io", version: "v1", plural: "roles", kind: "Role", short: &[], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },
+        Builtin { group: "rbac.authorization.k8s.io", version: "v1", plural: "rolebindings", kind: "RoleBinding", short: &[], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },
+        Builtin { group: "rbac.authorization.k8s.io", version: "v1", plural: "clusterroles", kind: "ClusterRole", short: &[], scope: Cluster, status: false, generation: false, special: Special::None, list_schema: None },
+        Builtin { group: "rbac.authorization.k8s.io", version: "v1", plural: "clusterrolebindings", kind: "ClusterRoleBinding", short: &[], scope: Cluster, status: false, generation: false, special: Special::None, list_schema: None },
+        Builtin { group: "authentication.k8s.io", version: "v1", plural: "tokenreviews", kind: "TokenReview", short: &[], scope: Cluster, status: false, generation: false, special: Special::TokenReview, list_schema: None },
+        Builtin { group: "apiextensions.k8s.io", version: "v1", plural: "customresourcedefinitions", kind: "CustomResourceDefinition", short: &["crd", "crds"], scope: Cluster, status: true, generation: true, special: Special::Crd, list_schema: Some(crd_list_schema) },
+    ];
+    table.iter().map(Builtin::def).collect()
 }
 
 /// Parse a CRD object into the resource it defines.

@@ -265,13 +265,7 @@ impl FakeApiServer {
 
     /// The stored object, if any (`group` empty for core).
     pub fn object(&self, group: &str, plural: &str, ns: Option<&str>, name: &str) -> Option<Value> {
-        let inner = lock(&self.shared.inner);
-        let def = inner
-            .registry
-            .iter()
-            .find(|d| d.group == group && d.plural == plural)
-            .cloned()?;
-        inner.get(&def, ns, name).cloned()
+        self.inspect(group, plural, ns, name, Value::clone)
     }
 
     /// Runs `f` on the stored object, if any, without copying it (cheap enough to poll

@@ -58,16 +58,6 @@ impl Credentials for MapCredentials {
     async fn vault_token_fallback(&self) -> Option<SecretValue> {
         self.vault_token.as_deref().map(SecretValue::from)
     }
-
-    async fn service_account_token(
-        &self,
-        _service_account: Option<&str>,
-        _audiences: &[String],
-    ) -> Result<SecretValue, BackendError> {
-        Err(BackendError::invalid_config(
-            "no service account token in tests",
-        ))
-    }
 }
 
 pub fn token_auth() -> VaultAuth {

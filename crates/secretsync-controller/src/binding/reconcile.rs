@@ -46,7 +46,7 @@ impl From<kube::Error> for Stop {
 
 impl From<BackendError> for Stop {
     fn from(e: BackendError) -> Self {
-        Stop::Failed(e.reason.into(), e.message)
+        Stop::Failed(e.reason, e.message)
     }
 }
 

@@ -26,13 +26,7 @@ pub fn source_status(
             generation,
             now,
         ),
-        Err(e) => ready_condition(
-            prev_conditions,
-            e.reason.into(),
-            &e.message,
-            generation,
-            now,
-        ),
+        Err(e) => ready_condition(prev_conditions, e.reason, &e.message, generation, now),
     };
     let mut conditions: Vec<_> = prev_conditions
         .iter()
