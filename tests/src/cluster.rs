@@ -7,7 +7,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use secretsync_api::SecretBinding;
-use secretsync_testkit::harness::{TestEnv, wait_until};
+use secretsync_testkit::TestEnv;
+use secretsync_testkit::harness::wait_until;
 
 use crate::{Operator, WAIT};
 

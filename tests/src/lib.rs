@@ -9,10 +9,9 @@ pub mod operator;
 pub use cluster::*;
 pub use operator::*;
 pub use secretsync_testkit::bao::{BaoAdmin, count_audit_requests, shared_audit_log};
-pub use secretsync_testkit::harness::{
-    BaoServer, ChildProcess, TestEnv, WatchScope, free_port, wait_for, wait_until,
-};
+pub use secretsync_testkit::harness::{ChildProcess, free_port, wait_for, wait_until};
 pub use secretsync_testkit::names::{required_env, unique};
+pub use secretsync_testkit::{BaoServer, TestEnv, WatchScope};
 
 use std::time::Duration;
 

@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use secretsync_testkit::harness::{
-    ChildProcess, OperatorIdentity, TestEnv, WatchScope, free_port, wait_until,
-};
+use secretsync_testkit::harness::{ChildProcess, free_port, wait_until};
+use secretsync_testkit::{OperatorIdentity, TestEnv, WatchScope};
 use serde_json::{Value, json};
 
 use crate::{WAIT, http_get};

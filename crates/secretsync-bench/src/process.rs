@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use secretsync_testkit::harness::{BaoServer, ChildProcess, free_port};
+use secretsync_testkit::BaoServer;
+use secretsync_testkit::harness::{ChildProcess, free_port};
 
 use crate::config::Args;
 use crate::probe::{self, ProcSample};

@@ -16,7 +16,7 @@ use crate::managed::ManagedSecrets;
 use crate::metrics::Metrics;
 use crate::rollout::RolloutState;
 use crate::runtime::{ApiHealth, ObjKey, Queue, Store};
-use crate::source::SourceRegistry;
+use crate::source::registry::SourceRegistry;
 
 /// Everything reconcilers share.
 pub struct Ctx {

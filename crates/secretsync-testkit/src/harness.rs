@@ -1,6 +1,6 @@
 //! End-to-end harness: child processes that are always killed (even when a test panics)
-//! and capture their output, polling helpers, launchers for OpenBao and moto, and (from
-//! [`crate::env`]) the test environment: the fake API server or a real cluster.
+//! and capture their output, polling helpers and the moto launcher. The test environment
+//! (fake API server or real cluster) is in the `env` module, OpenBao in `bao`.
 
 use std::future::Future;
 use std::io::Read;
@@ -13,7 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::server::TestkitError;
 
-pub use crate::env::E2E_KUBECONFIG_ENV;
 /// Environment variable overriding the `bao` binary.
 pub const BAO_BIN_ENV: &str = "SECRETSYNC_BAO_BIN";
 /// Environment variable overriding the `moto_server` binary.
@@ -218,119 +217,6 @@ pub fn find_binary(env_var: &str, name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// An OpenBao dev server (`bao server -dev`), killed on drop.
-#[derive(Debug)]
-pub struct BaoServer {
-    /// `http://127.0.0.1:PORT` (`https://` for [`BaoServer::start_tls`]).
-    pub address: String,
-    /// The root token (`root`).
-    pub root_token: String,
-    /// The process.
-    pub process: ChildProcess,
-    /// PEM of the CA the dev server generated for its certificate (TLS servers only).
-    ca_pem: Option<String>,
-    /// `$HOME` of the process (the dev server writes a token helper file there) and, with
-    /// TLS, the folder of its generated certificates.
-    _home: tempfile::TempDir,
-}
-
-/// File name of the CA certificate `bao server -dev-tls` writes into its cert dir.
-const BAO_DEV_CA_FILE: &str = "vault-ca.pem";
-
-impl BaoServer {
-    /// Start a dev server on a free port and wait until `/v1/sys/health` answers 200.
-    /// `Err(Unsupported)` when no `bao` binary is available.
-    pub async fn start() -> Result<Self, TestkitError> {
-        Self::start_with_args(&[]).await
-    }
-
-    /// Like [`BaoServer::start`], with extra arguments (e.g. `-config FILE`).
-    pub async fn start_with_args(extra: &[&str]) -> Result<Self, TestkitError> {
-        Self::launch(extra, false).await
-    }
-
-    /// Like [`BaoServer::start`], but serving HTTPS (`-dev-tls`) with a certificate for
-    /// 127.0.0.1 signed by a CA the server generates; [`BaoServer::ca_pem`] returns that CA,
-    /// and [`BaoServer::admin`] trusts it.
-    pub async fn start_tls() -> Result<Self, TestkitError> {
-        Self::launch(&[], true).await
-    }
-
-    /// PEM of the CA that signed the server's certificate; `None` for plain HTTP.
-    pub fn ca_pem(&self) -> Option<&str> {
-        self.ca_pem.as_deref()
-    }
-
-    async fn launch(extra: &[&str], tls: bool) -> Result<Self, TestkitError> {
-        let bin = find_binary(BAO_BIN_ENV, "bao").ok_or_else(|| {
-            TestkitError::Unsupported(format!(
-                "no bao binary (set {BAO_BIN_ENV} or put it on PATH)"
-            ))
-        })?;
-        let port = free_port()?;
-        let listen = format!("127.0.0.1:{port}");
-        let home = tempfile::tempdir()?;
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "server",
-            "-dev",
-            "-dev-root-token-id=root",
-            &format!("-dev-listen-address={listen}"),
-        ])
-        .args(extra)
-        .env("HOME", home.path());
-        if tls {
-            cmd.arg("-dev-tls")
-                .arg(format!("-dev-tls-cert-dir={}", home.path().display()));
-        }
-        let mut process = ChildProcess::spawn(cmd)?;
-        let ca_file = home.path().join(BAO_DEV_CA_FILE);
-        // Ready: `Some(ca_pem)` for TLS, `None` for plain HTTP.
-        let ready = wait_until(Duration::from_secs(30), || {
-            let listen = listen.clone();
-            let ca_file = ca_file.clone();
-            async move {
-                if tls {
-                    https_health(&listen, &ca_file).await
-                } else {
-                    (http_status(&listen, "/v1/sys/health").await == Some(200)).then_some(None)
-                }
-            }
-        })
-        .await;
-        let ca_pem = match ready {
-            Ok(ca_pem) if process.is_running() => ca_pem,
-            _ => {
-                return Err(TestkitError::Other(format!(
-                    "bao did not become ready; output:\n{}",
-                    process.output()
-                )));
-            }
-        };
-        let scheme = if tls { "https" } else { "http" };
-        Ok(Self {
-            address: format!("{scheme}://{listen}"),
-            root_token: "root".into(),
-            process,
-            ca_pem,
-            _home: home,
-        })
-    }
-}
-
-/// `Some(Some(ca_pem))` once `https://listen/v1/sys/health` answers 200 over TLS verified
-/// with the CA in `ca_file` (which the dev server writes shortly after starting).
-async fn https_health(listen: &str, ca_file: &std::path::Path) -> Option<Option<String>> {
-    let pem = std::fs::read_to_string(ca_file).ok()?;
-    let client = crate::bao::http_client(Some(&pem), Duration::from_secs(2)).ok()?;
-    let resp = client
-        .get(format!("https://{listen}/v1/sys/health"))
-        .send()
-        .await
-        .ok()?;
-    (resp.status().as_u16() == 200).then_some(Some(pem))
-}
-
 /// A moto server (AWS emulator), killed on drop.
 #[derive(Debug)]
 pub struct MotoServer {
@@ -371,5 +257,3 @@ impl MotoServer {
         })
     }
 }
-
-pub use crate::env::{OperatorIdentity, TestEnv, WatchScope};

@@ -30,6 +30,8 @@ mod store;
 mod util;
 mod validation;
 
+pub use bao::BaoServer;
+pub use env::{E2E_KUBECONFIG_ENV, OperatorIdentity, TestEnv, WatchScope};
 pub use rbac::ADMIN_TOKEN;
 pub use server::{FakeApiServer, Options, TestkitError, kubeconfig_for, kubeconfig_with_token};
 pub use status::{ApiError, Cause, Details};

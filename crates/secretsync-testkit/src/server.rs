@@ -96,10 +96,12 @@ impl FakeApiServer {
     pub async fn start_with(opts: Options) -> Result<Self, TestkitError> {
         let listener = tokio::net::TcpListener::bind(opts.listen).await?;
         let addr = listener.local_addr()?;
+        let mut inner = Inner::new(opts.history_limit);
+        inner.seed(crate::rbac::bootstrap_policy());
         let (paused, _) = watch::channel(false);
         let (close_epoch, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner::new(opts.history_limit)),
+            inner: Mutex::new(inner),
             counts: Mutex::new(BTreeMap::new()),
             agent_calls: Mutex::new(BTreeMap::new()),
             faults: Mutex::new(Faults::default()),

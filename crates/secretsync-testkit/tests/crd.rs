@@ -7,7 +7,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{GroupVersionKind, Status};
 use kube::discovery::Discovery;
-use secretsync_testkit::harness::{TestEnv, wait_for};
+use secretsync_testkit::TestEnv;
+use secretsync_testkit::harness::wait_for;
 use serde_json::json;
 
 fn api_err(e: kube::Error) -> Status {

@@ -6,9 +6,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams};
 use secretsync_testkit::TestkitError;
-use secretsync_testkit::harness::{
-    BaoServer, ChildProcess, MotoServer, TestEnv, http_status, wait_for, wait_until,
-};
+use secretsync_testkit::harness::{ChildProcess, MotoServer, http_status, wait_for, wait_until};
+use secretsync_testkit::{BaoServer, TestEnv};
 
 #[tokio::test]
 async fn wait_for_times_out_and_succeeds() {

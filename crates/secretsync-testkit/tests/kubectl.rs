@@ -2,7 +2,8 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use secretsync_testkit::harness::{TestEnv, find_binary};
+use secretsync_testkit::TestEnv;
+use secretsync_testkit::harness::find_binary;
 
 async fn kubectl(env: &TestEnv, bin: &std::path::Path, args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new(bin)

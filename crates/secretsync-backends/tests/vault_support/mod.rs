@@ -4,7 +4,7 @@
 //!
 //! Server access, test data and request counting come from `secretsync_testkit::bao`
 //! (`BaoAdmin`, `count_audit_requests`, `shared_audit_log`) and private servers from
-//! `secretsync_testkit::harness::BaoServer`; this module adds what only the Vault backend
+//! `secretsync_testkit::BaoServer`; this module adds what only the Vault backend
 //! tests need:
 //!
 //! - [`bao_addr`], [`root_token`]: the shared server; they panic with instructions when

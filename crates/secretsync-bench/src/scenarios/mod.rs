@@ -9,8 +9,8 @@ mod steady;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use secretsync_testkit::BaoServer;
 use secretsync_testkit::bao::BaoAdmin;
-use secretsync_testkit::harness::BaoServer;
 use secretsync_testkit::{FakeApiServer, Options};
 use serde_json::{Value, json};
 

@@ -91,30 +91,40 @@ impl Inner {
             manager: "fake-apiserver".into(),
             ..Default::default()
         };
-        for obj in crate::rbac::bootstrap_policy() {
-            let plural = match obj.get("kind").and_then(Value::as_str) {
-                Some("ClusterRole") => "clusterroles",
-                _ => "clusterrolebindings",
-            };
-            if let Some(def) = s.find("rbac.authorization.k8s.io", "v1", plural) {
-                let _ = s.create(&def, "v1", None, obj, &system);
-            }
-        }
         for ns in ["default", "kube-system", "kube-public"] {
             if let Some(def) = s.find("", "v1", "namespaces") {
-                let _ = s.create(
-                    &def,
-                    "v1",
-                    None,
-                    json!({"metadata": {"name": ns}}),
-                    &WriteOpts {
-                        manager: "fake-apiserver".into(),
-                        ..Default::default()
-                    },
-                );
+                let _ = s.create(&def, "v1", None, json!({"metadata": {"name": ns}}), &system);
             }
         }
         s
+    }
+
+    /// Stores cluster-scoped objects as the server itself (the default policy of a new
+    /// cluster, say); objects of unknown kinds are skipped.
+    pub fn seed(&mut self, objects: Vec<Value>) {
+        let system = WriteOpts {
+            manager: "fake-apiserver".into(),
+            ..Default::default()
+        };
+        for obj in objects {
+            let av = obj
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+            let (group, version) = av.split_once('/').unwrap_or(("", av));
+            let def = self
+                .registry
+                .iter()
+                .find(|d| {
+                    d.group == group && d.kind == kind && d.versions.iter().any(|v| v == version)
+                })
+                .cloned();
+            if let Some(def) = def {
+                let version = version.to_owned();
+                let _ = self.create(&def, &version, None, obj, &system);
+            }
+        }
     }
 
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceDef>> {
