@@ -103,6 +103,7 @@ impl FakeApiServer {
         let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
             counts: Mutex::new(BTreeMap::new()),
+            group_counts: Mutex::new(BTreeMap::new()),
             agent_calls: Mutex::new(BTreeMap::new()),
             faults: Mutex::new(Faults::default()),
             paused,
@@ -156,6 +157,12 @@ impl FakeApiServer {
         lock(&self.shared.counts).clone()
     }
 
+    /// Requests seen so far per (verb, API group, resource); the group is `""` for core,
+    /// e.g. `("create", "events.k8s.io", "events")` next to `("create", "", "events")`.
+    pub fn counts_by_group(&self) -> BTreeMap<(String, String, String), u64> {
+        lock(&self.shared.group_counts).clone()
+    }
+
     /// Requests seen so far for one verb and resource.
     pub fn count(&self, verb: &str, resource: &str) -> u64 {
         lock(&self.shared.counts)
@@ -197,6 +204,7 @@ impl FakeApiServer {
     /// Reset the request counters.
     pub fn reset_counts(&self) {
         lock(&self.shared.counts).clear();
+        lock(&self.shared.group_counts).clear();
         lock(&self.shared.agent_calls).clear();
     }
 

@@ -568,6 +568,17 @@ async fn kube_event_recorder_creates_then_patches() {
     let list = events.list(&ListParams::default()).await.unwrap();
     assert_eq!(list.items.len(), 1);
     assert_eq!(list.items[0].reason.as_deref(), Some("Synced"));
+    // the recorder writes events.k8s.io events; the per-group counts tell them from core ones
+    let by_group = server.counts_by_group();
+    let n = |verb: &str, group: &str| {
+        by_group
+            .get(&(verb.to_owned(), group.to_owned(), "events".to_owned()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!((n("create", "events.k8s.io"), n("create", "")), (1, 0));
+    assert_eq!((n("patch", "events.k8s.io"), n("patch", "")), (1, 0));
+    assert_eq!(n("list", "events.k8s.io"), 1);
 }
 
 #[tokio::test]

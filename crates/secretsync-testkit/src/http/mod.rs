@@ -38,6 +38,9 @@ use crate::store::Inner;
 pub(crate) struct Shared {
     pub inner: Mutex<Inner>,
     pub counts: Mutex<BTreeMap<(String, String), u64>>,
+    /// Requests per (verb, API group, resource), for resources served under more than one
+    /// group (core and events.k8s.io `events`).
+    pub group_counts: Mutex<BTreeMap<(String, String, String), u64>>,
     /// Requests per (User-Agent, user, verb, resource), so tests can tell one client's
     /// calls from another's and check who made them.
     pub agent_calls: Mutex<BTreeMap<(String, String, String, String), u64>>,
@@ -102,6 +105,9 @@ fn authorize(sh: &Shared, info: &RequestInfo, headers: &HeaderMap) -> Result<Use
         let resource = info.combined_resource();
         *lock(&sh.counts)
             .entry((info.verb.clone(), resource.clone()))
+            .or_default() += 1;
+        *lock(&sh.group_counts)
+            .entry((info.verb.clone(), info.group.clone(), resource.clone()))
             .or_default() += 1;
         let agent = headers
             .get(header::USER_AGENT)

@@ -20,6 +20,7 @@ pub(super) fn serve(sh: &Shared, method: &Method, rest: &str, bytes: &[u8]) -> R
         ("GET", "counts") => json_response(200, &counts_json(&lock(&sh.counts))),
         ("POST", "counts/reset") => {
             lock(&sh.counts).clear();
+            lock(&sh.group_counts).clear();
             lock(&sh.agent_calls).clear();
             empty_ok()
         }
