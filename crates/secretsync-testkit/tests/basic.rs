@@ -529,6 +529,59 @@ async fn latency_and_pause() {
 }
 
 #[tokio::test]
+async fn latency_holds_no_lock_and_overlaps() {
+    let (server, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "l");
+    let secrets: Api<Secret> = Api::namespaced(client, "l");
+    cms.create(&PostParams::default(), &cm("c")).await.unwrap();
+    let delay = Duration::from_secs(3);
+    server.add_latency("patch", "configmaps", delay, None);
+    let patch = json!({"data": {"a": "2"}});
+    let slow = tokio::spawn({
+        let cms = cms.clone();
+        async move {
+            cms.patch("c", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        }
+    });
+    // the patch is counted, then sleeps out its delay
+    wait_for(Duration::from_secs(5), || async {
+        server.count("patch", "configmaps") == 1
+    })
+    .await
+    .unwrap();
+    // meanwhile reads, other writes and the in-process store are served
+    cms.get("c").await.unwrap();
+    secrets
+        .create(&PostParams::default(), &secret("s", &[]))
+        .await
+        .unwrap();
+    assert!(server.object("", "configmaps", Some("l"), "c").is_some());
+    assert!(!slow.is_finished(), "the delayed patch finished too early");
+    assert_eq!(slow.await.unwrap().unwrap().data.unwrap()["a"], "2");
+
+    // delays of concurrent requests overlap rather than queue behind each other
+    let t = Instant::now();
+    let patches = (0..8).map(|n| {
+        let cms = cms.clone();
+        async move {
+            let p = json!({"data": {"a": n.to_string()}});
+            cms.patch("c", &PatchParams::default(), &Patch::Merge(&p))
+                .await
+        }
+    });
+    for r in futures::future::join_all(patches).await {
+        r.unwrap();
+    }
+    assert!(t.elapsed() >= delay);
+    assert!(
+        t.elapsed() < delay * 4,
+        "8 delayed patches took {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn method_not_allowed() {
     let (_s, client) = setup().await;
     let req = http::Request::builder()

@@ -69,7 +69,10 @@ impl Faults {
 }
 
 /// Applies the fault rules to a request: waits out its delay, and returns the injected
-/// error response if a rule fails it.
+/// error response if a rule fails it. Called before the handler takes the store lock, and
+/// the faults guard is a temporary of the first statement, so the delay holds no lock:
+/// other requests are served meanwhile and concurrent delays overlap, as on a real server
+/// whose writes are slow (tested in `tests/basic.rs`).
 pub(super) async fn inject(sh: &Shared, verb: &str, resource: &str) -> Option<Response> {
     let (fail, delay) = lock(&sh.faults).take(verb, resource);
     if !delay.is_zero() {
