@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use serde_json::{Value, json};
 
-use crate::world;
+use crate::world::{self, Keys};
 
 /// Benchmarks of the secretsync operator (see BENCHMARKS.md).
 #[derive(Parser, Debug, Clone)]
@@ -34,20 +34,81 @@ pub struct Args {
     /// `--restart-debounce` of the operator.
     #[arg(long, default_value = "1s")]
     pub restart_debounce: String,
-    /// `--concurrency` of the operator.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
-    /// `spec.cache.ttl` of every SecretSource.
+    /// `--concurrency` of the operator: 16 when not given in the idle, cold-small, main
+    /// and unrelated runs; the runs with the operator's defaults (nocache, heartbeat0,
+    /// shared, latency) pass it only when given.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// `spec.cache.ttl` of every SecretSource in the idle, cold-small, main and unrelated
+    /// runs (the other runs' sources have no `spec.cache`).
     #[arg(long, default_value = "60s")]
     pub cache_ttl: String,
-    /// Runs to do (comma-separated): idle, cold-small, main, unrelated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "idle,cold-small,main,unrelated"
-    )]
+    /// Length of the steady-state window of the nocache and heartbeat0 runs each.
+    #[arg(long, default_value = "3m")]
+    pub nocache_steady: String,
+    /// Length of the steady-state window of the shared run.
+    #[arg(long, default_value = "3m")]
+    pub shared_steady: String,
+    /// Delay the fake API server adds to every write (create, update, patch, delete) in
+    /// the latency run.
+    #[arg(long, default_value = "25ms")]
+    pub write_latency: String,
+    /// Runs to do (comma-separated), in this order: idle, cold-small, main, unrelated,
+    /// nocache, heartbeat0, shared, latency.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_RUNS)]
     pub runs: Vec<String>,
 }
+
+/// Every run, in the order `make bench` does them.
+pub const DEFAULT_RUNS: &str = "idle,cold-small,main,unrelated,nocache,heartbeat0,shared,latency";
+
+impl Args {
+    /// Checks the durations and run names before anything starts, so a typo does not
+    /// surface twenty minutes into a run.
+    pub fn validate(&self) -> Result<()> {
+        for d in [
+            &self.steady,
+            &self.settle,
+            &self.restart_debounce,
+            &self.cache_ttl,
+            &self.nocache_steady,
+            &self.shared_steady,
+            &self.write_latency,
+        ] {
+            parse_dur(d)?;
+        }
+        let known: Vec<&str> = DEFAULT_RUNS.split(',').collect();
+        if let Some(bad) = self.runs.iter().find(|r| !known.contains(&r.as_str())) {
+            anyhow::bail!("unknown run {bad:?} (runs: {DEFAULT_RUNS})");
+        }
+        Ok(())
+    }
+
+    /// Flags of the runs that keep the original bench's settings: restart debounce and
+    /// concurrency (16 unless `--concurrency` says otherwise).
+    pub fn main_flags(&self) -> Vec<String> {
+        vec![
+            "--restart-debounce".into(),
+            self.restart_debounce.clone(),
+            "--concurrency".into(),
+            self.concurrency.unwrap_or(MAIN_CONCURRENCY).to_string(),
+        ]
+    }
+
+    /// Flags of the runs with the operator's defaults: none, apart from `--concurrency`
+    /// when it was given to the bench.
+    pub fn default_flags(&self) -> Vec<String> {
+        match self.concurrency {
+            Some(c) => vec!["--concurrency".into(), c.to_string()],
+            None => Vec::new(),
+        }
+    }
+}
+
+/// `--concurrency` of the main runs when the bench is not given one.
+pub const MAIN_CONCURRENCY: usize = 16;
+/// Write verbs the latency run delays.
+pub const WRITE_VERBS: [&str; 4] = ["create", "update", "patch", "delete"];
 
 /// `refreshInterval` of every binding.
 pub const REFRESH: &str = "60s";
@@ -60,18 +121,23 @@ pub const ROTATION_DEPLOYMENTS: usize = 50;
 /// Bindings created in a burst by the new-bindings scenario.
 pub const NEW_BINDINGS: usize = 100;
 
-/// Object counts at a scale.
+/// Object counts at a scale, which keys the bindings read, and whether the sources
+/// cache.
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {
     pub namespaces: usize,
     pub per_namespace: usize,
     pub unrelated_secrets: usize,
     pub unrelated_deployments: usize,
+    pub keys: Keys,
+    /// Whether every SecretSource has `spec.cache.ttl` (= `--cache-ttl`).
+    pub cached: bool,
 }
 
 impl Layout {
     /// The main layout at `scale` (100 bindings per namespace) and the small one of the
-    /// first cold start (10 per namespace, same namespaces).
+    /// first cold start (10 per namespace, same namespaces); both with disjoint keys per
+    /// namespace and cached sources.
     pub fn at_scale(scale: f64) -> (Layout, Layout) {
         let scaled = |n: f64| ((n * scale).round() as usize).max(1);
         let large = Layout {
@@ -79,6 +145,8 @@ impl Layout {
             per_namespace: 100,
             unrelated_secrets: scaled(50_000.0),
             unrelated_deployments: scaled(5_000.0),
+            keys: Keys::PerNamespace,
+            cached: true,
         };
         let small = Layout {
             per_namespace: 10,
@@ -87,11 +155,57 @@ impl Layout {
         (large, small)
     }
 
+    /// The same layout with sources that have no `spec.cache`.
+    pub fn without_cache(self) -> Layout {
+        Layout {
+            cached: false,
+            ..self
+        }
+    }
+
+    /// The same layout, without cache, with every namespace reading the same keys.
+    pub fn sharing_keys(self) -> Layout {
+        Layout {
+            keys: Keys::Shared,
+            ..self.without_cache()
+        }
+    }
+
     pub fn bindings(&self) -> usize {
         self.namespaces * self.per_namespace
     }
+    /// Distinct remote keys (paths in OpenBao) the bindings read.
     pub fn remote_keys(&self) -> usize {
+        match self.keys {
+            Keys::PerNamespace => self.namespaces * world::KEYS_PER_NAMESPACE,
+            Keys::Shared => world::KEYS_PER_NAMESPACE,
+        }
+    }
+    /// Distinct (source, remote key) pairs: the most per-source caches can coalesce to.
+    pub fn source_key_pairs(&self) -> usize {
         self.namespaces * world::KEYS_PER_NAMESPACE
+    }
+    /// How the bindings, sources and keys are laid out, in words.
+    pub fn describe(&self, cache_ttl: &str) -> String {
+        let keys = match self.keys {
+            Keys::PerNamespace => "namespaces read disjoint keys".to_string(),
+            Keys::Shared => format!(
+                "every namespace reads the same {} keys: {} (source, key) pairs",
+                world::KEYS_PER_NAMESPACE,
+                self.source_key_pairs()
+            ),
+        };
+        let cache = if self.cached {
+            format!("cache ttl {cache_ttl}")
+        } else {
+            "no spec.cache".to_string()
+        };
+        format!(
+            "{} / {} / {} (one SecretSource per namespace, {keys}; {cache}, refresh {REFRESH})",
+            self.bindings(),
+            self.namespaces,
+            self.remote_keys()
+        )
     }
     pub fn json(&self) -> Value {
         json!({
@@ -100,8 +214,14 @@ impl Layout {
             "bindings": self.bindings(),
             "secret_keys_per_binding": world::KEYS_PER_NAMESPACE * world::PROPERTIES.len(),
             "remote_keys_per_binding": world::KEYS_PER_NAMESPACE,
+            "keys": match self.keys {
+                Keys::PerNamespace => "per-namespace",
+                Keys::Shared => "shared",
+            },
             "distinct_remote_keys": self.remote_keys(),
+            "distinct_source_key_pairs": self.source_key_pairs(),
             "sources": self.namespaces,
+            "sources_have_cache": self.cached,
             "unrelated_secrets": self.unrelated_secrets,
             "unrelated_deployments": self.unrelated_deployments,
         })

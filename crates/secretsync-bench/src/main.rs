@@ -31,7 +31,10 @@ use serde_json::json;
 use crate::config::{Args, Layout};
 use crate::probe::AuditCounter;
 use crate::report::{Report, mib};
-use crate::scenarios::{Bench, run_cold_small, run_idle, run_main, run_unrelated};
+use crate::scenarios::{
+    Bench, comparison_tables, run_cold_small, run_heartbeat0, run_idle, run_latency, run_main,
+    run_nocache, run_shared, run_unrelated,
+};
 
 fn main() -> Result<()> {
     let mut args = Args::parse();
@@ -42,6 +45,7 @@ fn main() -> Result<()> {
         );
     }
     args.operator = args.operator.canonicalize()?;
+    args.validate()?;
     // `make bench` runs under scripts/test-servers.sh, which exports the bao binary.
     if find_binary(BAO_BIN_ENV, "bao").is_none() {
         bail!("no bao binary: set {BAO_BIN_ENV} or run through `make bench`");
@@ -72,6 +76,8 @@ async fn bench(args: Args) -> Result<()> {
         dir,
         report: Report::default(),
         results: serde_json::Map::new(),
+        cold_starts: Vec::new(),
+        steadies: Vec::new(),
         args: args.clone(),
     };
     b.report.row(
@@ -81,15 +87,27 @@ async fn bench(args: Args) -> Result<()> {
         "",
     );
     b.results.insert("binary_size_bytes".into(), json!(size));
+    // A failed run is reported and the next one still runs: one missing flag in the
+    // operator must not throw away twenty minutes of figures.
+    let mut failed = Vec::new();
     for run in &args.runs {
-        match run.as_str() {
-            "idle" => run_idle(&mut b).await?,
-            "cold-small" => run_cold_small(&mut b, small).await?,
-            "main" => run_main(&mut b, large).await?,
-            "unrelated" => run_unrelated(&mut b, large).await?,
-            other => bail!("unknown run {other:?}"),
+        let done = match run.as_str() {
+            "idle" => run_idle(&mut b).await,
+            "cold-small" => run_cold_small(&mut b, small).await,
+            "main" => run_main(&mut b, large).await,
+            "unrelated" => run_unrelated(&mut b, large).await,
+            "nocache" => run_nocache(&mut b, large).await,
+            "heartbeat0" => run_heartbeat0(&mut b, large).await,
+            "shared" => run_shared(&mut b, large).await,
+            "latency" => run_latency(&mut b, large).await,
+            other => Err(anyhow::anyhow!("unknown run {other:?}")),
+        };
+        if let Err(e) = done {
+            b.report.row("Failed runs", run, format!("{e:#}"), "");
+            failed.push(run.clone());
         }
     }
+    comparison_tables(&mut b);
     let md = b.report.markdown();
     println!("\n# secretsync benchmark (scale {s})\n{md}");
     let out = json!({
@@ -98,6 +116,7 @@ async fn bench(args: Args) -> Result<()> {
         "load_average_at_end": probe::load_average(),
         "duration_s": started.elapsed().as_secs_f64(),
         "args": format!("{args:?}"),
+        "failed_runs": failed,
         "results": b.results,
     });
     let json_path = args.out_dir.join("results.json");
@@ -109,6 +128,9 @@ async fn bench(args: Args) -> Result<()> {
         started.elapsed().as_secs_f64(),
         b.bao.process.id()
     );
+    if !failed.is_empty() {
+        bail!("runs failed: {}", failed.join(", "));
+    }
     Ok(())
 }
 

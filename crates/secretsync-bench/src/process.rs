@@ -10,25 +10,34 @@ use anyhow::{Context, Result};
 use secretsync_testkit::BaoServer;
 use secretsync_testkit::harness::{ChildProcess, free_port};
 
-use crate::config::Args;
 use crate::probe::{self, ProcSample};
 
 /// The operator process plus a background sampler of its /proc figures.
 pub struct Operator {
     process: ChildProcess,
     pub started: Instant,
+    /// The flags it got besides the operator namespace and the addresses.
+    pub flags: Vec<String>,
     metrics_addr: String,
     samples: Arc<Mutex<Vec<(f64, ProcSample)>>>,
     sampler: tokio::task::JoinHandle<()>,
 }
 
 impl Operator {
-    /// Starts `secretsync run` against the kubeconfig at `kubeconfig`, with the flags of
-    /// `args`, and samples it every 250 ms (`tck` = clock ticks per second).
-    pub fn spawn(args: &Args, kubeconfig: &Path, tck: f64) -> Result<Operator> {
+    /// Starts `secretsync run` (binary `operator`) against the kubeconfig at `kubeconfig`
+    /// with `flags` after the ones every run needs (operator namespace, metrics and health
+    /// addresses), and samples it every 250 ms (`tck` = clock ticks per second). Neither
+    /// `RUST_LOG` nor any `SECRETSYNC_*` variable of the bench's environment reaches it, so
+    /// every flag not passed is the operator's default.
+    pub fn spawn(
+        operator: &Path,
+        flags: &[String],
+        kubeconfig: &Path,
+        tck: f64,
+    ) -> Result<Operator> {
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
         let health_addr = format!("127.0.0.1:{}", free_port()?);
-        let mut cmd = Command::new(&args.operator);
+        let mut cmd = Command::new(operator);
         cmd.args([
             "run",
             "--operator-namespace",
@@ -37,13 +46,15 @@ impl Operator {
             &metrics_addr,
             "--health-addr",
             &health_addr,
-            "--restart-debounce",
-            &args.restart_debounce,
-            "--concurrency",
-            &args.concurrency.to_string(),
         ])
+        .args(flags)
         .env("KUBECONFIG", kubeconfig)
         .env_remove("RUST_LOG");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SECRETSYNC_") {
+                cmd.env_remove(name);
+            }
+        }
         let process = ChildProcess::spawn(cmd)?;
         let started = Instant::now();
         let samples = Arc::new(Mutex::new(Vec::new()));
@@ -62,14 +73,36 @@ impl Operator {
         Ok(Operator {
             process,
             started,
+            flags: flags.to_vec(),
             metrics_addr,
             samples,
             sampler,
         })
     }
 
+    /// Its flags as printed: `none (the operator's defaults)` when there are none.
+    pub fn flags_text(&self) -> String {
+        if self.flags.is_empty() {
+            "none (the operator's defaults)".into()
+        } else {
+            self.flags.join(" ")
+        }
+    }
+
     fn pid(&self) -> u32 {
         self.process.id()
+    }
+
+    /// `Some(how it ended and the end of its log)` once the operator has exited.
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.process.try_wait()?;
+        let log = self.process.stderr();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Some(format!(
+            "{status}; last lines of its log:\n{}",
+            tail.join("\n")
+        ))
     }
 
     /// A sample taken now.
@@ -131,6 +164,14 @@ impl Operator {
         }
         self.process.kill();
         self.process.stderr()
+    }
+}
+
+impl Drop for Operator {
+    /// A run that fails half-way drops its operator: the sampler must not outlive it (the
+    /// process itself is killed by [`ChildProcess`]'s own drop).
+    fn drop(&mut self) {
+        self.sampler.abort();
     }
 }
 

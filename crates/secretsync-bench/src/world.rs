@@ -29,6 +29,30 @@ pub fn remote_key(i: usize, r: usize) -> String {
     format!("bench/k{:04}", i * KEYS_PER_NAMESPACE + r)
 }
 
+/// Remote key `r` of the layout whose namespaces all read the same keys.
+pub fn shared_key(r: usize) -> String {
+    format!("bench/shared/k{r}")
+}
+
+/// Which remote keys a namespace's bindings read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// Namespace `i` reads [`remote_key`]`(i, 0..5)`: disjoint keys per namespace.
+    PerNamespace,
+    /// Every namespace reads [`shared_key`]`(0..5)`, each through its own source.
+    Shared,
+}
+
+impl Keys {
+    /// Remote key `r` read by the bindings of namespace `i`.
+    pub fn key(self, i: usize, r: usize) -> String {
+        match self {
+            Keys::PerNamespace => remote_key(i, r),
+            Keys::Shared => shared_key(r),
+        }
+    }
+}
+
 /// Binding `j` of a namespace (also its Secret's name).
 pub fn binding_name(j: usize) -> String {
     format!("b-{j:04}")
@@ -66,9 +90,21 @@ pub fn put(server: &FakeApiServer, v: &Value) -> Result<()> {
     Ok(())
 }
 
-/// The token Secret and the SecretSource of namespace `ns`.
-pub fn source_objects(ns: &str, bao_addr: &str, cache_ttl: &str) -> Vec<Value> {
+/// The token Secret and the SecretSource of namespace `ns`; `cache_ttl` is its
+/// `spec.cache.ttl`, `None` for a source without `spec.cache` (what users get by default).
+pub fn source_objects(ns: &str, bao_addr: &str, cache_ttl: Option<&str>) -> Vec<Value> {
     let token = base64::engine::general_purpose::STANDARD.encode("root");
+    let mut spec = json!({
+        "vault": {
+            "server": bao_addr,
+            "mount": "secret",
+            "kvVersion": 2,
+            "auth": {"token": {"secretRef": {"name": TOKEN_SECRET, "key": "token"}}},
+        },
+    });
+    if let Some(ttl) = cache_ttl {
+        spec["cache"] = json!({ "ttl": ttl });
+    }
     vec![
         json!({
             "apiVersion": "v1", "kind": "Secret",
@@ -78,27 +114,19 @@ pub fn source_objects(ns: &str, bao_addr: &str, cache_ttl: &str) -> Vec<Value> {
         json!({
             "apiVersion": "secretsync.dev/v1alpha1", "kind": "SecretSource",
             "metadata": {"name": SOURCE, "namespace": ns},
-            "spec": {
-                "cache": {"ttl": cache_ttl},
-                "vault": {
-                    "server": bao_addr,
-                    "mount": "secret",
-                    "kvVersion": 2,
-                    "auth": {"token": {"secretRef": {"name": TOKEN_SECRET, "key": "token"}}},
-                },
-            },
+            "spec": spec,
         }),
     ]
 }
 
-/// A binding of namespace index `i` reading its namespace's remote keys.
-pub fn binding(i: usize, name: &str, refresh: &str) -> Value {
+/// A binding of namespace index `i` reading the remote keys `keys` gives that namespace.
+pub fn binding(keys: Keys, i: usize, name: &str, refresh: &str) -> Value {
     let mut data = Vec::new();
     for r in 0..KEYS_PER_NAMESPACE {
         for p in PROPERTIES {
             data.push(json!({
                 "secretKey": format!("k{r}-{p}"),
-                "remoteRef": {"key": remote_key(i, r), "property": p},
+                "remoteRef": {"key": keys.key(i, r), "property": p},
             }));
         }
     }
@@ -175,11 +203,26 @@ mod tests {
 
     #[test]
     fn binding_shape() {
-        let b = binding(3, "b-0001", "60s");
+        let b = binding(Keys::PerNamespace, 3, "b-0001", "60s");
         assert_eq!(b["metadata"]["namespace"], "bench-003");
         let data = b["spec"]["data"].as_array().unwrap();
         assert_eq!(data.len(), 10);
         assert_eq!(data[0]["remoteRef"]["key"], "bench/k0015");
+        let shared = binding(Keys::Shared, 3, "b-0001", "60s");
+        assert_eq!(shared["metadata"]["namespace"], "bench-003");
+        assert_eq!(
+            shared["spec"]["data"][9]["remoteRef"]["key"],
+            "bench/shared/k4"
+        );
+    }
+
+    #[test]
+    fn source_with_and_without_cache() {
+        let cached = source_objects("n", "http://bao", Some("60s"));
+        assert_eq!(cached[1]["spec"]["cache"]["ttl"], "60s");
+        let plain = source_objects("n", "http://bao", None);
+        assert!(plain[1]["spec"].get("cache").is_none());
+        assert_eq!(plain[1]["spec"]["vault"]["kvVersion"], 2);
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! The scenarios of the benchmark and the state they share. Each run starts its own fake
 //! API server and operator: idle, a small cold start, the main run (large cold start,
-//! steady state, new bindings, rotation) and the run with unrelated objects.
+//! steady state, new bindings, rotation) and the run with unrelated objects, all with
+//! cached sources; then the runs with the defaults users get ([`frugal`]: no cache
+//! configured, keys shared across namespaces, API write latency).
 
 mod cold;
+mod frugal;
 mod rotation;
 mod steady;
+
+pub use frugal::{comparison_tables, run_heartbeat0, run_latency, run_nocache, run_shared};
 
 use std::time::{Duration, Instant};
 
@@ -14,11 +19,12 @@ use secretsync_testkit::bao::BaoAdmin;
 use secretsync_testkit::{FakeApiServer, Options};
 use serde_json::{Value, json};
 
-use crate::config::{Args, Layout, REFRESH, ROTATION_BINDINGS, ROTATION_DEPLOYMENTS};
+use crate::config::{Args, Layout, REFRESH, ROTATION_BINDINGS, ROTATION_DEPLOYMENTS, parse_dur};
 use crate::probe::AuditCounter;
 use crate::process::Operator;
 use crate::report::{Report, mib};
 use crate::world;
+use steady::{SteadyKind, Window};
 
 /// Shared state of the whole benchmark.
 pub struct Bench {
@@ -35,6 +41,9 @@ pub struct Bench {
     pub report: Report,
     /// What goes into `results.json`.
     pub results: serde_json::Map<String, Value>,
+    /// Cold starts and steady windows measured so far, for the side-by-side tables.
+    pub cold_starts: Vec<(String, cold::ColdSummary)>,
+    pub steadies: Vec<(String, steady::SteadySummary)>,
 }
 
 impl Bench {
@@ -60,13 +69,17 @@ impl Bench {
         unrelated: bool,
     ) -> Result<()> {
         let t = Instant::now();
+        let cache_ttl = layout.cached.then_some(self.args.cache_ttl.as_str());
         for i in 0..layout.namespaces {
             let ns = world::ns_name(i);
-            for o in world::source_objects(&ns, &self.bao.address, &self.args.cache_ttl) {
+            for o in world::source_objects(&ns, &self.bao.address, cache_ttl) {
                 world::put(server, &o)?;
             }
             for j in 0..layout.per_namespace {
-                world::put(server, &world::binding(i, &world::binding_name(j), REFRESH))?;
+                world::put(
+                    server,
+                    &world::binding(layout.keys, i, &world::binding_name(j), REFRESH),
+                )?;
             }
         }
         if rotation {
@@ -117,24 +130,35 @@ impl Bench {
         Ok(())
     }
 
-    /// Starts the operator against `server` (kubeconfig `NAME.kubeconfig`).
-    fn spawn_operator(&self, server: &FakeApiServer, name: &str) -> Result<Operator> {
+    /// Starts the operator against `server` (kubeconfig `NAME.kubeconfig`) with `flags`
+    /// besides the addresses ([`Args::main_flags`] or [`Args::default_flags`]).
+    fn spawn_operator(
+        &self,
+        server: &FakeApiServer,
+        name: &str,
+        flags: &[String],
+    ) -> Result<Operator> {
         let kubeconfig = self.dir.path().join(format!("{name}.kubeconfig"));
         server.write_kubeconfig(&kubeconfig)?;
-        Operator::spawn(&self.args, &kubeconfig, self.tck)
+        Operator::spawn(&self.args.operator, flags, &kubeconfig, self.tck)
     }
 
     /// Polls the fake until every binding in `pending` is Ready; returns seconds from each
-    /// binding's start instant to first seen Ready, and how many never became Ready.
+    /// binding's start instant to first seen Ready, and how many never became Ready. Fails
+    /// at once if the operator exits meanwhile.
     async fn wait_ready(
         server: &FakeApiServer,
+        op: &mut Operator,
         mut pending: Vec<(String, String, Instant)>,
         poll: Duration,
         timeout: Duration,
-    ) -> (Vec<f64>, usize) {
+    ) -> Result<(Vec<f64>, usize)> {
         let deadline = Instant::now() + timeout;
         let mut lat = Vec::with_capacity(pending.len());
         while !pending.is_empty() && Instant::now() < deadline {
+            if let Some(how) = op.exited() {
+                anyhow::bail!("the operator exited while bindings were pending: {how}");
+            }
             let mut still = Vec::with_capacity(pending.len());
             for (n, (ns, name, since)) in pending.into_iter().enumerate() {
                 let ready = server
@@ -157,7 +181,7 @@ impl Bench {
             }
         }
         lat.sort_by(f64::total_cmp);
-        (lat, pending.len())
+        Ok((lat, pending.len()))
     }
 }
 
@@ -165,7 +189,7 @@ impl Bench {
 pub async fn run_idle(b: &mut Bench) -> Result<()> {
     println!("\n== idle operator");
     let server = b.fake().await?;
-    let op = b.spawn_operator(&server, "idle")?;
+    let op = b.spawn_operator(&server, "idle", &b.args.main_flags())?;
     tokio::time::sleep(Duration::from_secs(15)).await;
     let p = op.now(b.tck)?;
     b.report.row(
@@ -187,9 +211,15 @@ pub async fn run_cold_small(b: &mut Bench, layout: Layout) -> Result<()> {
     println!("\n== cold start, {} bindings", layout.bindings());
     let server = b.fake().await?;
     b.populate(&server, &layout, false, false)?;
-    let op = b.spawn_operator(&server, "cold-small")?;
+    let mut op = b.spawn_operator(&server, "cold-small", &b.args.main_flags())?;
     let v = b
-        .cold_start("1a. Cold start (small)", &server, &layout, &op)
+        .cold_start(
+            "1a. Cold start (small)",
+            "cold-small",
+            &server,
+            &layout,
+            &mut op,
+        )
         .await?;
     b.results.insert("cold_small".into(), v);
     op.stop();
@@ -205,17 +235,23 @@ pub async fn run_main(b: &mut Bench, layout: Layout) -> Result<()> {
     );
     let server = b.fake().await?;
     b.populate(&server, &layout, true, false)?;
-    let op = b.spawn_operator(&server, "main")?;
+    let mut op = b.spawn_operator(&server, "main", &b.args.main_flags())?;
     let cold = b
-        .cold_start("1b. Cold start (large)", &server, &layout, &op)
+        .cold_start("1b. Cold start (large)", "main", &server, &layout, &mut op)
         .await?;
     b.results.insert("cold_large".into(), cold);
-    let settled = b.settle("1b. Cold start (large)", &op).await?;
+    let settled = b.settle("1b. Cold start (large)", &server, &op).await?;
     b.results
         .insert("settled_without_unrelated".into(), settled);
-    let steady = b.steady(&server, &layout, &op).await?;
+    let window = Window {
+        scenario: "3. Steady state",
+        run: "main",
+        kind: SteadyKind::Main,
+        length: parse_dur(&b.args.steady)?,
+    };
+    let steady = b.steady(window, &server, &layout, &op).await?;
     b.results.insert("steady".into(), steady);
-    let new = b.new_bindings(&server, &layout).await?;
+    let new = b.new_bindings(&server, &layout, &mut op).await?;
     b.results.insert("new_bindings".into(), new);
     let rot = b.rotation(&server, &op).await?;
     b.results.insert("rotation".into(), rot);
@@ -235,9 +271,11 @@ pub async fn run_unrelated(b: &mut Bench, layout: Layout) -> Result<()> {
     let scenario = "5. Memory vs unrelated objects";
     let server = b.fake().await?;
     b.populate(&server, &layout, true, true)?;
-    let op = b.spawn_operator(&server, "unrelated")?;
-    let cold = b.cold_start(scenario, &server, &layout, &op).await?;
-    let settled = b.settle(scenario, &op).await?;
+    let mut op = b.spawn_operator(&server, "unrelated", &b.args.main_flags())?;
+    let cold = b
+        .cold_start(scenario, "unrelated", &server, &layout, &mut op)
+        .await?;
+    let settled = b.settle(scenario, &server, &op).await?;
     if let Some(base) = b.results.get("settled_without_unrelated") {
         let with = settled["rss_mean_mib"].as_f64().unwrap_or(0.0);
         let without = base["rss_mean_mib"].as_f64().unwrap_or(0.0);
