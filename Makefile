@@ -40,10 +40,10 @@ demo:
 	$(CARGO) run -q -p secretsync -- render -f examples/quickstart/ --file-root examples
 
 ## Benchmarks the release binary against the fake API server and a real OpenBao (see
-## BENCHMARKS.md; about 7 minutes at full scale once built, 15 from a fresh clone). The
-## operator is built on its own, with exactly the features users get, not unified with the
-## bench's (crates/secretsync-bench, on top of the testkit). Quick run:
-##   make bench BENCH_ARGS="--scale 0.1 --steady 1m --settle 10s"
+## BENCHMARKS.md; about 21 minutes at full scale once built). The operator is built on
+## its own, with exactly the features users get, not unified with the bench's
+## (crates/secretsync-bench, on top of the testkit). Quick run:
+##   make bench BENCH_ARGS="--scale 0.1 --steady 1m --nocache-steady 1m --shared-steady 1m --settle 10s"
 BENCH_ARGS ?=
 bench:
 	$(CARGO) build --release -p secretsync
