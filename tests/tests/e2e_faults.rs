@@ -162,6 +162,8 @@ spec: {{file: {{path: "{}", format: Dotenv}}}}
         &env,
         &OperatorOpts {
             file_root: Some(root.path().to_path_buf()),
+            // Refreshes of unchanged data are observed through lastSyncTime below.
+            args: vec!["--status-heartbeat=0".into()],
             ..Default::default()
         },
     )

@@ -19,10 +19,11 @@ pub mod file;
 pub mod hash;
 pub mod keys;
 pub mod resolve;
+pub mod retry;
 mod value;
 pub mod vault;
 
-pub use cache::{CacheStats, SourceCache};
+pub use cache::{CachePolicy, CacheStats, Failed, Read, ReadOptions, SourceCache};
 pub use error::{BackendError, Reason};
 pub use value::SecretValue;
 

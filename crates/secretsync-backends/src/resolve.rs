@@ -2,12 +2,13 @@
 //! `secretsync render` and the controller, so both write the same bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use secretsync_api::{MergePolicy, SecretBindingSpec};
 use zeroize::Zeroizing;
 
 use crate::keys::{KeyGlob, extract_all, extract_property, insert_sanitized, is_valid_secret_key};
-use crate::{BackendError, ReadRequest, Reason, SecretValue, SourceCache};
+use crate::{BackendError, ReadOptions, ReadRequest, Reason, SecretValue, SourceCache};
 
 /// The Secret data a binding resolves to.
 pub type SecretData = BTreeMap<String, SecretValue>;
@@ -39,29 +40,89 @@ fn value_of<'a>(values: &'a Values, req: &ReadRequest) -> Result<&'a SecretValue
     }
 }
 
+/// A binding's data as resolved, with the timing the reads imply.
+#[derive(Debug)]
+pub struct Resolution {
+    /// The Secret data, or the first failure (naming the field and key at fault).
+    pub data: Result<SecretData, BackendError>,
+    /// When the oldest value used was fetched from the backend (`None` if none was read).
+    pub oldest_read: Option<Instant>,
+    /// When the failed keys are retried: the latest retry time among them (`None` if no
+    /// key read failed, e.g. an invalid spec or a template error).
+    pub retry_at: Option<Instant>,
+}
+
 /// Reads every remote key the binding needs (one batch through the shared cache) and
-/// builds the Secret data. `bypass` skips cached values (force-sync). Errors name the
-/// field and key at fault, never a value.
-pub async fn resolve(
+/// builds the Secret data. Errors name the field and key at fault, never a value.
+pub async fn resolve_with(
     spec: &SecretBindingSpec,
     cache: &SourceCache,
-    bypass: bool,
-) -> Result<SecretData, BackendError> {
-    let plan = plan_reads(spec, cache).await?;
+    opts: ReadOptions,
+) -> Resolution {
+    let plan = match plan_reads(spec, cache).await {
+        Ok(p) => p,
+        Err(e) => {
+            return Resolution {
+                data: Err(e),
+                oldest_read: None,
+                retry_at: None,
+            };
+        }
+    };
     let unique: Vec<ReadRequest> = plan
         .iter()
         .map(|p| p.req().clone())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    let mut oldest_read: Option<Instant> = None;
+    let mut retry_at: Option<Instant> = None;
     let values: Values = unique
         .iter()
         .cloned()
-        .zip(cache.get_many(&unique, bypass).await)
+        .zip(cache.get_many(&unique, opts).await)
+        .map(|(req, r)| match r {
+            Ok(read) => {
+                oldest_read = Some(oldest_read.map_or(read.fetched_at, |o| o.min(read.fetched_at)));
+                (req, Ok(read.value))
+            }
+            Err(failed) => {
+                retry_at = Some(retry_at.map_or(failed.retry_at, |t| t.max(failed.retry_at)));
+                (req, Err(failed.error))
+            }
+        })
         .collect();
-    // dataFrom first, then explicit data, which wins over dataFrom for the same key.
-    let mut data = data_from(&plan, &values)?;
-    explicit_data(spec, &plan, &values, &mut data)?;
+    Resolution {
+        data: build(spec, &plan, &values),
+        oldest_read,
+        retry_at,
+    }
+}
+
+/// [`resolve_with`] for one-off callers (`secretsync render`): only the data; `bypass`
+/// skips cached values.
+pub async fn resolve(
+    spec: &SecretBindingSpec,
+    cache: &SourceCache,
+    bypass: bool,
+) -> Result<SecretData, BackendError> {
+    let opts = if bypass {
+        ReadOptions::bypass()
+    } else {
+        ReadOptions::within(Duration::MAX)
+    };
+    resolve_with(spec, cache, opts).await.data
+}
+
+/// The Secret data from the values read: dataFrom first, then explicit data, which wins
+/// over dataFrom for the same key, then the template.
+fn build(
+    spec: &SecretBindingSpec,
+    plan: &[Planned],
+    values: &Values,
+) -> Result<SecretData, BackendError> {
+    let mut data = data_from(plan, values)?;
+    explicit_data(spec, plan, values, &mut data)?;
     match &spec.target.template {
         Some(t) => {
             let rendered = render_templates(&t.data, &data)?;

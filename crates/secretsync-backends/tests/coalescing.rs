@@ -13,7 +13,8 @@ use secretsync_api::{AwsAuth, AwsSecretRef, AwsSource, SecretSourceSpec};
 use secretsync_backends::cache::NoopObserver;
 use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::{
-    Backend, BackendError, BuildContext, ReadRequest, SecretValue, SourceCache, build_backend,
+    Backend, BackendError, BuildContext, ReadOptions, ReadRequest, SecretValue, SourceCache,
+    build_backend,
 };
 use secretsync_testkit::bao::{BaoAdmin, shared_audit_log};
 use secretsync_testkit::names::unique;
@@ -71,7 +72,7 @@ async fn hundred_concurrent_reads(backend: Arc<dyn Backend>, key: &str) -> Arc<S
         .map(|_| {
             let cache = cache.clone();
             let req = ReadRequest::latest(key);
-            tokio::spawn(async move { cache.get(&req, false).await })
+            tokio::spawn(async move { cache.get(&req, ReadOptions::within(Duration::ZERO)).await })
         })
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -145,7 +146,10 @@ async fn vault_hundred_concurrent_reads_make_one_request() {
     let cached = SourceCache::new(backend, Duration::from_secs(300), Arc::new(NoopObserver));
     for _ in 0..100 {
         cached
-            .get(&ReadRequest::latest("app/db"), false)
+            .get(
+                &ReadRequest::latest("app/db"),
+                ReadOptions::within(Duration::ZERO),
+            )
             .await
             .unwrap();
     }

@@ -53,6 +53,9 @@ pub struct Config {
     pub file_root: PathBuf,
     /// Debounce of rollout restarts (rollout reconciler).
     pub restart_debounce: Duration,
+    /// A binding whose status has nothing new rewrites `lastSyncTime` at most this often
+    /// (zero: on every refresh).
+    pub status_heartbeat: Duration,
     /// Leader-election holder identity (pod name, or hostname + pid).
     pub identity: String,
 }

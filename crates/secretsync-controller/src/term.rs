@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::binding::index::{BindingIndex, ManagedSecretIndex};
 use crate::context::Ctx;
+use crate::events::SUMMARY_EVERY;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::rollout::index::WorkloadIndex;
@@ -210,6 +211,8 @@ impl Term {
         );
         ctx.refresh_gauge();
         self.health.set_ready(true);
+        let c = ctx.clone();
+        watchers.spawn(async move { c.events.summarise_every(SUMMARY_EVERY).await });
 
         let mut dispatchers = spawn_dispatchers(&ctx, &self.config, workload_lists, &stop);
         wait_true(&mut stop).await;

@@ -39,6 +39,7 @@ fn config(root: &Path, identity: &str, leader_elect: bool) -> Config {
         env_allow: vec![],
         file_root: root.to_path_buf(),
         restart_debounce: Duration::from_secs(1),
+        status_heartbeat: Duration::from_secs(600),
         identity: identity.into(),
     }
 }

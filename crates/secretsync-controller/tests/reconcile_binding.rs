@@ -44,11 +44,16 @@ async fn synced(rig: &Rig, key: &secretsync_controller::runtime::ObjKey) {
     rig.reload_binding(key);
 }
 
-/// Makes the binding's refresh due now (as if its interval had passed).
-fn refresh_due(rig: &Rig, key: &secretsync_controller::runtime::ObjKey) {
+/// Makes the binding's refresh due now, as if its interval had passed: its timer fires, and
+/// the values the source's cache holds are as old as the interval (due again).
+async fn refresh_due(rig: &Rig, key: &secretsync_controller::runtime::ObjKey) {
     let mut st = rig.ctx.binding_state(key);
     st.memo.as_mut().unwrap().next_refresh = Some(tokio::time::Instant::now());
     rig.ctx.set_binding_state(key, st);
+    let src = rig.ctx.sources.get(&rig::source_key("files")).unwrap();
+    if let Ok(cache) = &rig.ctx.registry.get(&src).await.cache {
+        cache.invalidate_all();
+    }
 }
 
 #[tokio::test]
@@ -90,10 +95,29 @@ async fn nothing_due_and_the_secret_as_written_costs_no_request() {
 }
 
 #[tokio::test]
-async fn a_due_refresh_of_unchanged_data_neither_reads_nor_writes_the_secret() {
+async fn a_due_refresh_of_unchanged_data_writes_nothing_before_the_heartbeat() {
     let (rig, key) = rig_with_binding("").await;
     synced(&rig, &key).await;
-    refresh_due(&rig, &key);
+    let before = rig.reload_binding(&key).status.unwrap().last_sync_time;
+    refresh_due(&rig, &key).await;
+    rig.server.reset_counts();
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Unchanged);
+    // lastSyncTime would be the only change, and it is younger than the 10m heartbeat.
+    assert_eq!(rig.requests(), Rig::expect(&[]));
+    assert_eq!(
+        rig.reload_binding(&key).status.unwrap().last_sync_time,
+        before
+    );
+}
+
+#[tokio::test]
+async fn with_heartbeat_zero_a_due_refresh_writes_last_sync_time() {
+    let rig = Rig::with_heartbeat(Duration::from_secs(1), Duration::ZERO).await;
+    rig.file_source("files", "app.env", ENV);
+    let key = rig.binding(&binding_yaml("app", ""));
+    synced(&rig, &key).await;
+    refresh_due(&rig, &key).await;
     rig.server.reset_counts();
     let r = reconcile(&rig.ctx, &key).await;
     assert_eq!(r.result, ReconcileResult::Unchanged);
@@ -115,13 +139,13 @@ async fn an_edited_secret_is_read_and_restored() {
     rig.server.reset_counts();
     let r = reconcile(&rig.ctx, &key).await;
     assert_eq!(r.result, ReconcileResult::Written);
-    // The backend is read again to restore it, which moves lastSyncTime.
+    // The backend is read again to restore it; the status is the same data as before, so
+    // (lastSyncTime being younger than the heartbeat) it is not rewritten.
     assert_eq!(
         rig.requests(),
         Rig::expect(&[
             ("get secrets", 1),
             ("patch secrets", 1),
-            ("patch secretbindings/status", 1),
             ("create events", 1),
         ])
     );
@@ -133,7 +157,7 @@ async fn a_rotated_value_is_written_with_a_rotated_event() {
     let (rig, key) = rig_with_binding("").await;
     synced(&rig, &key).await;
     rig.file("app.env", "DB_USER=shop\nDB_PASSWORD=pw-2\n");
-    refresh_due(&rig, &key);
+    refresh_due(&rig, &key).await;
     rig.server.reset_counts();
     let r = reconcile(&rig.ctx, &key).await;
     assert_eq!(r.result, ReconcileResult::Written);
@@ -268,7 +292,7 @@ async fn a_missing_remote_key_keeps_the_secret_and_backs_off() {
     let (rig, key) = rig_with_binding("").await;
     synced(&rig, &key).await;
     rig.file("app.env", "DB_USER=shop\n");
-    refresh_due(&rig, &key);
+    refresh_due(&rig, &key).await;
     rig.server.reset_counts();
     let r = reconcile(&rig.ctx, &key).await;
     assert_eq!(r.result, ReconcileResult::Error);
@@ -283,6 +307,44 @@ async fn a_missing_remote_key_keeps_the_secret_and_backs_off() {
         "pw-1",
         "last good data stays"
     );
+}
+
+#[tokio::test]
+async fn bindings_on_a_failing_key_share_its_backoff_and_one_read() {
+    let rig = Rig::new(Duration::from_secs(1)).await;
+    rig.file_source("files", "app.env", "DB_USER=shop\n");
+    let a = rig.binding(&binding_yaml("a", ""));
+    let b = rig.binding(&binding_yaml("b", ""));
+    let t0 = tokio::time::Instant::now();
+    let ra = reconcile(&rig.ctx, &a).await;
+    assert_eq!(ra.result, ReconcileResult::Error);
+    let src = rig.ctx.sources.get(&rig::source_key("files")).unwrap();
+    let cache = rig.ctx.registry.get(&src).await.cache.clone().unwrap();
+    let calls = cache.stats().backend_calls;
+    let rb = reconcile(&rig.ctx, &b).await;
+    assert_eq!(rb.result, ReconcileResult::Error);
+    assert_eq!(rig.ready(&b).1, "SecretNotFound");
+    assert_eq!(
+        cache.stats().backend_calls,
+        calls,
+        "the second binding got the key's remembered failure without a read"
+    );
+    // Both come back when the key is retried (first backoff step: 4-6 s), within a second
+    // of each other, instead of each on a backoff of its own.
+    let at = |r: &secretsync_controller::outcome::Reconciled| match r.requeue {
+        Requeue::After(d) => t0 + d,
+        ref other => panic!("{other:?}"),
+    };
+    let (ta, tb) = (at(&ra), at(&rb));
+    for t in [ta, tb] {
+        let d = t - t0;
+        assert!(
+            d >= Duration::from_secs(3) && d <= Duration::from_secs(8),
+            "{d:?}"
+        );
+    }
+    let apart = if ta > tb { ta - tb } else { tb - ta };
+    assert!(apart <= Duration::from_millis(1100), "{apart:?} apart");
 }
 
 #[tokio::test]

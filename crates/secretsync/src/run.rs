@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Rotations within this window give one workload restart.
     #[arg(long, env = "SECRETSYNC_RESTART_DEBOUNCE", default_value = "10s")]
     restart_debounce: String,
+    /// While nothing else in a binding's status changes, `lastSyncTime` is rewritten at
+    /// most this often; `0` writes it on every refresh.
+    #[arg(long, env = "SECRETSYNC_STATUS_HEARTBEAT", default_value = "10m")]
+    status_heartbeat: String,
     /// Log format.
     #[arg(long, env = "SECRETSYNC_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -116,6 +120,8 @@ pub fn main(args: RunArgs) -> Result<()> {
     init_logging(&args.log_format);
     let restart_debounce: Duration =
         secretsync_api::parse_duration(&args.restart_debounce).context("--restart-debounce")?;
+    let status_heartbeat: Duration =
+        secretsync_api::parse_duration(&args.status_heartbeat).context("--status-heartbeat")?;
     let config = secretsync_controller::Config {
         operator_namespace: operator_namespace(args.operator_namespace),
         namespaces: args.namespaces,
@@ -126,6 +132,7 @@ pub fn main(args: RunArgs) -> Result<()> {
         env_allow: args.env_allow,
         file_root: args.file_root,
         restart_debounce,
+        status_heartbeat,
         identity: identity(),
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -374,6 +374,7 @@ fn args_follow_the_values_and_are_flags_the_binary_accepts() {
         "--leader-elect=true",
         "--concurrency=16",
         "--restart-debounce=10s",
+        "--status-heartbeat=10m",
         "--log-format=json",
         "--file-root=/etc/secretsync/files",
     ] {
@@ -383,7 +384,7 @@ fn args_follow_the_values_and_are_flags_the_binary_accepts() {
         );
     }
     let values = json!({
-        "leaderElection": {"enabled": false}, "concurrency": 64, "restartDebounce": "30s",
+        "leaderElection": {"enabled": false}, "concurrency": 64, "restartDebounce": "30s", "statusHeartbeat": "1h",
         "logFormat": "text", "env": {"allow": ["APP_*", "DB_*"]}, "file": {"root": "/files"},
         "metrics": {"port": 9090}, "health": {"port": 9091}, "extraArgs": ["--concurrency=8"],
     });
@@ -393,6 +394,7 @@ fn args_follow_the_values_and_are_flags_the_binary_accepts() {
         "--leader-elect=false",
         "--concurrency=64",
         "--restart-debounce=30s",
+        "--status-heartbeat=1h",
         "--log-format=text",
         "--env-allow=APP_*",
         "--env-allow=DB_*",

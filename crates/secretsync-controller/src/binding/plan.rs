@@ -3,6 +3,7 @@
 //! Nothing here does I/O, so every rule is unit-tested.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -17,6 +18,8 @@ use secretsync_backends::SecretValue;
 use secretsync_backends::hash::HmacKey;
 use secretsync_backends::resolve::SecretData;
 use tokio::time::Instant;
+
+use crate::runtime::backoff::jittered;
 
 /// Result of checking the target Secret against the creation policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,6 +380,53 @@ pub fn next_status(
     }
     next.conditions = conditions;
     next
+}
+
+/// `next` with `lastSyncTime` held back when it is the only change and the last one
+/// written is younger than `heartbeat`: a refresh that finds nothing new writes no status
+/// until the heartbeat is due. Zero writes it on every refresh.
+pub fn hold_heartbeat(
+    previous: Option<&SecretBindingStatus>,
+    mut next: SecretBindingStatus,
+    now: &Time,
+    heartbeat: Duration,
+) -> SecretBindingStatus {
+    let Some(prev) = previous else { return next };
+    let (Some(last), Some(_)) = (&prev.last_sync_time, &next.last_sync_time) else {
+        return next;
+    };
+    let age = now.0.duration_since(last.0);
+    let young = !heartbeat.is_zero() && (age.is_negative() || age.unsigned_abs() < heartbeat);
+    if !young {
+        return next;
+    }
+    let mut held = next.clone();
+    held.last_sync_time = prev.last_sync_time.clone();
+    if &held == prev {
+        next = held;
+    }
+    next
+}
+
+/// When the next periodic read is due, or `None` for `refreshInterval: 0`. When the
+/// cache's refresh follows the fetch (no `spec.cache`), it is counted from when the oldest
+/// value used was fetched, scaled by `[1.0, 1.1)`: bindings sharing a key then come due
+/// together, and the first of them reads it for all; no data gets older than the interval
+/// plus that jitter. Otherwise it is counted from now, scaled by `[0.9, 1.1)`.
+pub fn next_refresh(
+    refresh: Duration,
+    follows_fetch: bool,
+    oldest_read: Option<Instant>,
+    now: Instant,
+    r: f64,
+) -> Option<Instant> {
+    if refresh.is_zero() {
+        return None;
+    }
+    Some(match oldest_read.filter(|_| follows_fetch) {
+        Some(fetched) => (fetched + refresh.mul_f64(1.0 + 0.1 * r.clamp(0.0, 1.0))).max(now),
+        None => now + jittered(refresh, r),
+    })
 }
 
 /// The Ready status of a binding's status, for the `bindings{ready}` gauge.

@@ -12,13 +12,13 @@ use secretsync_api::{
     ANNOTATION_FORCE_SYNC, ConditionReason, FIELD_MANAGER, SecretBinding, SecretBindingStatus,
     parse_duration,
 };
-use secretsync_backends::resolve::SecretData;
-use secretsync_backends::{BackendError, SourceCache};
+use secretsync_backends::resolve::{SecretData, resolve_with};
+use secretsync_backends::{BackendError, ReadOptions, SourceCache};
 use tokio::time::Instant;
 
 use super::plan::{
     Outcome, ReadMemo, TargetCheck, apply_object, check_target, conforms, desired_secret,
-    force_sync_requested, is_rotation, keys_message, read_due,
+    force_sync_requested, is_rotation, keys_message, next_refresh, read_due,
 };
 use super::state::{BindingState, Verified};
 use super::{finalizer, status};
@@ -26,7 +26,7 @@ use crate::context::Ctx;
 use crate::events::reasons as event_reasons;
 use crate::outcome::{ReconcileResult as R, Reconciled, Requeue};
 use crate::runtime::ObjKey;
-use crate::runtime::backoff::{backoff, jittered, random_unit};
+use crate::runtime::backoff::{backoff, random_unit};
 use crate::source::SourceEntry;
 
 /// Why a sync stopped before the end.
@@ -34,6 +34,10 @@ use crate::source::SourceEntry;
 pub enum Stop {
     /// Reported in status as `Ready=False` with this reason; the Secret is untouched.
     Failed(ConditionReason, String),
+    /// Reading the backend failed; the failed keys are retried from `retry_at` on (per
+    /// key, in the source's cache), so the binding comes back then instead of on its own
+    /// backoff.
+    Read(BackendError, Option<Instant>),
     /// The API server failed: nothing more can be written now.
     Api(kube::Error),
 }
@@ -49,6 +53,9 @@ impl From<BackendError> for Stop {
         Stop::Failed(e.reason, e.message)
     }
 }
+
+/// How far apart the bindings waiting on one failed key come back after its retry time.
+const KEY_RETRY_SPREAD: Duration = Duration::from_secs(1);
 
 /// Reconciles one binding.
 pub async fn reconcile(ctx: &Ctx, key: &ObjKey) -> Reconciled {
@@ -72,7 +79,10 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjKey) -> Reconciled {
             done
         }
         Err(Stop::Failed(reason, message)) => {
-            fail(ctx, key, &binding, state, reason, message).await
+            fail(ctx, key, &binding, state, reason, message, None).await
+        }
+        Err(Stop::Read(e, retry_at)) => {
+            fail(ctx, key, &binding, state, e.reason, e.message, retry_at).await
         }
         Err(Stop::Api(e)) => {
             ctx.api_failure("reconcile failed", &key.to_string(), &e);
@@ -162,11 +172,16 @@ async fn sync(
         }
         tracing::info!(binding = %key, secret = %target.name, "Secret drifted or missing; restoring");
     }
-    let data = match secretsync_backends::resolve::resolve(&b.spec, &cache, force).await {
+    let opts = ReadOptions {
+        bypass: force,
+        max_age: refresh,
+    };
+    let resolved = resolve_with(&b.spec, &cache, opts).await;
+    let data = match resolved.data {
         Ok(d) => d,
         Err(e) => {
             state.force_seen = force_value;
-            return Err(e.into());
+            return Err(Stop::Read(e, resolved.retry_at.map(Instant::from_std)));
         }
     };
     let hash = ctx.hmac.data_hash(&data);
@@ -182,12 +197,18 @@ async fn sync(
         hash,
         read: true,
     };
-    status::write(ctx, b, state, &outcome).await?;
-    let next = (!refresh.is_zero()).then(|| jittered(refresh, random_unit()));
+    status::write(ctx, b, state, &outcome, force).await?;
+    let next = next_refresh(
+        refresh,
+        cache.policy().refresh_follows_fetch(),
+        resolved.oldest_read.map(Instant::from_std),
+        now,
+        random_unit(),
+    );
     state.memo = Some(ReadMemo {
         generation: b.metadata.generation,
         source_epoch: entry.epoch,
-        next_refresh: next.map(|d| now + d),
+        next_refresh: next,
         failed: false,
     });
     state.failures = 0;
@@ -196,7 +217,9 @@ async fn sync(
     let result = if written { R::Written } else { R::Unchanged };
     Ok(Reconciled {
         result,
-        requeue: next.map_or(Requeue::Never, Requeue::After),
+        requeue: next.map_or(Requeue::Never, |at| {
+            Requeue::After(at.saturating_duration_since(Instant::now()))
+        }),
     })
 }
 
@@ -295,7 +318,7 @@ async fn still_intact(
         hash,
         read: false,
     };
-    status::write(ctx, b, state, &outcome).await?;
+    status::write(ctx, b, state, &outcome, false).await?;
     let requeue = state
         .memo
         .as_ref()
@@ -388,7 +411,9 @@ async fn announce(
         .await;
 }
 
-/// A failed sync: the Secret is untouched, status says why, retry with backoff.
+/// A failed sync: the Secret is untouched, status says why, retry with backoff: the
+/// binding's own, or when keys failed to read, the keys' (`retry_at`) plus up to a second,
+/// so the bindings sharing a key come back together and the first reads it for all.
 async fn fail(
     ctx: &Ctx,
     key: &ObjKey,
@@ -396,6 +421,7 @@ async fn fail(
     mut state: BindingState,
     reason: ConditionReason,
     message: String,
+    retry_at: Option<Instant>,
 ) -> Reconciled {
     tracing::warn!(binding = %key, reason = reason.as_str(), message = %message, "sync failed");
     ctx.events
@@ -415,9 +441,14 @@ async fn fail(
         failed: true,
     });
     memo.failed = true;
-    let delay: Duration = backoff(state.failures - 1, random_unit());
+    let delay: Duration = match retry_at {
+        Some(at) => {
+            at.saturating_duration_since(Instant::now()) + KEY_RETRY_SPREAD.mul_f64(random_unit())
+        }
+        None => backoff(state.failures - 1, random_unit()),
+    };
     let outcome = Outcome::Failed { reason, message };
-    let written = status::write(ctx, b, &mut state, &outcome).await;
+    let written = status::write(ctx, b, &mut state, &outcome, false).await;
     ctx.set_binding_state(key, state);
     match written {
         Ok(()) => Reconciled::after(R::Error, delay),

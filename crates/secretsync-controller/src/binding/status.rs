@@ -1,5 +1,7 @@
 //! Writing a binding's status: server-side apply of the status subresource, only when it
-//! changed. `restarted` belongs to the rollout reconciler and is never part of this apply.
+//! changed (a `lastSyncTime` alone only once per `--status-heartbeat`). `restarted` belongs to the rollout reconciler and is never part of this apply.
+
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -7,16 +9,19 @@ use kube::api::{Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use secretsync_api::{FIELD_MANAGER, SecretBinding};
 
-use super::plan::{Outcome, next_status, ready_of};
+use super::plan::{Outcome, hold_heartbeat, next_status, ready_of};
 use super::state::BindingState;
 use crate::context::Ctx;
 
-/// Writes the status for `outcome` if it differs from the last one written (or seen).
+/// Writes the status for `outcome` if it differs from the last one written (or seen). A
+/// `forced` sync (force-sync annotation) records its read even within the heartbeat: the
+/// user asked for it and looks for it.
 pub async fn write(
     ctx: &Ctx,
     b: &SecretBinding,
     state: &mut BindingState,
     outcome: &Outcome,
+    forced: bool,
 ) -> Result<(), kube::Error> {
     let mut prev = state.status.clone().or_else(|| b.status.clone());
     // `restarted` is the rollout reconciler's: always take the latest from the cluster.
@@ -24,7 +29,16 @@ pub async fn write(
         p.restarted = cur.restarted.clone();
     }
     let now = Time(Timestamp::now());
-    let next = next_status(prev.as_ref(), b.metadata.generation, outcome, &now);
+    let next = hold_heartbeat(
+        prev.as_ref(),
+        next_status(prev.as_ref(), b.metadata.generation, outcome, &now),
+        &now,
+        if forced {
+            Duration::ZERO
+        } else {
+            ctx.config.status_heartbeat
+        },
+    );
     state.ready = ready_of(Some(&next));
     if prev.as_ref() == Some(&next) {
         return Ok(());

@@ -6,14 +6,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use secretsync_api::{BackendKind, SecretSource, parse_duration};
 use secretsync_backends::cache::CacheObserver;
 use secretsync_backends::env::EnvPolicy;
-use secretsync_backends::{BackendError, BuildContext, SourceCache, build_backend};
+use secretsync_backends::{BackendError, BuildContext, CachePolicy, SourceCache, build_backend};
 
 use super::credentials::{ApiCredentials, credential_secret_names};
 use crate::runtime::{ObjKey, key_of};
@@ -214,12 +213,11 @@ impl SourceRegistry {
             .transpose();
         let cache = match ttl {
             Err(e) => Err(BackendError::invalid_config(format!("spec.cache.ttl: {e}"))),
+            // No ttl: reads are reused per key within each binding's refresh interval
+            // (one read per key per interval); an explicit ttl overrides that.
             Ok(ttl) => build_backend(&src.spec, &ctx).await.map(|b| {
-                Arc::new(SourceCache::new(
-                    b,
-                    ttl.unwrap_or(Duration::ZERO),
-                    self.observer.clone(),
-                ))
+                let policy = ttl.map_or(CachePolicy::PerKeyRefresh, CachePolicy::Ttl);
+                Arc::new(SourceCache::with_policy(b, policy, self.observer.clone()))
             }),
         };
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;

@@ -25,6 +25,11 @@ use serde_json::Value;
 /// The test namespace.
 pub const NS: &str = "shop";
 
+/// The store key of source `name` in the test namespace.
+pub fn source_key(name: &str) -> ObjKey {
+    ObjKey::new(NS, name)
+}
+
 pub struct Rig {
     pub server: FakeApiServer,
     pub ctx: Arc<Ctx>,
@@ -32,8 +37,13 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// A rig whose rollout debounce is `debounce`.
+    /// A rig whose rollout debounce is `debounce`, with the default status heartbeat.
     pub async fn new(debounce: Duration) -> Rig {
+        Self::with_heartbeat(debounce, Duration::from_secs(600)).await
+    }
+
+    /// A rig with `--restart-debounce` `debounce` and `--status-heartbeat` `heartbeat`.
+    pub async fn with_heartbeat(debounce: Duration, heartbeat: Duration) -> Rig {
         let server = FakeApiServer::start().await.unwrap();
         server.install_secretsync_crds().unwrap();
         // Like the operator's client: no retries inside it (the runtime retries).
@@ -55,6 +65,7 @@ impl Rig {
             env_allow: vec![],
             file_root: files.path().to_path_buf(),
             restart_debounce: debounce,
+            status_heartbeat: heartbeat,
             identity: "rig".into(),
         });
         let metrics = Arc::new(Metrics::new());

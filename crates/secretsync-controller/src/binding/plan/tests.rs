@@ -315,3 +315,74 @@ fn secret_hash_of_subset() {
     );
     assert_eq!(secret_data_hash(&hm, &s, &["zz".into()]), None);
 }
+
+#[test]
+fn heartbeat_holds_back_a_lone_last_sync_time() {
+    let synced = |hash: &str| Outcome::Synced {
+        keys: vec!["a".into()],
+        hash: hash.into(),
+        read: true,
+    };
+    let beat = Duration::from_secs(600);
+    let first = next_status(None, Some(1), &synced("h1"), &t(100));
+    // Nothing before: written whole.
+    assert_eq!(hold_heartbeat(None, first.clone(), &t(100), beat), first);
+    // Same data 5 minutes later: the only change would be lastSyncTime, held back.
+    let later = next_status(Some(&first), Some(1), &synced("h1"), &t(400));
+    assert_eq!(
+        hold_heartbeat(Some(&first), later.clone(), &t(400), beat),
+        first
+    );
+    // Once the heartbeat is due it is written.
+    let due = next_status(Some(&first), Some(1), &synced("h1"), &t(700));
+    let kept = hold_heartbeat(Some(&first), due.clone(), &t(700), beat);
+    assert_eq!(kept.last_sync_time, Some(t(700)));
+    // Any other change (a rotation) writes at once, with the new lastSyncTime.
+    let rotated = next_status(Some(&first), Some(1), &synced("h2"), &t(130));
+    let kept = hold_heartbeat(Some(&first), rotated.clone(), &t(130), beat);
+    assert_eq!(kept, rotated);
+    assert_eq!(kept.last_sync_time, Some(t(130)));
+    // A new generation is a change too.
+    let regen = next_status(Some(&first), Some(2), &synced("h1"), &t(130));
+    assert_eq!(
+        hold_heartbeat(Some(&first), regen.clone(), &t(130), beat),
+        regen
+    );
+    // Zero: every refresh writes it (the behaviour before the heartbeat).
+    let every = next_status(Some(&first), Some(1), &synced("h1"), &t(101));
+    assert_eq!(
+        hold_heartbeat(Some(&first), every.clone(), &t(101), Duration::ZERO).last_sync_time,
+        Some(t(101))
+    );
+}
+
+#[test]
+fn refreshes_follow_the_fetch_of_the_oldest_value() {
+    let now = Instant::now();
+    let minute = Duration::from_secs(60);
+    let fetched = now - Duration::from_secs(20);
+    // Counted from the fetch, within [1.0, 1.1) of the interval.
+    assert_eq!(
+        next_refresh(minute, true, Some(fetched), now, 0.0),
+        Some(fetched + minute)
+    );
+    let late = next_refresh(minute, true, Some(fetched), now, 0.9999).unwrap();
+    assert!(late < fetched + Duration::from_secs(66) && late > fetched + Duration::from_secs(65));
+    // Never in the past.
+    let old = now - Duration::from_secs(90);
+    assert_eq!(next_refresh(minute, true, Some(old), now, 0.5), Some(now));
+    // An explicit ttl (or nothing read): from now, within [0.9, 1.1).
+    assert_eq!(
+        next_refresh(minute, false, Some(fetched), now, 0.5),
+        Some(now + minute)
+    );
+    assert_eq!(
+        next_refresh(minute, true, None, now, 0.0),
+        Some(now + Duration::from_secs(54))
+    );
+    // refreshInterval 0: never.
+    assert_eq!(
+        next_refresh(Duration::ZERO, true, Some(fetched), now, 0.5),
+        None
+    );
+}
