@@ -245,8 +245,7 @@ impl Bench {
             "",
         );
         let status_target = match kind {
-            SteadyKind::Main => "reported (≈ bindings)".to_string(),
-            SteadyKind::Defaults | SteadyKind::Shared => {
+            SteadyKind::Main | SteadyKind::Defaults | SteadyKind::Shared => {
                 format!("≤ {} (bindings ÷ 10: the 10m heartbeat)", bindings / 10)
             }
             SteadyKind::Heartbeat0 => format!("≈ {bindings} (every refresh)"),
