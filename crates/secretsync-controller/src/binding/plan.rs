@@ -382,30 +382,54 @@ pub fn next_status(
     next
 }
 
-/// `next` with `lastSyncTime` held back when it is the only change and the last one
-/// written is younger than `heartbeat`: a refresh that finds nothing new writes no status
-/// until the heartbeat is due. Zero writes it on every refresh.
+/// `next` with `lastSyncTime` held back when it is the only change and the binding's
+/// heartbeat is not due ([`heartbeat_due`]): a refresh that finds nothing new writes no
+/// status until then. A zero heartbeat writes it on every refresh.
 pub fn hold_heartbeat(
     previous: Option<&SecretBindingStatus>,
-    mut next: SecretBindingStatus,
+    next: SecretBindingStatus,
     now: &Time,
     heartbeat: Duration,
+    uid: &str,
 ) -> SecretBindingStatus {
     let Some(prev) = previous else { return next };
     let (Some(last), Some(_)) = (&prev.last_sync_time, &next.last_sync_time) else {
         return next;
     };
-    let age = now.0.duration_since(last.0);
-    let young = !heartbeat.is_zero() && (age.is_negative() || age.unsigned_abs() < heartbeat);
-    if !young {
+    if heartbeat_due(last, now, heartbeat, uid) {
         return next;
     }
     let mut held = next.clone();
     held.last_sync_time = prev.last_sync_time.clone();
-    if &held == prev {
-        next = held;
+    if &held == prev { held } else { next }
+}
+
+/// How much longer than `--status-heartbeat` a binding's heartbeat period is: like the
+/// refresh jitter, it keeps the average write rate of many bindings under
+/// `bindings ÷ heartbeat` rather than on it.
+const HEARTBEAT_STRETCH: f64 = 1.1;
+
+/// Whether a `lastSyncTime` last written at `last` is due again at `now`. Each binding has
+/// heartbeat slots of `heartbeat × 1.1` at a phase of its own (from its UID), and is due
+/// once its slot changed since `last`: bindings synced together (a cold start) then spread
+/// their rewrites over a whole period instead of all rewriting in the same refresh cycle,
+/// and one binding rewrites once per period.
+pub fn heartbeat_due(last: &Time, now: &Time, heartbeat: Duration, uid: &str) -> bool {
+    if heartbeat.is_zero() {
+        return true;
     }
-    next
+    let period = (heartbeat.as_secs_f64() * HEARTBEAT_STRETCH * 1000.0).max(1.0) as i64;
+    let phase = (phase_of(uid) * period as f64) as i64;
+    let slot = |t: &Time| (t.0.as_millisecond() + phase).div_euclid(period);
+    slot(now) > slot(last)
+}
+
+/// A stable draw from `[0, 1)` for an object (its UID).
+fn phase_of(uid: &str) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    uid.hash(&mut h);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// When the next periodic read is due, or `None` for `refreshInterval: 0`. When the

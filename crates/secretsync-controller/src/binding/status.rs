@@ -1,5 +1,7 @@
 //! Writing a binding's status: server-side apply of the status subresource, only when it
-//! changed (a `lastSyncTime` alone only once per `--status-heartbeat`). `restarted` belongs to the rollout reconciler and is never part of this apply.
+//! changed (a `lastSyncTime` alone only once per heartbeat period, see
+//! [`super::plan::heartbeat_due`]). `restarted` belongs to the rollout reconciler and is
+//! never part of this apply.
 
 use std::time::Duration;
 
@@ -38,6 +40,7 @@ pub async fn write(
         } else {
             ctx.config.status_heartbeat
         },
+        &b.uid().unwrap_or_default(),
     );
     state.ready = ready_of(Some(&next));
     if prev.as_ref() == Some(&next) {

@@ -324,34 +324,43 @@ fn heartbeat_holds_back_a_lone_last_sync_time() {
         read: true,
     };
     let beat = Duration::from_secs(600);
+    let uid = "uid-1";
+    // The binding's next heartbeat slot boundary after 100 s (slots of 660 s).
+    let phase = (phase_of(uid) * 660_000.0) as i64;
+    let boundary = ((100_000 + phase) / 660_000 + 1) * 660_000 - phase;
+    let (before, after) = (boundary / 1000 - 1, boundary / 1000 + 1);
     let first = next_status(None, Some(1), &synced("h1"), &t(100));
     // Nothing before: written whole.
-    assert_eq!(hold_heartbeat(None, first.clone(), &t(100), beat), first);
-    // Same data 5 minutes later: the only change would be lastSyncTime, held back.
-    let later = next_status(Some(&first), Some(1), &synced("h1"), &t(400));
     assert_eq!(
-        hold_heartbeat(Some(&first), later.clone(), &t(400), beat),
+        hold_heartbeat(None, first.clone(), &t(100), beat, uid),
         first
     );
-    // Once the heartbeat is due it is written.
-    let due = next_status(Some(&first), Some(1), &synced("h1"), &t(700));
-    let kept = hold_heartbeat(Some(&first), due.clone(), &t(700), beat);
-    assert_eq!(kept.last_sync_time, Some(t(700)));
-    // Any other change (a rotation) writes at once, with the new lastSyncTime.
-    let rotated = next_status(Some(&first), Some(1), &synced("h2"), &t(130));
-    let kept = hold_heartbeat(Some(&first), rotated.clone(), &t(130), beat);
-    assert_eq!(kept, rotated);
-    assert_eq!(kept.last_sync_time, Some(t(130)));
-    // A new generation is a change too.
-    let regen = next_status(Some(&first), Some(2), &synced("h1"), &t(130));
+    // Same data just before the binding's heartbeat slot ends: the only change would be
+    // lastSyncTime, held back.
+    let later = next_status(Some(&first), Some(1), &synced("h1"), &t(before));
     assert_eq!(
-        hold_heartbeat(Some(&first), regen.clone(), &t(130), beat),
+        hold_heartbeat(Some(&first), later, &t(before), beat, uid),
+        first
+    );
+    // Once the next slot has begun it is written.
+    let due = next_status(Some(&first), Some(1), &synced("h1"), &t(after));
+    let kept = hold_heartbeat(Some(&first), due, &t(after), beat, uid);
+    assert_eq!(kept.last_sync_time, Some(t(after)));
+    // Any other change (a rotation) writes at once, with the new lastSyncTime.
+    let rotated = next_status(Some(&first), Some(1), &synced("h2"), &t(before));
+    let kept = hold_heartbeat(Some(&first), rotated.clone(), &t(before), beat, uid);
+    assert_eq!(kept, rotated);
+    assert_eq!(kept.last_sync_time, Some(t(before)));
+    // A new generation is a change too.
+    let regen = next_status(Some(&first), Some(2), &synced("h1"), &t(before));
+    assert_eq!(
+        hold_heartbeat(Some(&first), regen.clone(), &t(before), beat, uid),
         regen
     );
     // Zero: every refresh writes it (the behaviour before the heartbeat).
     let every = next_status(Some(&first), Some(1), &synced("h1"), &t(101));
     assert_eq!(
-        hold_heartbeat(Some(&first), every.clone(), &t(101), Duration::ZERO).last_sync_time,
+        hold_heartbeat(Some(&first), every, &t(101), Duration::ZERO, uid).last_sync_time,
         Some(t(101))
     );
 }
@@ -385,4 +394,76 @@ fn refreshes_follow_the_fetch_of_the_oldest_value() {
         next_refresh(Duration::ZERO, true, Some(fetched), now, 0.5),
         None
     );
+}
+
+#[test]
+fn each_binding_rewrites_once_per_heartbeat_period_at_its_own_phase() {
+    let h = Duration::from_secs(600);
+    let period = 660; // heartbeat × 1.1
+    for i in 0..200 {
+        let uid = format!("uid-{i}");
+        // Written at 10,000 s; refreshed every second from then on.
+        let mut last = 10_000i64;
+        let mut writes = vec![];
+        for now in 10_001..10_000 + 3 * period + 1 {
+            if heartbeat_due(&t(last), &t(now), h, &uid) {
+                writes.push(now);
+                last = now;
+            }
+        }
+        assert!((3..=4).contains(&writes.len()), "{uid}: {writes:?}");
+        for w in writes.windows(2) {
+            assert_eq!(w[1] - w[0], period, "{uid}: {writes:?}");
+        }
+    }
+    assert!(heartbeat_due(&t(5), &t(5), Duration::ZERO, "any"));
+    // A clock going backwards is not due.
+    assert!(!heartbeat_due(&t(1000), &t(10), h, "uid-1"));
+}
+
+/// Status writes per minute of 10,000 bindings synced together, refreshing every 60 s
+/// (times 1.0-1.1), data unchanged: on average at most bindings ÷ heartbeat minutes, and
+/// the busiest minute within 15 % of that, from the first round on.
+#[test]
+fn heartbeat_writes_per_minute_stay_within_bindings_over_heartbeat() {
+    for (heartbeat_min, horizon_min) in [(10u64, 60u64), (60, 240)] {
+        let n = 10_000u64;
+        let h = Duration::from_secs(heartbeat_min * 60);
+        let mut per_minute = vec![0u64; horizon_min as usize];
+        for b in 0..n {
+            let uid = format!("uid-{b}");
+            let start = 1_000_000i64;
+            let mut last = start;
+            let mut at = start as f64;
+            let mut x = b
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            loop {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let r = (x >> 11) as f64 / (1u64 << 53) as f64;
+                at += 60.0 * (1.0 + 0.1 * r);
+                let now = at as i64;
+                if now - start >= (horizon_min * 60) as i64 {
+                    break;
+                }
+                if heartbeat_due(&t(last), &t(now), h, &uid) {
+                    last = now;
+                    per_minute[((now - start) / 60) as usize] += 1;
+                }
+            }
+        }
+        let limit = n / heartbeat_min;
+        let mean = per_minute.iter().sum::<u64>() as f64 / horizon_min as f64;
+        let busiest = per_minute.iter().max().copied().unwrap_or(0);
+        assert!(
+            mean <= limit as f64,
+            "heartbeat {heartbeat_min}m: {mean} writes a minute on average, limit {limit}"
+        );
+        assert!(
+            (busiest as f64) <= 1.15 * limit as f64,
+            "heartbeat {heartbeat_min}m: {busiest} writes in the busiest minute, limit {limit}"
+        );
+    }
 }
