@@ -71,7 +71,13 @@ async fn refresh_due(rig: &Rig, key: &ObjKey) {
 #[tokio::test]
 async fn first_sync_writes_the_secret_status_and_one_event() {
     let (rig, key) = rig_with_binding("").await;
-    let r = rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Written, FIRST_WRITE).await;
+    let r = rig
+        .reconciles(
+            reconcile(&rig.ctx, &key),
+            ReconcileResult::Written,
+            FIRST_WRITE,
+        )
+        .await;
     assert!(
         matches!(r.requeue, Requeue::After(d) if d > Duration::from_secs(3000) && d < Duration::from_secs(4000)),
         "refresh in 1h ±10%: {r:?}"
@@ -89,7 +95,8 @@ async fn first_sync_writes_the_secret_status_and_one_event() {
 async fn nothing_due_and_the_secret_as_written_costs_no_request() {
     let (rig, key) = rig_with_binding("").await;
     synced(&rig, &key).await;
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Unchanged, &[]).await;
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Unchanged, &[])
+        .await;
 }
 
 #[tokio::test]
@@ -99,7 +106,8 @@ async fn a_due_refresh_of_unchanged_data_writes_nothing_before_the_heartbeat() {
     let before = rig.reload_binding(&key).status.unwrap().last_sync_time;
     refresh_due(&rig, &key).await;
     // lastSyncTime would be the only change, and it is younger than the 10m heartbeat.
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Unchanged, &[]).await;
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Unchanged, &[])
+        .await;
     assert_eq!(
         rig.reload_binding(&key).status.unwrap().last_sync_time,
         before
@@ -115,7 +123,12 @@ async fn with_heartbeat_zero_a_due_refresh_writes_last_sync_time() {
     refresh_due(&rig, &key).await;
     // Only lastSyncTime moves.
     let only_status = &[("patch secretbindings/status", 1)];
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Unchanged, only_status).await;
+    rig.reconciles(
+        reconcile(&rig.ctx, &key),
+        ReconcileResult::Unchanged,
+        only_status,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -126,8 +139,13 @@ async fn an_edited_secret_is_read_and_restored() {
     rig.watch_sees_secret("app");
     // The backend is read again to restore it; the status is the same data as before, so
     // (lastSyncTime being younger than the heartbeat) it is not rewritten.
-    let restore = &[("get secrets", 1), ("patch secrets", 1), ("create events", 1)];
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Written, restore).await;
+    let restore = &[
+        ("get secrets", 1),
+        ("patch secrets", 1),
+        ("create events", 1),
+    ];
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Written, restore)
+        .await;
     assert_eq!(rig.secret_data("app")["password"], "pw-1");
 }
 
@@ -142,7 +160,8 @@ async fn a_rotated_value_is_written_with_a_rotated_event() {
         ("patch secretbindings/status", 1),
         ("create events", 1),
     ];
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Written, rotate).await;
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Written, rotate)
+        .await;
     assert_eq!(rig.secret_data("app")["password"], "pw-2");
     let b = rig.reload_binding(&key);
     assert!(b.status.unwrap().last_rotation_time.is_some());
@@ -163,7 +182,9 @@ async fn a_rotated_value_is_written_with_a_rotated_event() {
 async fn a_missing_source_is_reported_and_nothing_is_written() {
     let rig = Rig::new(Duration::from_secs(1)).await;
     let key = rig.binding(&binding_yaml("app", ""));
-    let r = rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, REPORTED).await;
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, REPORTED)
+        .await;
     assert!(
         matches!(r.requeue, Requeue::After(d) if d <= Duration::from_secs(6)),
         "{r:?}"
@@ -186,7 +207,8 @@ async fn a_foreign_secret_is_never_overwritten() {
         ("patch secretbindings/status", 1),
         ("create events", 1),
     ];
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, refused).await;
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, refused)
+        .await;
     assert_eq!(rig.ready(&key).1, "TargetConflict");
     assert_eq!(
         rig.secret_data("app").keys().collect::<Vec<_>>(),
@@ -203,7 +225,8 @@ async fn merge_into_a_missing_secret_adds_the_finalizer_and_writes_nothing() {
         ("patch secretbindings/status", 1),
         ("create events", 1),
     ];
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, finalized).await;
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, finalized)
+        .await;
     assert_eq!(rig.ready(&key).1, "TargetNotFound");
     let b = rig.reload_binding(&key);
     assert_eq!(
@@ -231,7 +254,8 @@ async fn merge_writes_only_its_keys_and_removes_them_on_deletion() {
         ("patch secrets", 1),
         ("patch secretbindings", 1),
     ];
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Deleted, cleanup).await;
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Deleted, cleanup)
+        .await;
     let keys: Vec<String> = rig.secret_data("app").into_keys().collect();
     assert_eq!(keys, vec!["theirs"], "only the other writer's key is left");
 }
@@ -242,7 +266,9 @@ async fn a_missing_remote_key_keeps_the_secret_and_backs_off() {
     synced(&rig, &key).await;
     rig.file("app.env", "DB_USER=shop\n");
     refresh_due(&rig, &key).await;
-    let r = rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, REPORTED).await;
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, REPORTED)
+        .await;
     assert!(matches!(r.requeue, Requeue::After(_)), "{r:?}");
     assert_eq!(rig.ready(&key).1, "SecretNotFound");
     assert_eq!(
@@ -294,7 +320,12 @@ async fn bindings_on_a_failing_key_share_its_backoff_and_one_read() {
 async fn a_refused_write_is_write_failed_in_status() {
     let (rig, key) = rig_with_binding("").await;
     rig.server.fail_next("patch", "secrets", 1, 403);
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, FIRST_WRITE).await;
+    rig.reconciles(
+        reconcile(&rig.ctx, &key),
+        ReconcileResult::Error,
+        FIRST_WRITE,
+    )
+    .await;
     let (_, reason, message) = rig.ready(&key);
     assert_eq!(reason, "WriteFailed");
     assert_eq!(message, "writing Secret \"app\" failed: 403 Forbidden");
@@ -305,7 +336,9 @@ async fn an_unavailable_api_server_is_retried_without_touching_status() {
     let (rig, key) = rig_with_binding("").await;
     rig.server.fail_next("patch", "secrets", 1, 503);
     let attempted = &[("get secrets", 1), ("patch secrets", 1)];
-    let r = rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, attempted).await;
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, attempted)
+        .await;
     assert!(
         matches!(r.requeue, Requeue::ApiRetry(_)),
         "parked for the API server: {r:?}"
@@ -320,7 +353,8 @@ async fn a_bad_refresh_interval_is_invalid_config() {
     let mut b = rig.reload_binding(&key);
     b.spec.refresh_interval = "every hour".into();
     rig.ctx.bindings.upsert(key.clone(), b);
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, REPORTED).await;
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, REPORTED)
+        .await;
     let (_, reason, message) = rig.ready(&key);
     assert_eq!(reason, "InvalidConfig");
     assert!(message.starts_with("spec.refreshInterval"), "{message}");
@@ -331,6 +365,7 @@ async fn a_deleted_binding_is_forgotten() {
     let (rig, key) = rig_with_binding("").await;
     synced(&rig, &key).await;
     rig.ctx.bindings.remove(&key);
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Deleted, &[]).await;
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Deleted, &[])
+        .await;
     assert!(rig.ctx.binding_state(&key).memo.is_none());
 }

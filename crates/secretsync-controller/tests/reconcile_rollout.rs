@@ -100,14 +100,24 @@ async fn first_sight_records_the_revision_without_a_restart() {
     let rig = Rig::new(Duration::ZERO).await;
     let key = setup(&rig, true, false);
     let recorded = &[("get deployments", 1), ("patch deployments", 1)];
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Recorded, recorded).await;
+    rig.reconciles(
+        reconcile(&rig.ctx, &key),
+        ReconcileResult::Recorded,
+        recorded,
+    )
+    .await;
     let d = deployment(&rig);
     assert!(d["metadata"]["annotations"][REVISION].is_string());
     assert!(d["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].is_null());
     assert_eq!(d["metadata"]["generation"], 1, "the spec is untouched");
     // Seen again unchanged: a GET, no write.
     track(&rig, &key, &d);
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Unchanged, LOOKED).await;
+    rig.reconciles(
+        reconcile(&rig.ctx, &key),
+        ReconcileResult::Unchanged,
+        LOOKED,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -115,7 +125,9 @@ async fn a_rotation_waits_for_the_debounce() {
     let rig = Rig::new(Duration::from_secs(10)).await;
     let key = setup(&rig, true, false);
     rotated(&rig, &key).await;
-    let r = rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Pending, LOOKED).await;
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Pending, LOOKED)
+        .await;
     assert!(
         matches!(r.requeue, Requeue::After(d) if d > Duration::from_secs(9) && d <= Duration::from_secs(10)),
         "{r:?}"
@@ -134,7 +146,12 @@ async fn a_rotation_restarts_once_and_lists_the_restart_in_the_binding() {
         ("get secretbindings", 1),
         ("patch secretbindings/status", 1),
     ];
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Restarted, restarted).await;
+    rig.reconciles(
+        reconcile(&rig.ctx, &key),
+        ReconcileResult::Restarted,
+        restarted,
+    )
+    .await;
     let d = deployment(&rig);
     assert!(d["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].is_string());
     assert_eq!(d["metadata"]["generation"], 2);
@@ -145,7 +162,12 @@ async fn a_rotation_restarts_once_and_lists_the_restart_in_the_binding() {
     assert_eq!(b["status"]["restarted"][0]["name"], "api");
     // The new revision is recorded: looking again restarts nothing.
     track(&rig, &key, &d);
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Unchanged, LOOKED).await;
+    rig.reconciles(
+        reconcile(&rig.ctx, &key),
+        ReconcileResult::Unchanged,
+        LOOKED,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -154,14 +176,17 @@ async fn a_paused_deployment_gets_a_warning_and_no_patch() {
     let key = setup(&rig, true, true);
     rotated(&rig, &key).await;
     let warned = &[("get deployments", 1), ("create events", 1)];
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Paused, warned).await;
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Paused, warned)
+        .await;
     // Once per revision: no second event.
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Paused, LOOKED).await;
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Paused, LOOKED)
+        .await;
 }
 
 #[tokio::test]
 async fn a_workload_that_did_not_opt_in_is_never_looked_at() {
     let rig = Rig::new(Duration::ZERO).await;
     let key = setup(&rig, false, false);
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Untracked, &[]).await;
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Untracked, &[])
+        .await;
 }

@@ -30,12 +30,15 @@ const STATUS: &[(&str, u64)] = &[("patch secretsources/status", 1)];
 async fn a_valid_source_reports_ready_once_and_rechecks_every_minute() {
     let rig = Rig::new(Duration::from_secs(1)).await;
     let key = rig.file_source("files", "app.env", "A=1\n");
-    let r = rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Success, STATUS).await;
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Success, STATUS)
+        .await;
     assert_eq!(r.requeue, Requeue::After(RECHECK));
     assert_eq!(ready(&rig, &key), ("True".into(), "Valid".into()));
     // The next check finds nothing changed: no write.
     rig.reload_source(&key);
-    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Success, &[]).await;
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Success, &[])
+        .await;
 }
 
 #[tokio::test]
@@ -45,7 +48,9 @@ async fn a_source_outside_the_rules_reports_why_and_backs_off() {
     let key = rig.source(&format!(
         "apiVersion: secretsync.dev/v1alpha1\nkind: SecretSource\nmetadata: {{name: env, namespace: {NS}}}\nspec: {{env: {{}}}}\n"
     ));
-    let r = rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, STATUS).await;
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, STATUS)
+        .await;
     assert!(
         matches!(r.requeue, Requeue::After(d) if d < RECHECK),
         "{r:?}"
@@ -64,7 +69,9 @@ async fn a_deleted_source_wakes_its_bindings() {
         "[{secretKey: a, remoteRef: {key: A}}]",
     ));
     rig.ctx.sources.remove(&key);
-    let r = rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Deleted, &[]).await;
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Deleted, &[])
+        .await;
     assert_eq!(r.requeue, Requeue::Never);
     let next = tokio::time::timeout(Duration::from_secs(1), rig.ctx.binding_queue.next())
         .await
