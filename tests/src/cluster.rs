@@ -179,6 +179,12 @@ pub async fn wait_synced(
     }
 }
 
+/// [`wait_synced`] for a binding writing the Secret of its own name, which must hold
+/// exactly the string pairs `want`.
+pub async fn wait_synced_own(env: &TestEnv, op: &Operator, binding: &str, want: &[(&str, &str)]) {
+    wait_synced(env, op, binding, binding, &data(want)).await
+}
+
 /// Waits until binding `binding` is Ready=False with `reason`; returns the condition.
 pub async fn wait_reason(env: &TestEnv, op: &Operator, binding: &str, reason: &str) -> Condition {
     let res = wait_until(WAIT, || async {

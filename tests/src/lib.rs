@@ -4,9 +4,11 @@
 //! backend test data. Servers come from `scripts/test-servers.sh` (`make test`).
 
 pub mod cluster;
+pub mod manifests;
 pub mod operator;
 
 pub use cluster::*;
+pub use manifests::{binding, file_source, secret, source, stream};
 pub use operator::*;
 pub use secretsync_testkit::bao::{BaoAdmin, count_audit_requests, shared_audit_log};
 pub use secretsync_testkit::harness::{ChildProcess, free_port, wait_for, wait_until};
@@ -71,6 +73,13 @@ pub async fn vault_mount_and_reader(bao: &BaoAdmin, tag: &str) -> (String, Strin
     bao.read_policy(&policy, &mount).await;
     let token = bao.token_with_policy(&policy).await;
     (mount, token)
+}
+
+/// `b` reading keys `k0`… of `n` Vault keys `shared/k0`…, each from its property `v`.
+pub fn shared_keys(b: manifests::Binding, n: usize) -> manifests::Binding {
+    (0..n).fold(b, |b, i| {
+        b.property(&format!("k{i}"), &format!("shared/k{i}"), "v")
+    })
 }
 
 /// YAML of a Secret `vault-token` holding `token` and a SecretSource `vault` reading KV v2

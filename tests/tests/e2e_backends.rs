@@ -27,47 +27,21 @@ async fn env_source_reads_only_allowed_variables() {
         },
     )
     .await;
-    apply(
-        &env,
-        r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {name: env-app}
-spec: {prefix: E2E_APP_, env: {}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: from-env}
-spec:
-  sourceRef: {name: env-app}
-  refreshInterval: 2s
-  data:
-    - {secretKey: password, remoteRef: {key: db/password}}
-    - {secretKey: token, remoteRef: {key: api-token}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {name: env-other}
-spec: {prefix: E2E_OTHER_, env: {}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: not-allowed}
-spec:
-  sourceRef: {name: env-other}
-  data:
-    - {secretKey: s, remoteRef: {key: secret}}
-"#,
-    )
-    .await;
-    wait_synced(
-        &env,
-        &op,
-        "from-env",
-        "from-env",
-        &data(&[("password", "env-pw-1"), ("token", "env-token-2")]),
-    )
-    .await;
+    let yaml = stream(&[
+        source("env-app", "prefix: E2E_APP_, env: {}"),
+        binding("from-env", "env-app")
+            .refresh("2s")
+            .key("password", "db/password")
+            .key("token", "api-token")
+            .yaml(),
+        source("env-other", "prefix: E2E_OTHER_, env: {}"),
+        binding("not-allowed", "env-other")
+            .key("s", "secret")
+            .yaml(),
+    ]);
+    apply(&env, &yaml).await;
+    let want = [("password", "env-pw-1"), ("token", "env-token-2")];
+    wait_synced_own(&env, &op, "from-env", &want).await;
     let c = wait_reason(&env, &op, "not-allowed", "AccessDenied").await;
     assert!(c.message.contains("E2E_OTHER_SECRET"), "{c:?}");
     assert!(
@@ -116,120 +90,52 @@ async fn file_source_in_each_format() {
     )
     .await;
     let p = |f: &str| r.join(f).display().to_string();
-    apply(
-        &env,
-        &format!(
-            r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: dir}}
-spec: {{file: {{path: "{dir}", format: Dir}}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: dotenv}}
-spec: {{file: {{path: "{dotenv}", format: Dotenv}}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: yaml}}
-spec: {{file: {{path: "{yaml}", format: Yaml}}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: json}}
-spec: {{file: {{path: "{json}", format: Json}}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: dir}}
-spec:
-  sourceRef: {{name: dir}}
-  data:
-    - {{secretKey: password, remoteRef: {{key: db/password}}}}
-    - {{secretKey: token, remoteRef: {{key: token}}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: dotenv}}
-spec:
-  sourceRef: {{name: dotenv}}
-  data:
-    - {{secretKey: user, remoteRef: {{key: DB_USER}}}}
-    - {{secretKey: password, remoteRef: {{key: DB_PASSWORD}}}}
-    - {{secretKey: port, remoteRef: {{key: PORT}}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: yaml}}
-spec:
-  sourceRef: {{name: yaml}}
-  data:
-    - {{secretKey: user, remoteRef: {{key: db_user}}}}
-    - {{secretKey: port, remoteRef: {{key: port}}}}
-    - {{secretKey: password, remoteRef: {{key: creds, property: password}}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: json}}
-spec:
-  sourceRef: {{name: json}}
-  data:
-    - {{secretKey: user, remoteRef: {{key: db_user}}}}
-    - {{secretKey: enabled, remoteRef: {{key: enabled}}}}
-    - {{secretKey: password, remoteRef: {{key: creds, property: password}}}}
-"#,
-            dir = p("dir"),
-            dotenv = p("app.env"),
-            yaml = p("app.yaml"),
-            json = p("app.json"),
-        ),
-    )
-    .await;
-    wait_synced(
-        &env,
-        &op,
-        "dir",
-        "dir",
-        &data(&[("password", "dir-pw"), ("token", "dir-token")]),
-    )
-    .await;
-    wait_synced(
-        &env,
-        &op,
-        "dotenv",
-        "dotenv",
-        &data(&[
-            ("user", "dotenv-user"),
-            ("password", "dotenv pw"),
-            ("port", "5432"),
-        ]),
-    )
-    .await;
-    wait_synced(
-        &env,
-        &op,
-        "yaml",
-        "yaml",
-        &data(&[
-            ("user", "yaml-user"),
-            ("port", "5432"),
-            ("password", "yaml-pw"),
-        ]),
-    )
-    .await;
-    wait_synced(
-        &env,
-        &op,
-        "json",
-        "json",
-        &data(&[
-            ("user", "json-user"),
-            ("enabled", "true"),
-            ("password", "json-pw"),
-        ]),
-    )
-    .await;
+    let yaml = stream(&[
+        file_source("dir", p("dir"), "Dir"),
+        file_source("dotenv", p("app.env"), "Dotenv"),
+        file_source("yaml", p("app.yaml"), "Yaml"),
+        file_source("json", p("app.json"), "Json"),
+        binding("dir", "dir")
+            .key("password", "db/password")
+            .key("token", "token")
+            .yaml(),
+        binding("dotenv", "dotenv")
+            .key("user", "DB_USER")
+            .key("password", "DB_PASSWORD")
+            .key("port", "PORT")
+            .yaml(),
+        binding("yaml", "yaml")
+            .key("user", "db_user")
+            .key("port", "port")
+            .property("password", "creds", "password")
+            .yaml(),
+        binding("json", "json")
+            .key("user", "db_user")
+            .key("enabled", "enabled")
+            .property("password", "creds", "password")
+            .yaml(),
+    ]);
+    apply(&env, &yaml).await;
+    let want = [("password", "dir-pw"), ("token", "dir-token")];
+    wait_synced_own(&env, &op, "dir", &want).await;
+    let want = [
+        ("user", "dotenv-user"),
+        ("password", "dotenv pw"),
+        ("port", "5432"),
+    ];
+    wait_synced_own(&env, &op, "dotenv", &want).await;
+    let want = [
+        ("user", "yaml-user"),
+        ("port", "5432"),
+        ("password", "yaml-pw"),
+    ];
+    wait_synced_own(&env, &op, "yaml", &want).await;
+    let want = [
+        ("user", "json-user"),
+        ("enabled", "true"),
+        ("password", "json-pw"),
+    ];
+    wait_synced_own(&env, &op, "json", &want).await;
 }
 
 /// A KV v2 mount with `app/db` and a read policy; returns (mount, policy).
@@ -247,21 +153,12 @@ async fn vault_data(bao: &BaoAdmin, password: &str) -> (String, String) {
     (mount, policy)
 }
 
+/// A binding `name` on source `name`: `password` from `app/db`, and all of `app/db`.
 fn vault_binding(name: &str) -> String {
-    format!(
-        r#"
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: {name}}}
-spec:
-  sourceRef: {{name: {name}}}
-  data:
-    - {{secretKey: password, remoteRef: {{key: app/db, property: password}}}}
-  dataFrom:
-    - extract: {{key: app/db}}
-"#
-    )
+    binding(name, name)
+        .property("password", "app/db", "password")
+        .spec("dataFrom: [{extract: {key: app/db}}]")
+        .yaml()
 }
 
 #[tokio::test]
@@ -271,16 +168,13 @@ async fn vault_kv2_with_token_auth() {
     let (mount, policy) = vault_data(&bao, "vault-token-pw").await;
     let token = bao.token_with_policy(&policy).await;
     let op = Operator::start(&env, &OperatorOpts::default()).await;
-    let yaml = vault_source_yaml(&bao.addr, &mount, &token, "") + &vault_binding("vault");
+    let yaml = stream(&[
+        vault_source_yaml(&bao.addr, &mount, &token, ""),
+        vault_binding("vault"),
+    ]);
     apply(&env, &yaml).await;
-    wait_synced(
-        &env,
-        &op,
-        "vault",
-        "vault",
-        &data(&[("password", "vault-token-pw"), ("username", "vault-user")]),
-    )
-    .await;
+    let want = [("password", "vault-token-pw"), ("username", "vault-user")];
+    wait_synced_own(&env, &op, "vault", &want).await;
     let sources: Api<secretsync_api::SecretSource> =
         Api::namespaced(env.client.clone(), &env.namespace);
     let src = sources.get("vault").await.unwrap();
@@ -433,57 +327,29 @@ subjects: [{{kind: ServiceAccount, name: bao-reviewer, namespace: {ns}}}]
         },
     )
     .await;
-    apply(
-        &env,
-        &format!(
-            r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: vault-k8s}}
-spec:
-  vault:
-    server: {addr}
-    mount: {mount}
-    auth: {{kubernetes: {{role: shop, mountPath: {auth_mount}, serviceAccountName: shop-reader}}}}
-{binding}"#,
-            addr = bao.addr,
-            binding = vault_binding("vault-k8s"),
-        ),
-    )
-    .await;
-    wait_synced(
-        &env,
-        &op,
-        "vault-k8s",
-        "vault-k8s",
-        &data(&[("password", "vault-k8s-pw"), ("username", "vault-user")]),
-    )
-    .await;
+    // A source `name` logging in as `service_account` with role `shop`, and its binding.
+    let k8s_source_and_binding = |name: &str, service_account: &str| {
+        let auth = format!(
+            "kubernetes: {{role: shop, mountPath: {auth_mount}, serviceAccountName: {service_account}}}"
+        );
+        let spec = format!(
+            "vault: {{server: \"{}\", mount: {mount}, auth: {{{auth}}}}}",
+            bao.addr
+        );
+        stream(&[source(name, &spec), vault_binding(name)])
+    };
+    apply(&env, &k8s_source_and_binding("vault-k8s", "shop-reader")).await;
+    let want = [("password", "vault-k8s-pw"), ("username", "vault-user")];
+    wait_synced_own(&env, &op, "vault-k8s", &want).await;
 
     // A service account the role is not bound to is refused: the source is Ready=False
     // AccessDenied, its binding SourceNotReady naming why, and no Secret is written.
-    apply(
-        &env,
-        &format!(
-            r#"
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: intruder}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: vault-intruder}}
-spec:
-  vault:
-    server: {addr}
-    mount: {mount}
-    auth: {{kubernetes: {{role: shop, mountPath: {auth_mount}, serviceAccountName: intruder}}}}
-{binding}"#,
-            addr = bao.addr,
-            binding = vault_binding("vault-intruder"),
-        ),
-    )
-    .await;
+    let intruder = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: intruder}\n";
+    let yaml = stream(&[
+        intruder.to_string(),
+        k8s_source_and_binding("vault-intruder", "intruder"),
+    ]);
+    apply(&env, &yaml).await;
     let c = wait_reason(&env, &op, "vault-intruder", "SourceNotReady").await;
     assert!(c.message.contains("AccessDenied"), "{c:?}");
     let sources: Api<secretsync_api::SecretSource> =
@@ -519,63 +385,33 @@ async fn aws_with_static_credentials_from_a_secret() {
     let endpoint = required_env("SECRETSYNC_TEST_MOTO_ENDPOINT");
     let prefix = format!("{}/", unique("e2e-aws"));
     moto_create_secret(&endpoint, &format!("{prefix}db/password"), "aws-pw").await;
-    moto_create_secret(
-        &endpoint,
-        &format!("{prefix}db/creds"),
-        r#"{"username":"aws-user","host":"db.internal"}"#,
-    )
-    .await;
+    let creds_json = r#"{"username":"aws-user","host":"db.internal"}"#;
+    moto_create_secret(&endpoint, &format!("{prefix}db/creds"), creds_json).await;
     let op = Operator::start(&env, &OperatorOpts::default()).await;
-    apply(
-        &env,
-        &format!(
-            r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: aws-creds}}
-data: {{access-key-id: {akid}, secret-access-key: {sak}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: aws}}
-spec:
-  prefix: {prefix}
-  aws:
-    region: us-east-1
-    endpoint: {endpoint}
-    auth:
-      secretRef: {{name: aws-creds, accessKeyIdKey: access-key-id, secretAccessKeyKey: secret-access-key}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: aws}}
-spec:
-  sourceRef: {{name: aws}}
-  data:
-    - {{secretKey: password, remoteRef: {{key: db/password}}}}
-    - {{secretKey: username, remoteRef: {{key: db/creds, property: username}}}}
-  dataFrom:
-    - find: {{name: "db/*"}}
-"#,
-            akid = b64("AKIDSECRETSYNCE2E"),
-            sak = b64("e2e-secret-access-key"),
-        ),
-    )
-    .await;
-    wait_synced(
-        &env,
-        &op,
-        "aws",
-        "aws",
-        &data(&[
-            ("password", "aws-pw"),
-            ("username", "aws-user"),
-            ("db_password", "aws-pw"),
-            (
-                "db_creds",
-                r#"{"username":"aws-user","host":"db.internal"}"#,
-            ),
-        ]),
-    )
-    .await;
+    let creds = format!(
+        "{{access-key-id: {}, secret-access-key: {}}}",
+        b64("AKIDSECRETSYNCE2E"),
+        b64("e2e-secret-access-key")
+    );
+    let aws = format!(
+        "prefix: \"{prefix}\", aws: {{region: us-east-1, endpoint: \"{endpoint}\", auth: {{secretRef: \
+         {{name: aws-creds, accessKeyIdKey: access-key-id, secretAccessKeyKey: secret-access-key}}}}}}"
+    );
+    let yaml = stream(&[
+        secret("aws-creds", &creds),
+        source("aws", &aws),
+        binding("aws", "aws")
+            .key("password", "db/password")
+            .property("username", "db/creds", "username")
+            .spec("dataFrom: [{find: {name: \"db/*\"}}]")
+            .yaml(),
+    ]);
+    apply(&env, &yaml).await;
+    let want = [
+        ("password", "aws-pw"),
+        ("username", "aws-user"),
+        ("db_password", "aws-pw"),
+        ("db_creds", creds_json),
+    ];
+    wait_synced_own(&env, &op, "aws", &want).await;
 }

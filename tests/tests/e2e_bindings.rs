@@ -21,25 +21,11 @@ const APP_JSON: &str = r#"{
 async fn file_sources(env: &TestEnv, root: &Path) {
     std::fs::write(root.join("app.json"), APP_JSON).unwrap();
     std::fs::write(root.join("app.env"), "PASSWORD=merge-pw\nUSER=merge-user\n").unwrap();
-    apply(
-        env,
-        &format!(
-            r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: json}}
-spec: {{file: {{path: "{json}", format: Json}}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: dotenv}}
-spec: {{file: {{path: "{dotenv}", format: Dotenv}}}}
-"#,
-            json = root.join("app.json").display(),
-            dotenv = root.join("app.env").display(),
-        ),
-    )
-    .await;
+    let yaml = stream(&[
+        file_source("json", root.join("app.json").display(), "Json"),
+        file_source("dotenv", root.join("app.env").display(), "Dotenv"),
+    ]);
+    apply(env, &yaml).await;
 }
 
 async fn start(env: &TestEnv, root: &Path) -> Operator {
@@ -127,19 +113,8 @@ async fn data_extract_find_and_template_into_one_secret_and_key_collisions() {
     assert!(st.last_rotation_time.is_some(), "{st:?}");
 
     // Two remote keys landing on one Secret key: KeyCollision naming both, nothing written.
-    apply(
-        &env,
-        r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: collide}
-spec:
-  sourceRef: {name: json}
-  dataFrom:
-    - find: {name: "x*"}
-"#,
-    )
-    .await;
+    let collide = binding("collide", "json").spec(r#"dataFrom: [{find: {name: "x*"}}]"#);
+    apply(&env, &collide.yaml()).await;
     let c = wait_reason(&env, &op, "collide", "KeyCollision").await;
     assert!(
         c.message.contains("x:y") && c.message.contains("x_y"),
@@ -157,51 +132,22 @@ async fn bad_bindings_get_clear_conditions_and_do_not_affect_others() {
     file_sources(&env, root.path()).await;
     let op = start(&env, root.path()).await;
     // The bad ones first, so the good one is queued behind them.
-    apply(
-        &env,
-        r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: unknown-source}
-spec:
-  sourceRef: {name: does-not-exist}
-  data:
-    - {secretKey: a, remoteRef: {key: api_token}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: bad-template}
-spec:
-  sourceRef: {name: json}
-  target:
-    template:
-      data:
-        DSN: "postgres://{{ user "
-  dataFrom:
-    - extract: {key: db}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: undefined-variable}
-spec:
-  sourceRef: {name: json}
-  target:
-    template:
-      data:
-        DSN: "{{ no_such_key }}"
-  dataFrom:
-    - extract: {key: db}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: missing-key}
-spec:
-  sourceRef: {name: json}
-  data:
-    - {secretKey: a, remoteRef: {key: nope}}
-"#,
-    )
-    .await;
+    // A binding extracting `db` into a template of one key, DSN = `dsn`.
+    let templated = |name: &str, dsn: &str| {
+        binding(name, "json")
+            .spec(&format!("target: {{template: {{data: {{DSN: {dsn:?}}}}}}}"))
+            .spec("dataFrom: [{extract: {key: db}}]")
+            .yaml()
+    };
+    let yaml = stream(&[
+        binding("unknown-source", "does-not-exist")
+            .key("a", "api_token")
+            .yaml(),
+        templated("bad-template", "postgres://{{ user "),
+        templated("undefined-variable", "{{ no_such_key }}"),
+        binding("missing-key", "json").key("a", "nope").yaml(),
+    ]);
+    apply(&env, &yaml).await;
     apply(&env, COMBINED).await;
     wait_synced(&env, &op, "combined", "combined", &combined_data("tok-1")).await;
 
@@ -234,27 +180,9 @@ spec:
     wait_synced(&env, &op, "combined", "combined", &combined_data("tok-3")).await;
 
     // Fixing a bad binding makes it Ready without touching anything else.
-    apply(
-        &env,
-        r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: unknown-source}
-spec:
-  sourceRef: {name: json}
-  data:
-    - {secretKey: a, remoteRef: {key: api_token}}
-"#,
-    )
-    .await;
-    wait_synced(
-        &env,
-        &op,
-        "unknown-source",
-        "unknown-source",
-        &data(&[("a", "tok-3")]),
-    )
-    .await;
+    let fixed = binding("unknown-source", "json").key("a", "api_token");
+    apply(&env, &fixed.yaml()).await;
+    wait_synced_own(&env, &op, "unknown-source", &[("a", "tok-3")]).await;
     let out = op.output();
     assert!(!out.contains("pw-1") && !out.contains("tok-3"), "{out}");
     op.assert_calls_in_rbac_table(&env);
@@ -269,76 +197,41 @@ async fn creation_policies_owner_merge_orphan() {
     apply_as(
         &env,
         "other-tool",
-        &format!(
-            r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: foreign}}
-data: {{mine: {foreign}}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: shared, labels: {{team: a}}}}
-type: Opaque
-data: {{other: {other}}}
-"#,
-            foreign = b64("foreign-value"),
-            other = b64("keep-me"),
-        ),
+        &stream(&[
+            secret("foreign", &format!("{{mine: {}}}", b64("foreign-value"))),
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: shared, labels: {{team: a}}}}\n\
+                 type: Opaque\ndata: {{other: {}}}\n",
+                b64("keep-me")
+            ),
+        ]),
     )
     .await;
     let foreign_before = secrets(&env).get("foreign").await.unwrap();
     let op = start(&env, root.path()).await;
-    apply(
-        &env,
-        r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: owner-conflict}
-spec:
-  sourceRef: {name: dotenv}
-  target: {name: foreign}
-  data:
-    - {secretKey: mine, remoteRef: {key: PASSWORD}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: merge}
-spec:
-  sourceRef: {name: dotenv}
-  target: {name: shared, creationPolicy: Merge}
-  data:
-    - {secretKey: password, remoteRef: {key: PASSWORD}}
-    - {secretKey: user, remoteRef: {key: USER}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: merge-missing}
-spec:
-  sourceRef: {name: dotenv}
-  target: {name: not-there, creationPolicy: Merge}
-  data:
-    - {secretKey: password, remoteRef: {key: PASSWORD}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: orphan}
-spec:
-  sourceRef: {name: dotenv}
-  target: {creationPolicy: Orphan}
-  data:
-    - {secretKey: password, remoteRef: {key: PASSWORD}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: owner}
-spec:
-  sourceRef: {name: dotenv}
-  data:
-    - {secretKey: password, remoteRef: {key: PASSWORD}}
-"#,
-    )
-    .await;
+    // A binding on `dotenv` with `target` (none when empty) and key `password`.
+    let on_dotenv = |name: &str, target: &str| {
+        let b = binding(name, "dotenv");
+        let b = if target.is_empty() {
+            b
+        } else {
+            b.spec(&format!("target: {target}"))
+        };
+        b.key("password", "PASSWORD")
+    };
+    let yaml = stream(&[
+        binding("owner-conflict", "dotenv")
+            .spec("target: {name: foreign}")
+            .key("mine", "PASSWORD")
+            .yaml(),
+        on_dotenv("merge", "{name: shared, creationPolicy: Merge}")
+            .key("user", "USER")
+            .yaml(),
+        on_dotenv("merge-missing", "{name: not-there, creationPolicy: Merge}").yaml(),
+        on_dotenv("orphan", "{creationPolicy: Orphan}").yaml(),
+        on_dotenv("owner", "").yaml(),
+    ]);
+    apply(&env, &yaml).await;
 
     // Owner refuses the foreign Secret and leaves it exactly as it was.
     let c = wait_reason(&env, &op, "owner-conflict", "TargetConflict").await;
@@ -359,22 +252,8 @@ spec:
         ]),
     )
     .await;
-    wait_synced(
-        &env,
-        &op,
-        "orphan",
-        "orphan",
-        &data(&[("password", "merge-pw")]),
-    )
-    .await;
-    wait_synced(
-        &env,
-        &op,
-        "owner",
-        "owner",
-        &data(&[("password", "merge-pw")]),
-    )
-    .await;
+    wait_synced_own(&env, &op, "orphan", &[("password", "merge-pw")]).await;
+    wait_synced_own(&env, &op, "owner", &[("password", "merge-pw")]).await;
     let owner = secrets(&env).get("owner").await.unwrap();
     let refs = owner.metadata.owner_references.unwrap_or_default();
     assert!(

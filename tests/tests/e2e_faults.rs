@@ -24,38 +24,14 @@ async fn backend_down_for_30s_keeps_the_secret_and_recovers_by_itself() {
         )
         .await;
     let op = Operator::start(&env, &OperatorOpts::default()).await;
-    apply(
-        &env,
-        &format!(
-            r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: vault-token}}
-data: {{token: {token}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: vault}}
-spec:
-  vault:
-    server: {addr}
-    mount: kv
-    auth: {{token: {{secretRef: {{name: vault-token, key: token}}}}}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: app}}
-spec:
-  sourceRef: {{name: vault}}
-  refreshInterval: 2s
-  dataFrom:
-    - extract: {{key: app/db}}
-"#,
-            token = b64("root"),
-            addr = bao.address,
-        ),
-    )
-    .await;
+    let app = binding("app", "vault")
+        .refresh("2s")
+        .spec("dataFrom: [{extract: {key: app/db}}]");
+    let yaml = stream(&[
+        vault_source_yaml(&bao.address, "kv", "root", ""),
+        app.yaml(),
+    ]);
+    apply(&env, &yaml).await;
     let want = data(&[("password", "outage-pw"), ("user", "u1")]);
     wait_synced(&env, &op, "app", "app", &want).await;
     let before = secrets(&env).get("app").await.unwrap();
@@ -145,19 +121,8 @@ async fn api_server_faults_converge_without_duplicate_writes() {
     let fake = env.fake().unwrap();
     let root = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("app.env"), "A=1\nB=2\nC=3\n").unwrap();
-    apply(
-        &env,
-        &format!(
-            r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: files}}
-spec: {{file: {{path: "{}", format: Dotenv}}}}
-"#,
-            root.path().join("app.env").display()
-        ),
-    )
-    .await;
+    let files = file_source("files", root.path().join("app.env").display(), "Dotenv");
+    apply(&env, &files).await;
     let op = Operator::start(
         &env,
         &OperatorOpts {
@@ -172,38 +137,14 @@ spec: {{file: {{path: "{}", format: Dotenv}}}}
     // faults hit the tested binding's writes and only its own reconciles happen: /readyz
     // is already 200 while standing by, and a binding that appears while the operator is
     // still starting can be reconciled twice in a row (startup pass and watch event).
-    apply(
-        &env,
-        r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: warmup}
-spec:
-  sourceRef: {name: files}
-  data:
-    - {secretKey: a, remoteRef: {key: A}}
-"#,
-    )
-    .await;
-    wait_synced(&env, &op, "warmup", "warmup", &data(&[("a", "1")])).await;
+    apply(&env, &binding("warmup", "files").key("a", "A").yaml()).await;
+    wait_synced_own(&env, &op, "warmup", &[("a", "1")]).await;
 
     // 1. The first two Secret writes fail: a conflict, then a server error.
     fake.fail_next("patch", "secrets", 1, 409);
     fake.reset_counts();
-    apply(
-        &env,
-        r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: retried}
-spec:
-  sourceRef: {name: files}
-  refreshInterval: 1s
-  data:
-    - {secretKey: a, remoteRef: {key: A}}
-"#,
-    )
-    .await;
+    let retried = binding("retried", "files").refresh("1s").key("a", "A");
+    apply(&env, &retried.yaml()).await;
     // The 500 is queued once the 409 was served, so the order is deterministic.
     wait_for(WAIT, || async { fake.count("patch", "secrets") >= 1 })
         .await
@@ -214,7 +155,7 @@ spec:
         !c.message.contains("injected"),
         "API messages stay out of status: {c:?}"
     );
-    wait_synced(&env, &op, "retried", "retried", &data(&[("a", "1")])).await;
+    wait_synced_own(&env, &op, "retried", &[("a", "1")]).await;
     assert_eq!(
         fake.count("patch", "secrets"),
         3,
@@ -254,46 +195,19 @@ spec:
     );
 
     // 2. Watches closed: a binding that never polls still sees its spec change.
-    apply(
-        &env,
-        r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: watched}
-spec:
-  sourceRef: {name: files}
-  refreshInterval: "0"
-  data:
-    - {secretKey: b, remoteRef: {key: B}}
-"#,
-    )
-    .await;
-    wait_synced(&env, &op, "watched", "watched", &data(&[("b", "2")])).await;
+    // Binding `watched`, never polling, on the remote keys `keys` (their Secret keys
+    // lower-case).
+    let watched = |keys: &[&str]| {
+        let b = binding("watched", "files").refresh("0");
+        let b = keys.iter().fold(b, |b, k| b.key(&k.to_lowercase(), k));
+        b.yaml()
+    };
+    apply(&env, &watched(&["B"])).await;
+    wait_synced_own(&env, &op, "watched", &[("b", "2")]).await;
     let writes = fake.count("patch", "secrets");
     fake.close_watches();
-    apply(
-        &env,
-        r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: watched}
-spec:
-  sourceRef: {name: files}
-  refreshInterval: "0"
-  data:
-    - {secretKey: b, remoteRef: {key: B}}
-    - {secretKey: c, remoteRef: {key: C}}
-"#,
-    )
-    .await;
-    wait_synced(
-        &env,
-        &op,
-        "watched",
-        "watched",
-        &data(&[("b", "2"), ("c", "3")]),
-    )
-    .await;
+    apply(&env, &watched(&["B", "C"])).await;
+    wait_synced_own(&env, &op, "watched", &[("b", "2"), ("c", "3")]).await;
     assert_eq!(fake.count("patch", "secrets"), writes + 1);
 
     // 3. 410 Gone: every resource version expires and watches restart from a relist.
@@ -303,31 +217,11 @@ spec:
         .delete("watched", &DeleteParams::default())
         .await
         .unwrap();
-    wait_synced(
-        &env,
-        &op,
-        "watched",
-        "watched",
-        &data(&[("b", "2"), ("c", "3")]),
-    )
-    .await;
+    wait_synced_own(&env, &op, "watched", &[("b", "2"), ("c", "3")]).await;
     fake.expire_resource_versions();
     fake.close_watches();
-    apply(
-        &env,
-        r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {name: watched}
-spec:
-  sourceRef: {name: files}
-  refreshInterval: "0"
-  data:
-    - {secretKey: c, remoteRef: {key: C}}
-"#,
-    )
-    .await;
-    wait_synced(&env, &op, "watched", "watched", &data(&[("c", "3")])).await;
+    apply(&env, &watched(&["C"])).await;
+    wait_synced_own(&env, &op, "watched", &[("c", "3")]).await;
     assert_eq!(
         fake.count("patch", "secrets"),
         writes + 3,
@@ -359,22 +253,9 @@ async fn fifty_bindings_share_five_vault_reads_per_refresh() {
     let op = Operator::start(&env, &OperatorOpts::default()).await;
     let mut yaml = vault_source_yaml(&bao.addr, &mount, &token, "  cache: {ttl: 2s}\n");
     for n in 0..50 {
-        yaml.push_str(&format!(
-            r#"---
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: b{n}}}
-spec:
-  sourceRef: {{name: vault}}
-  refreshInterval: 2s
-  data:
-"#
-        ));
-        for i in 0..5 {
-            yaml.push_str(&format!(
-                "    - {{secretKey: k{i}, remoteRef: {{key: shared/k{i}, property: v}}}}\n"
-            ));
-        }
+        yaml.push_str("---\n");
+        let b = binding(&format!("b{n}"), "vault").refresh("2s");
+        yaml.push_str(&shared_keys(b, 5).yaml());
     }
     apply(&env, &yaml).await;
     let want: BTreeMap<String, Vec<u8>> = (0..5)
@@ -457,14 +338,7 @@ async fn api_server_refusing_everything_for_20s_while_a_value_rotates() {
         &format!(
             r#"{source}
 ---
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: db}}
-spec:
-  sourceRef: {{name: vault}}
-  refreshInterval: 2s
-  data:
-    - {{secretKey: password, remoteRef: {{key: app/db, property: password}}}}
+{binding}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -484,6 +358,10 @@ spec:
               valueFrom: {{secretKeyRef: {{name: db, key: password}}}}
 "#,
             source = vault_source_yaml(&bao.addr, &mount, &token, ""),
+            binding = binding("db", "vault")
+                .refresh("2s")
+                .property("password", "app/db", "password")
+                .yaml(),
         ),
     )
     .await;

@@ -101,23 +101,11 @@ async fn without_cache_config_bindings_sharing_keys_read_each_once_per_interval(
             );
         yaml.push_str(&source);
         for n in &names {
-            yaml.push_str(&format!(
-                r#"---
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: {n}, namespace: {ns}}}
-spec:
-  sourceRef: {{name: vault}}
-  refreshInterval: {}s
-  data:
-"#,
-                REFRESH.as_secs()
-            ));
-            for i in 0..5 {
-                yaml.push_str(&format!(
-                    "    - {{secretKey: k{i}, remoteRef: {{key: shared/k{i}, property: v}}}}\n"
-                ));
-            }
+            let b = binding(n, "vault")
+                .namespace(ns)
+                .refresh(&format!("{}s", REFRESH.as_secs()));
+            yaml.push_str("---\n");
+            yaml.push_str(&shared_keys(b, 5).yaml());
         }
         yaml.push_str("---\n");
     }
@@ -223,17 +211,9 @@ async fn twenty_bindings_on_a_missing_key_follow_one_backoff() {
     let mut yaml = vault_source_yaml(&bao.addr, &mount, &token, "");
     let names: Vec<String> = (0..20).map(|n| format!("m{n}")).collect();
     for n in &names {
-        yaml.push_str(&format!(
-            r#"---
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: {n}}}
-spec:
-  sourceRef: {{name: vault}}
-  data:
-    - {{secretKey: password, remoteRef: {{key: absent/db, property: password}}}}
-"#
-        ));
+        let b = binding(n, "vault").property("password", "absent/db", "password");
+        yaml.push_str("---\n");
+        yaml.push_str(&b.yaml());
     }
     let op = Operator::start(&env, &OperatorOpts::default()).await;
     let before = reads(&audit, &path);
@@ -289,30 +269,15 @@ async fn status_is_rewritten_only_on_change_or_heartbeat() {
         },
     )
     .await;
-    apply(
-        &env,
-        &format!(
-            r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: files}}
-spec:
-  file: {{path: "{}", format: Dotenv}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: beat}}
-spec:
-  sourceRef: {{name: files}}
-  refreshInterval: 1s
-  data:
-    - {{secretKey: token, remoteRef: {{key: TOKEN}}}}
-"#,
-            root.path().join("app.env").display()
-        ),
-    )
-    .await;
-    wait_synced(&env, &op, "beat", "beat", &data(&[("token", "first")])).await;
+    let yaml = stream(&[
+        file_source("files", root.path().join("app.env").display(), "Dotenv"),
+        binding("beat", "files")
+            .refresh("1s")
+            .key("token", "TOKEN")
+            .yaml(),
+    ]);
+    apply(&env, &yaml).await;
+    wait_synced_own(&env, &op, "beat", &[("token", "first")]).await;
 
     // Watch lastSyncTime for 13 s of 1 s refreshes.
     let patches_before = env.count("patch", "secretbindings/status").ok();
@@ -354,7 +319,7 @@ spec:
         .and_then(|s| s.data_hash);
     std::fs::write(root.path().join("app.env"), "TOKEN=second\n").unwrap();
     let changed = Instant::now();
-    wait_synced(&env, &op, "beat", "beat", &data(&[("token", "second")])).await;
+    wait_synced_own(&env, &op, "beat", &[("token", "second")]).await;
     let st = bindings(&env).get("beat").await.unwrap().status.unwrap();
     assert_ne!(st.data_hash, hash_before);
     assert!(st.last_rotation_time.is_some());

@@ -209,6 +209,20 @@ spec:
             .map(str::to_string)
     }
 
+    /// Waits until the workload's revision is recorded; returns it.
+    async fn recorded(&self, kind: &str, name: &str, op: &Operator) -> String {
+        wait_until(WAIT, || async { self.revision(kind, name).await })
+            .await
+            .unwrap_or_else(|e| panic!("{kind} {name}: no revision recorded: {e}\n{}", op.output()))
+    }
+
+    /// Waits until the workload was restarted.
+    async fn restarted(&self, kind: &str, name: &str, op: &Operator) {
+        wait_until(WAIT, || async { self.restarted_at(kind, name).await })
+            .await
+            .unwrap_or_else(|e| panic!("{kind} {name} not restarted: {e}\n{}", op.output()));
+    }
+
     /// Patches the operator (not the test) sent to workloads: fake only (`None` on a real cluster, where
     /// every comparison of them holds trivially and is reported as skipped).
     fn workload_patches(&self) -> Option<u64> {
@@ -303,6 +317,17 @@ fn no_secrets() -> Value {
     json!({"containers": [{"name": "app", "image": "app:1"}]})
 }
 
+/// Waits until `op` counted at least `n` rollout reconciles that found nothing to do.
+async fn wait_unchanged_reconciles(op: &Operator, n: f64) {
+    const UNCHANGED: &str =
+        "secretsync_reconcile_total{controller=\"rollout\",result=\"unchanged\"}";
+    wait_until(WAIT, || async {
+        (op.metric(UNCHANGED).await >= n).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", op.output()));
+}
+
 /// Polls `check` for `window`, failing as soon as it does not hold: a bounded check that
 /// nothing (more) happens, not a synchronisation sleep.
 async fn holds_for(window: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -357,11 +382,7 @@ async fn rotation_restarts_each_dependent_workload_exactly_once() {
         .chain(bystanders.iter())
         .filter(|w| w.2.is_some());
     for (kind, name, _, _) in recorded {
-        wait_until(WAIT, || async { f.revision(kind, name).await })
-            .await
-            .unwrap_or_else(|e| {
-                panic!("{kind} {name}: no revision recorded: {e}\n{}", op.output())
-            });
+        f.recorded(kind, name, &op).await;
     }
     for (kind, name, _, _) in users.iter().chain(bystanders.iter()) {
         assert_eq!(
@@ -386,9 +407,7 @@ async fn rotation_restarts_each_dependent_workload_exactly_once() {
 
     f.rotate("db", "CANARY-rot-2", &op).await;
     for (kind, name, _, _) in &users {
-        wait_until(WAIT, || async { f.restarted_at(kind, name).await })
-            .await
-            .unwrap_or_else(|e| panic!("{kind} {name} not restarted: {e}\n{}", op.output()));
+        f.restarted(kind, name, &op).await;
     }
     holds_for(
         Duration::from_secs(2),
@@ -511,9 +530,7 @@ async fn two_rotations_within_the_debounce_give_one_restart() {
     let op = start(&f, "op-1", "5s", true, WatchScope::Namespace).await;
     f.synced("user", &op).await;
     f.synced("pass", &op).await;
-    let first = wait_until(WAIT, || async { f.revision("Deployment", "api").await })
-        .await
-        .unwrap();
+    let first = f.recorded("Deployment", "api", &op).await;
 
     f.rotate("user", "u2", &op).await;
     // The scenario itself: the second rotation lands 2 s after the first.
@@ -524,9 +541,7 @@ async fn two_rotations_within_the_debounce_give_one_restart() {
         "restarted inside the window"
     );
     f.rotate("pass", "p2", &op).await;
-    wait_until(WAIT, || async { f.restarted_at("Deployment", "api").await })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", op.output()));
+    f.restarted("Deployment", "api", &op).await;
     holds_for(Duration::from_secs(6), "exactly one restart", async || {
         f.restarts("Deployment", "api", 0).await == 1
     })
@@ -550,9 +565,7 @@ async fn killed_inside_the_debounce_window_restarts_exactly_once_after_coming_ba
         .await;
     let mut op = start(&f, "op-1", "30s", false, WatchScope::Namespace).await;
     f.synced("db", &op).await;
-    wait_until(WAIT, || async { f.revision("Deployment", "api").await })
-        .await
-        .unwrap();
+    f.recorded("Deployment", "api", &op).await;
     f.rotate("db", "two", &op).await;
     op.process.kill();
     op.wait_exit().await;
@@ -560,9 +573,7 @@ async fn killed_inside_the_debounce_window_restarts_exactly_once_after_coming_ba
     assert_eq!(f.restarted_at("Deployment", "api").await, None);
 
     let mut op2 = start(&f, "op-2", "1s", false, WatchScope::Namespace).await;
-    wait_until(WAIT, || async { f.restarted_at("Deployment", "api").await })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", op2.output()));
+    f.restarted("Deployment", "api", &op2).await;
     holds_for(Duration::from_secs(2), "exactly one restart", async || {
         f.restarts("Deployment", "api", 0).await == 1
     })
@@ -573,14 +584,7 @@ async fn killed_inside_the_debounce_window_restarts_exactly_once_after_coming_ba
     op2.sigterm();
     op2.wait_exit().await;
     let op3 = start(&f, "op-3", "1s", false, WatchScope::Namespace).await;
-    wait_until(WAIT, || async {
-        (op3.metric("secretsync_reconcile_total{controller=\"rollout\",result=\"unchanged\"}")
-            .await
-            >= 1.0)
-            .then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", op3.output()));
+    wait_unchanged_reconciles(&op3, 1.0).await;
     holds_for(
         Duration::from_secs(2),
         "no restart after an operator restart",
@@ -603,23 +607,14 @@ async fn leader_change_restarts_nothing() {
     let mut a = start(&f, "op-a", "1s", true, WatchScope::Namespace).await;
     f.synced("db", &a).await;
     for (k, n) in [("Deployment", "api"), ("StatefulSet", "db")] {
-        wait_until(WAIT, || async { f.revision(k, n).await })
-            .await
-            .unwrap();
+        f.recorded(k, n, &a).await;
     }
     let b = start(&f, "op-b", "1s", true, WatchScope::Namespace).await;
     let patches = f.workload_patches();
     a.sigterm();
     a.wait_exit().await;
     // The new leader reconciled the workloads (and found nothing to do).
-    wait_until(WAIT, || async {
-        (b.metric("secretsync_reconcile_total{controller=\"rollout\",result=\"unchanged\"}")
-            .await
-            >= 2.0)
-            .then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", b.output()));
+    wait_unchanged_reconciles(&b, 2.0).await;
     holds_for(
         Duration::from_secs(2),
         "no restart on leader change",
@@ -643,9 +638,7 @@ async fn unchanged_refreshes_and_drift_repairs_restart_nothing() {
         .await;
     let op = start(&f, "op-1", "1s", true, WatchScope::Namespace).await;
     f.synced("db", &op).await;
-    wait_until(WAIT, || async { f.revision("Deployment", "api").await })
-        .await
-        .unwrap();
+    f.recorded("Deployment", "api", &op).await;
     let patches = f.workload_patches();
     if let Some(p) = patches {
         assert_eq!(p, 1, "one patch recording the revision");
@@ -702,9 +695,7 @@ async fn paused_deployment_is_skipped_then_restarted_once_unpaused() {
     .await;
     let op = start(&f, "op-1", "1s", true, WatchScope::Namespace).await;
     f.synced("db", &op).await;
-    wait_until(WAIT, || async { f.revision("Deployment", "api").await })
-        .await
-        .unwrap();
+    f.recorded("Deployment", "api", &op).await;
     let patches = f.workload_patches();
     f.rotate("db", "two", &op).await;
     let ev = wait_until(WAIT, || async {
@@ -730,9 +721,7 @@ async fn paused_deployment_is_skipped_then_restarted_once_unpaused() {
         json!({"paused": false}),
     )
     .await;
-    wait_until(WAIT, || async { f.restarted_at("Deployment", "api").await })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", op.output()));
+    f.restarted("Deployment", "api", &op).await;
     holds_for(Duration::from_secs(2), "exactly one restart", async || {
         f.restarts("Deployment", "api", 1).await == 1
     })

@@ -37,41 +37,15 @@ async fn setup(scope: WatchScope) -> (TestEnv, tempfile::TempDir) {
         "DB_USER=shop\nDB_PASSWORD=CANARY-e2e-9f1\n",
     )
     .unwrap();
-    apply(
-        &env,
-        &format!(
-            r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretSource
-metadata: {{name: files, namespace: {ns}}}
-spec:
-  file: {{path: "{path}", format: Dotenv}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: app, namespace: {ns}}}
-spec:
-  sourceRef: {{name: files}}
-  data:
-    - secretKey: password
-      remoteRef: {{key: DB_PASSWORD}}
-    - secretKey: username
-      remoteRef: {{key: DB_USER}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: app2, namespace: {ns}}}
-spec:
-  sourceRef: {{name: files}}
-  data:
-    - secretKey: user
-      remoteRef: {{key: DB_USER}}
-"#,
-            ns = env.namespace,
-            path = root.path().join("app.env").display()
-        ),
-    )
-    .await;
+    let yaml = stream(&[
+        file_source("files", root.path().join("app.env").display(), "Dotenv"),
+        binding("app", "files")
+            .key("password", "DB_PASSWORD")
+            .key("username", "DB_USER")
+            .yaml(),
+        binding("app2", "files").key("user", "DB_USER").yaml(),
+    ]);
+    apply(&env, &yaml).await;
     (env, root)
 }
 
@@ -133,40 +107,20 @@ async fn file_binding_syncs_and_drift_is_restored_and_values_stay_secret() {
     .unwrap_or_else(|e| panic!("drift not restored: {e}\n{}", op.output()));
 
     // Error paths that handle the value: JSON parsing of it, a template filter on it.
-    let error_bindings = format!(
-        r#"
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: not-json, namespace: {ns}}}
-spec:
-  sourceRef: {{name: files}}
-  data:
-    - secretKey: x
-      remoteRef: {{key: DB_PASSWORD, property: field}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: not-extractable, namespace: {ns}}}
-spec:
-  sourceRef: {{name: files}}
-  dataFrom:
-    - extract: {{key: DB_PASSWORD}}
----
-apiVersion: secretsync.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: bad-filter, namespace: {ns}}}
-spec:
-  sourceRef: {{name: files}}
-  target:
-    template:
-      data:
-        n: "{{{{ password | int }}}}{{{{ password.nope.deeper }}}}"
-  data:
-    - secretKey: password
-      remoteRef: {{key: DB_PASSWORD}}
-"#,
-        ns = env.namespace
-    );
+    let error_bindings = stream(&[
+        binding("not-json", "files")
+            .property("x", "DB_PASSWORD", "field")
+            .yaml(),
+        binding("not-extractable", "files")
+            .spec("dataFrom: [{extract: {key: DB_PASSWORD}}]")
+            .yaml(),
+        binding("bad-filter", "files")
+            .spec(
+                r#"target: {template: {data: {n: "{{ password | int }}{{ password.nope.deeper }}"}}}"#,
+            )
+            .key("password", "DB_PASSWORD")
+            .yaml(),
+    ]);
     apply(&env, &error_bindings).await;
     let bindings: Api<SecretBinding> = Api::namespaced(env.client.clone(), &env.namespace);
     for (name, reason) in [

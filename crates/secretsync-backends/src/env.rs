@@ -148,16 +148,12 @@ impl Backend for EnvBackend {
 
     async fn list(&self, _under: &str) -> Result<Vec<String>, BackendError> {
         // Keys are the variable names after the prefix; the glob is matched against them.
-        let mut keys: Vec<String> = self
+        let allowed = self
             .environment
             .names()
             .into_iter()
-            .filter(|k| k.starts_with(&self.prefix) && self.policy.allows(k))
-            .map(|k| k[self.prefix.len()..].to_string())
-            .filter(|k| !k.is_empty())
-            .collect();
-        keys.sort();
-        Ok(keys)
+            .filter(|k| self.policy.allows(k));
+        Ok(crate::keys_after_prefix(&self.prefix, allowed))
     }
 
     async fn validate(&self) -> Result<(), BackendError> {

@@ -184,7 +184,7 @@ impl Backend for FileBackend {
     }
 
     async fn list(&self, _under: &str) -> Result<Vec<String>, BackendError> {
-        let mut keys = match self.format {
+        let keys = match self.format {
             FileFormat::Dir => {
                 let base = self
                     .confined(&self.path, &self.path.display().to_string())
@@ -228,14 +228,7 @@ impl Backend for FileBackend {
             }
             _ => self.entries().await?.into_keys().collect(),
         };
-        keys.retain(|k| k.starts_with(&self.prefix));
-        let mut keys: Vec<String> = keys
-            .into_iter()
-            .map(|k| k[self.prefix.len()..].to_string())
-            .filter(|k| !k.is_empty())
-            .collect();
-        keys.sort();
-        Ok(keys)
+        Ok(crate::keys_after_prefix(&self.prefix, keys))
     }
 
     async fn validate(&self) -> Result<(), BackendError> {

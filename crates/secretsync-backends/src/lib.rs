@@ -59,6 +59,21 @@ impl ReadRequest {
     }
 }
 
+/// The keys of a store without a native listing: each of `names` that starts with
+/// `prefix`, with the prefix cut off, leaving out the prefix itself; sorted.
+pub(crate) fn keys_after_prefix(
+    prefix: &str,
+    names: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let mut keys: Vec<String> = names
+        .into_iter()
+        .filter_map(|n| n.strip_prefix(prefix).map(str::to_string))
+        .filter(|k| !k.is_empty())
+        .collect();
+    keys.sort();
+    keys
+}
+
 /// A connection to one secret store, built once per source generation and shared.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {

@@ -302,20 +302,12 @@ impl Events {
             .correlator
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .admit(group, folded.clone(), Instant::now());
+            .admit(group.clone(), folded.clone(), Instant::now());
         if verdict == Verdict::Fold {
             tracing::debug!(object = %key, reason, "event folded into its group's summary");
             return;
         }
-        self.send(
-            &folded.key,
-            &folded.reference,
-            warning,
-            reason,
-            &folded.action,
-            folded.note,
-        )
-        .await;
+        self.send(&group, folded).await;
     }
 
     /// Publishes the summaries of folded events every `every`, until the task is dropped.
@@ -340,27 +332,20 @@ impl Events {
                 "{} more {} events in namespace {:?} (combined from similar events); latest: {}",
                 s.count, s.group.reason, s.group.namespace, s.latest.note
             );
-            self.send(
-                &s.latest.key,
-                &s.latest.reference,
-                s.group.warning,
-                &s.group.reason,
-                &s.latest.action,
-                note,
-            )
-            .await;
+            self.send(&s.group, Folded { note, ..s.latest }).await;
         }
     }
 
-    async fn send(
-        &self,
-        key: &ObjKey,
-        reference: &k8s_openapi::api::core::v1::ObjectReference,
-        warning: bool,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
+    /// Creates event `event` of `group` (its type and reason).
+    async fn send(&self, group: &Group, event: Folded) {
+        let Folded {
+            key,
+            reference,
+            action,
+            note,
+        } = event;
+        let reason = group.reason.as_str();
+        let warning = group.warning;
         let ev = Event {
             type_: if warning {
                 EventType::Warning
@@ -369,15 +354,15 @@ impl Events {
             },
             reason: reason.to_string(),
             note: Some(within_note_limit(note)),
-            action: action.to_string(),
+            action,
             secondary: None,
         };
         let published = if warning {
-            self.recorder.publish(&ev, reference).await
+            self.recorder.publish(&ev, &reference).await
         } else {
             // A recorder with an empty cache: creates the event, remembers nothing.
             Recorder::new(self.client.clone(), self.reporter.clone())
-                .publish(&ev, reference)
+                .publish(&ev, &reference)
                 .await
         };
         if let Err(e) = published {

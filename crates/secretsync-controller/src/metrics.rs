@@ -100,56 +100,25 @@ impl Metrics {
             watch_retries: Family::default(),
         };
         // Counters get their `_total` suffix from the encoder.
-        registry.register(
-            "reconcile",
-            "Reconciles by controller and result",
-            m.reconcile_total.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Reconcile duration by controller",
-            m.reconcile_duration.clone(),
-        );
-        registry.register(
-            "backend_requests",
-            "Backend requests by backend, operation and result",
-            m.backend_requests.clone(),
-        );
-        registry.register(
-            "backend_request_duration_seconds",
-            "Backend request duration by backend and operation",
-            m.backend_duration.clone(),
-        );
-        registry.register(
-            "cache_hits",
-            "Reads served by the shared cache",
-            m.cache_hits.clone(),
-        );
-        registry.register(
-            "cache_misses",
-            "Reads that needed a backend request",
-            m.cache_misses.clone(),
-        );
-        registry.register(
-            "rotations",
-            "Synced data changes after the first sync",
-            m.rotations.clone(),
-        );
-        registry.register(
-            "rollout_restarts",
-            "Workload restarts after rotations by kind",
-            m.rollout_restarts.clone(),
-        );
-        registry.register(
-            "bindings",
-            "SecretBindings by Ready status",
-            m.bindings.clone(),
-        );
-        registry.register(
-            "watch_retries",
-            "Failed attempts of a watch (list or watch) by watched kind; they are retried within seconds",
-            m.watch_retries.clone(),
-        );
+        macro_rules! register {
+            ($($field:ident: $name:literal, $help:literal;)*) => {
+                $(registry.register($name, $help, m.$field.clone());)*
+            };
+        }
+        register! {
+            reconcile_total: "reconcile", "Reconciles by controller and result";
+            reconcile_duration: "reconcile_duration_seconds", "Reconcile duration by controller";
+            backend_requests: "backend_requests", "Backend requests by backend, operation and result";
+            backend_duration: "backend_request_duration_seconds",
+                "Backend request duration by backend and operation";
+            cache_hits: "cache_hits", "Reads served by the shared cache";
+            cache_misses: "cache_misses", "Reads that needed a backend request";
+            rotations: "rotations", "Synced data changes after the first sync";
+            rollout_restarts: "rollout_restarts", "Workload restarts after rotations by kind";
+            bindings: "bindings", "SecretBindings by Ready status";
+            watch_retries: "watch_retries",
+                "Failed attempts of a watch (list or watch) by watched kind; they are retried within seconds";
+        }
         // Pre-create the Ready series so dashboards see zeros instead of nothing.
         for ready in ["true", "false", "unknown"] {
             m.bindings.get_or_create(&ReadyLabel { ready }).set(0);
@@ -207,6 +176,15 @@ impl Metrics {
     }
 }
 
+/// Adds `n` to `backend`'s counter of `family`.
+fn count_for(family: &Family<BackendLabel, Counter>, backend: BackendKind, n: u64) {
+    family
+        .get_or_create(&BackendLabel {
+            backend: backend.as_str(),
+        })
+        .inc_by(n);
+}
+
 impl CacheObserver for Metrics {
     fn backend_request(
         &self,
@@ -231,19 +209,11 @@ impl CacheObserver for Metrics {
     }
 
     fn cache_hits(&self, backend: BackendKind, n: u64) {
-        self.cache_hits
-            .get_or_create(&BackendLabel {
-                backend: backend.as_str(),
-            })
-            .inc_by(n);
+        count_for(&self.cache_hits, backend, n);
     }
 
     fn cache_misses(&self, backend: BackendKind, n: u64) {
-        self.cache_misses
-            .get_or_create(&BackendLabel {
-                backend: backend.as_str(),
-            })
-            .inc_by(n);
+        count_for(&self.cache_misses, backend, n);
     }
 }
 

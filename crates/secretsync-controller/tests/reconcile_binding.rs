@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use rig::{NS, Rig};
 use secretsync_controller::binding::reconcile;
-use secretsync_controller::outcome::{ReconcileResult, Requeue};
+use secretsync_controller::outcome::{ReconcileResult, Reconciled, Requeue};
+use secretsync_controller::runtime::ObjKey;
 
 const ENV: &str = "DB_USER=shop\nDB_PASSWORD=pw-1\n";
 
@@ -29,15 +30,26 @@ spec:
 }
 
 /// A rig with source `files` and binding `app` (Owner policy).
-async fn rig_with_binding(extra: &str) -> (Rig, secretsync_controller::runtime::ObjKey) {
+async fn rig_with_binding(extra: &str) -> (Rig, ObjKey) {
     let rig = Rig::new(Duration::from_secs(1)).await;
     rig.file_source("files", "app.env", ENV);
     let key = rig.binding(&binding_yaml("app", extra));
     (rig, key)
 }
 
+/// The requests of a first write to the Secret: read it, write it, record it.
+const FIRST_WRITE: &[(&str, u64)] = &[
+    ("get secrets", 1),
+    ("patch secrets", 1),
+    ("patch secretbindings/status", 1),
+    ("create events", 1),
+];
+
+/// The requests of a failure reported without touching the Secret.
+const REPORTED: &[(&str, u64)] = &[("patch secretbindings/status", 1), ("create events", 1)];
+
 /// The first sync and the watch event it causes, as in production.
-async fn synced(rig: &Rig, key: &secretsync_controller::runtime::ObjKey) {
+async fn synced(rig: &Rig, key: &ObjKey) {
     let r = reconcile(&rig.ctx, key).await;
     assert_eq!(r.result, ReconcileResult::Written);
     rig.watch_sees_secret(&key.name);
@@ -46,7 +58,7 @@ async fn synced(rig: &Rig, key: &secretsync_controller::runtime::ObjKey) {
 
 /// Makes the binding's refresh due now, as if its interval had passed: its timer fires, and
 /// the values the source's cache holds are as old as the interval (due again).
-async fn refresh_due(rig: &Rig, key: &secretsync_controller::runtime::ObjKey) {
+async fn refresh_due(rig: &Rig, key: &ObjKey) {
     let mut st = rig.ctx.binding_state(key);
     st.memo.as_mut().unwrap().next_refresh = Some(tokio::time::Instant::now());
     rig.ctx.set_binding_state(key, st);
@@ -59,21 +71,16 @@ async fn refresh_due(rig: &Rig, key: &secretsync_controller::runtime::ObjKey) {
 #[tokio::test]
 async fn first_sync_writes_the_secret_status_and_one_event() {
     let (rig, key) = rig_with_binding("").await;
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Written);
+    let r = rig
+        .reconciles(
+            reconcile(&rig.ctx, &key),
+            ReconcileResult::Written,
+            FIRST_WRITE,
+        )
+        .await;
     assert!(
         matches!(r.requeue, Requeue::After(d) if d > Duration::from_secs(3000) && d < Duration::from_secs(4000)),
         "refresh in 1h ±10%: {r:?}"
-    );
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[
-            ("get secrets", 1),
-            ("patch secrets", 1),
-            ("patch secretbindings/status", 1),
-            ("create events", 1),
-        ])
     );
     let data = rig.secret_data("app");
     assert_eq!(data["password"], "pw-1");
@@ -88,10 +95,8 @@ async fn first_sync_writes_the_secret_status_and_one_event() {
 async fn nothing_due_and_the_secret_as_written_costs_no_request() {
     let (rig, key) = rig_with_binding("").await;
     synced(&rig, &key).await;
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Unchanged);
-    assert_eq!(rig.requests(), Rig::expect(&[]));
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Unchanged, &[])
+        .await;
 }
 
 #[tokio::test]
@@ -100,11 +105,9 @@ async fn a_due_refresh_of_unchanged_data_writes_nothing_before_the_heartbeat() {
     synced(&rig, &key).await;
     let before = rig.reload_binding(&key).status.unwrap().last_sync_time;
     refresh_due(&rig, &key).await;
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Unchanged);
     // lastSyncTime would be the only change, and it is younger than the 10m heartbeat.
-    assert_eq!(rig.requests(), Rig::expect(&[]));
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Unchanged, &[])
+        .await;
     assert_eq!(
         rig.reload_binding(&key).status.unwrap().last_sync_time,
         before
@@ -118,37 +121,31 @@ async fn with_heartbeat_zero_a_due_refresh_writes_last_sync_time() {
     let key = rig.binding(&binding_yaml("app", ""));
     synced(&rig, &key).await;
     refresh_due(&rig, &key).await;
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Unchanged);
     // Only lastSyncTime moves.
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[("patch secretbindings/status", 1)])
-    );
+    let only_status = &[("patch secretbindings/status", 1)];
+    rig.reconciles(
+        reconcile(&rig.ctx, &key),
+        ReconcileResult::Unchanged,
+        only_status,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn an_edited_secret_is_read_and_restored() {
     let (rig, key) = rig_with_binding("").await;
     synced(&rig, &key).await;
-    rig.put(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: app, namespace: {NS}}}\ndata: {{password: ZWRpdGVk}}\n"
-    ));
+    rig.put_secret("app", "{password: ZWRpdGVk}");
     rig.watch_sees_secret("app");
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Written);
     // The backend is read again to restore it; the status is the same data as before, so
     // (lastSyncTime being younger than the heartbeat) it is not rewritten.
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[
-            ("get secrets", 1),
-            ("patch secrets", 1),
-            ("create events", 1),
-        ])
-    );
+    let restore = &[
+        ("get secrets", 1),
+        ("patch secrets", 1),
+        ("create events", 1),
+    ];
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Written, restore)
+        .await;
     assert_eq!(rig.secret_data("app")["password"], "pw-1");
 }
 
@@ -158,17 +155,13 @@ async fn a_rotated_value_is_written_with_a_rotated_event() {
     synced(&rig, &key).await;
     rig.file("app.env", "DB_USER=shop\nDB_PASSWORD=pw-2\n");
     refresh_due(&rig, &key).await;
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Written);
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[
-            ("patch secrets", 1),
-            ("patch secretbindings/status", 1),
-            ("create events", 1),
-        ])
-    );
+    let rotate = &[
+        ("patch secrets", 1),
+        ("patch secretbindings/status", 1),
+        ("create events", 1),
+    ];
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Written, rotate)
+        .await;
     assert_eq!(rig.secret_data("app")["password"], "pw-2");
     let b = rig.reload_binding(&key);
     assert!(b.status.unwrap().last_rotation_time.is_some());
@@ -189,16 +182,12 @@ async fn a_rotated_value_is_written_with_a_rotated_event() {
 async fn a_missing_source_is_reported_and_nothing_is_written() {
     let rig = Rig::new(Duration::from_secs(1)).await;
     let key = rig.binding(&binding_yaml("app", ""));
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Error);
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, REPORTED)
+        .await;
     assert!(
         matches!(r.requeue, Requeue::After(d) if d <= Duration::from_secs(6)),
         "{r:?}"
-    );
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[("patch secretbindings/status", 1), ("create events", 1)])
     );
     let (status, reason, message) = rig.ready(&key);
     assert_eq!(
@@ -212,20 +201,14 @@ async fn a_missing_source_is_reported_and_nothing_is_written() {
 #[tokio::test]
 async fn a_foreign_secret_is_never_overwritten() {
     let (rig, key) = rig_with_binding("").await;
-    rig.put(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: app, namespace: {NS}}}\ndata: {{mine: eA==}}\n"
-    ));
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Error);
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[
-            ("get secrets", 1),
-            ("patch secretbindings/status", 1),
-            ("create events", 1),
-        ])
-    );
+    rig.put_secret("app", "{mine: eA==}");
+    let refused = &[
+        ("get secrets", 1),
+        ("patch secretbindings/status", 1),
+        ("create events", 1),
+    ];
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, refused)
+        .await;
     assert_eq!(rig.ready(&key).1, "TargetConflict");
     assert_eq!(
         rig.secret_data("app").keys().collect::<Vec<_>>(),
@@ -236,18 +219,14 @@ async fn a_foreign_secret_is_never_overwritten() {
 #[tokio::test]
 async fn merge_into_a_missing_secret_adds_the_finalizer_and_writes_nothing() {
     let (rig, key) = rig_with_binding("  target: {creationPolicy: Merge}\n").await;
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Error);
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[
-            ("patch secretbindings", 1),
-            ("get secrets", 1),
-            ("patch secretbindings/status", 1),
-            ("create events", 1),
-        ])
-    );
+    let finalized = &[
+        ("patch secretbindings", 1),
+        ("get secrets", 1),
+        ("patch secretbindings/status", 1),
+        ("create events", 1),
+    ];
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, finalized)
+        .await;
     assert_eq!(rig.ready(&key).1, "TargetNotFound");
     let b = rig.reload_binding(&key);
     assert_eq!(
@@ -259,9 +238,7 @@ async fn merge_into_a_missing_secret_adds_the_finalizer_and_writes_nothing() {
 #[tokio::test]
 async fn merge_writes_only_its_keys_and_removes_them_on_deletion() {
     let (rig, key) = rig_with_binding("  target: {creationPolicy: Merge}\n").await;
-    rig.put(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: app, namespace: {NS}}}\ndata: {{theirs: eA==}}\n"
-    ));
+    rig.put_secret("app", "{theirs: eA==}");
     let r = reconcile(&rig.ctx, &key).await;
     assert_eq!(r.result, ReconcileResult::Written);
     let keys: Vec<String> = rig.secret_data("app").into_keys().collect();
@@ -272,17 +249,13 @@ async fn merge_writes_only_its_keys_and_removes_them_on_deletion() {
         k8s_openapi::jiff::Timestamp::now(),
     ));
     rig.ctx.bindings.upsert(key.clone(), b);
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Deleted);
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[
-            ("get secrets", 1),
-            ("patch secrets", 1),
-            ("patch secretbindings", 1),
-        ])
-    );
+    let cleanup = &[
+        ("get secrets", 1),
+        ("patch secrets", 1),
+        ("patch secretbindings", 1),
+    ];
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Deleted, cleanup)
+        .await;
     let keys: Vec<String> = rig.secret_data("app").into_keys().collect();
     assert_eq!(keys, vec!["theirs"], "only the other writer's key is left");
 }
@@ -293,14 +266,10 @@ async fn a_missing_remote_key_keeps_the_secret_and_backs_off() {
     synced(&rig, &key).await;
     rig.file("app.env", "DB_USER=shop\n");
     refresh_due(&rig, &key).await;
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Error);
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, REPORTED)
+        .await;
     assert!(matches!(r.requeue, Requeue::After(_)), "{r:?}");
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[("patch secretbindings/status", 1), ("create events", 1)])
-    );
     assert_eq!(rig.ready(&key).1, "SecretNotFound");
     assert_eq!(
         rig.secret_data("app")["password"],
@@ -331,7 +300,7 @@ async fn bindings_on_a_failing_key_share_its_backoff_and_one_read() {
     );
     // Both come back when the key is retried (first backoff step: 4-6 s), within a second
     // of each other, instead of each on a backoff of its own.
-    let at = |r: &secretsync_controller::outcome::Reconciled| match r.requeue {
+    let at = |r: &Reconciled| match r.requeue {
         Requeue::After(d) => t0 + d,
         ref other => panic!("{other:?}"),
     };
@@ -351,18 +320,12 @@ async fn bindings_on_a_failing_key_share_its_backoff_and_one_read() {
 async fn a_refused_write_is_write_failed_in_status() {
     let (rig, key) = rig_with_binding("").await;
     rig.server.fail_next("patch", "secrets", 1, 403);
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Error);
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[
-            ("get secrets", 1),
-            ("patch secrets", 1),
-            ("patch secretbindings/status", 1),
-            ("create events", 1),
-        ])
-    );
+    rig.reconciles(
+        reconcile(&rig.ctx, &key),
+        ReconcileResult::Error,
+        FIRST_WRITE,
+    )
+    .await;
     let (_, reason, message) = rig.ready(&key);
     assert_eq!(reason, "WriteFailed");
     assert_eq!(message, "writing Secret \"app\" failed: 403 Forbidden");
@@ -372,16 +335,13 @@ async fn a_refused_write_is_write_failed_in_status() {
 async fn an_unavailable_api_server_is_retried_without_touching_status() {
     let (rig, key) = rig_with_binding("").await;
     rig.server.fail_next("patch", "secrets", 1, 503);
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Error);
+    let attempted = &[("get secrets", 1), ("patch secrets", 1)];
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, attempted)
+        .await;
     assert!(
         matches!(r.requeue, Requeue::ApiRetry(_)),
         "parked for the API server: {r:?}"
-    );
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[("get secrets", 1), ("patch secrets", 1)])
     );
     assert!(rig.reload_binding(&key).status.is_none());
 }
@@ -393,13 +353,8 @@ async fn a_bad_refresh_interval_is_invalid_config() {
     let mut b = rig.reload_binding(&key);
     b.spec.refresh_interval = "every hour".into();
     rig.ctx.bindings.upsert(key.clone(), b);
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Error);
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[("patch secretbindings/status", 1), ("create events", 1)])
-    );
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, REPORTED)
+        .await;
     let (_, reason, message) = rig.ready(&key);
     assert_eq!(reason, "InvalidConfig");
     assert!(message.starts_with("spec.refreshInterval"), "{message}");
@@ -410,9 +365,7 @@ async fn a_deleted_binding_is_forgotten() {
     let (rig, key) = rig_with_binding("").await;
     synced(&rig, &key).await;
     rig.ctx.bindings.remove(&key);
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Deleted);
-    assert_eq!(rig.requests(), Rig::expect(&[]));
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Deleted, &[])
+        .await;
     assert!(rig.ctx.binding_state(&key).memo.is_none());
 }

@@ -43,8 +43,10 @@ spec:
           env: [{{name: P, valueFrom: {{secretKeyRef: {{name: db, key: password}}}}}}]
 "#
     ));
-    rig.put(&format!(
-        "apiVersion: secretsync.dev/v1alpha1\nkind: SecretBinding\nmetadata: {{name: db, namespace: {NS}}}\nspec:\n  sourceRef: {{name: files}}\n  data: [{{secretKey: password, remoteRef: {{key: P}}}}]\n"
+    rig.put(&Rig::binding_yaml(
+        "db",
+        "files",
+        "[{secretKey: password, remoteRef: {key: P}}]",
     ));
     let key = WorkloadKey {
         kind: WorkloadKind::Deployment,
@@ -77,6 +79,24 @@ fn set_hash(rig: &Rig, hash: &str) {
     );
 }
 
+/// What looking at an unchanged workload costs: one read.
+const LOOKED: &[(&str, u64)] = &[("get deployments", 1)];
+
+/// The first look at the workload recorded and seen by its watch, then the Secret rotated.
+async fn rotated(rig: &Rig, key: &WorkloadKey) {
+    reconcile(&rig.ctx, key).await;
+    track(rig, key, &deployment(rig));
+    set_hash(rig, "h2");
+}
+
+/// The watch shows workload `d` as it now is; looking at it again reads it and writes
+/// nothing.
+async fn unchanged_when_seen_again(rig: &Rig, key: &WorkloadKey, d: &Value) {
+    track(rig, key, d);
+    rig.reconciles(reconcile(&rig.ctx, key), ReconcileResult::Unchanged, LOOKED)
+        .await;
+}
+
 fn deployment(rig: &Rig) -> Value {
     rig.server
         .object("apps", "deployments", Some(NS), "api")
@@ -87,62 +107,53 @@ fn deployment(rig: &Rig) -> Value {
 async fn first_sight_records_the_revision_without_a_restart() {
     let rig = Rig::new(Duration::ZERO).await;
     let key = setup(&rig, true, false);
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Recorded);
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[("get deployments", 1), ("patch deployments", 1)])
-    );
+    let recorded = &[("get deployments", 1), ("patch deployments", 1)];
+    rig.reconciles(
+        reconcile(&rig.ctx, &key),
+        ReconcileResult::Recorded,
+        recorded,
+    )
+    .await;
     let d = deployment(&rig);
     assert!(d["metadata"]["annotations"][REVISION].is_string());
     assert!(d["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].is_null());
     assert_eq!(d["metadata"]["generation"], 1, "the spec is untouched");
     // Seen again unchanged: a GET, no write.
-    track(&rig, &key, &d);
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Unchanged);
-    assert_eq!(rig.requests(), Rig::expect(&[("get deployments", 1)]));
+    unchanged_when_seen_again(&rig, &key, &d).await;
 }
 
 #[tokio::test]
 async fn a_rotation_waits_for_the_debounce() {
     let rig = Rig::new(Duration::from_secs(10)).await;
     let key = setup(&rig, true, false);
-    reconcile(&rig.ctx, &key).await;
-    track(&rig, &key, &deployment(&rig));
-    set_hash(&rig, "h2");
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Pending);
+    rotated(&rig, &key).await;
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Pending, LOOKED)
+        .await;
     assert!(
         matches!(r.requeue, Requeue::After(d) if d > Duration::from_secs(9) && d <= Duration::from_secs(10)),
         "{r:?}"
     );
-    assert_eq!(rig.requests(), Rig::expect(&[("get deployments", 1)]));
 }
 
 #[tokio::test]
 async fn a_rotation_restarts_once_and_lists_the_restart_in_the_binding() {
     let rig = Rig::new(Duration::ZERO).await;
     let key = setup(&rig, true, false);
-    reconcile(&rig.ctx, &key).await;
-    track(&rig, &key, &deployment(&rig));
-    set_hash(&rig, "h2");
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Restarted);
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[
-            ("get deployments", 1),
-            ("patch deployments", 1),
-            ("create events", 1),
-            ("get secretbindings", 1),
-            ("patch secretbindings/status", 1),
-        ])
-    );
+    rotated(&rig, &key).await;
+    let restarted = &[
+        ("get deployments", 1),
+        ("patch deployments", 1),
+        ("create events", 1),
+        ("get secretbindings", 1),
+        ("patch secretbindings/status", 1),
+    ];
+    rig.reconciles(
+        reconcile(&rig.ctx, &key),
+        ReconcileResult::Restarted,
+        restarted,
+    )
+    .await;
     let d = deployment(&rig);
     assert!(d["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].is_string());
     assert_eq!(d["metadata"]["generation"], 2);
@@ -152,44 +163,26 @@ async fn a_rotation_restarts_once_and_lists_the_restart_in_the_binding() {
         .unwrap();
     assert_eq!(b["status"]["restarted"][0]["name"], "api");
     // The new revision is recorded: looking again restarts nothing.
-    track(&rig, &key, &d);
-    rig.server.reset_counts();
-    assert_eq!(
-        reconcile(&rig.ctx, &key).await.result,
-        ReconcileResult::Unchanged
-    );
-    assert_eq!(rig.requests(), Rig::expect(&[("get deployments", 1)]));
+    unchanged_when_seen_again(&rig, &key, &d).await;
 }
 
 #[tokio::test]
 async fn a_paused_deployment_gets_a_warning_and_no_patch() {
     let rig = Rig::new(Duration::ZERO).await;
     let key = setup(&rig, true, true);
-    reconcile(&rig.ctx, &key).await;
-    track(&rig, &key, &deployment(&rig));
-    set_hash(&rig, "h2");
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Paused);
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[("get deployments", 1), ("create events", 1)])
-    );
+    rotated(&rig, &key).await;
+    let warned = &[("get deployments", 1), ("create events", 1)];
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Paused, warned)
+        .await;
     // Once per revision: no second event.
-    rig.server.reset_counts();
-    assert_eq!(
-        reconcile(&rig.ctx, &key).await.result,
-        ReconcileResult::Paused
-    );
-    assert_eq!(rig.requests(), Rig::expect(&[("get deployments", 1)]));
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Paused, LOOKED)
+        .await;
 }
 
 #[tokio::test]
 async fn a_workload_that_did_not_opt_in_is_never_looked_at() {
     let rig = Rig::new(Duration::ZERO).await;
     let key = setup(&rig, false, false);
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Untracked);
-    assert_eq!(rig.requests(), Rig::expect(&[]));
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Untracked, &[])
+        .await;
 }

@@ -23,25 +23,22 @@ fn ready(rig: &Rig, key: &ObjKey) -> (String, String) {
     )
 }
 
+/// What reporting a source's state costs: one status write.
+const STATUS: &[(&str, u64)] = &[("patch secretsources/status", 1)];
+
 #[tokio::test]
 async fn a_valid_source_reports_ready_once_and_rechecks_every_minute() {
     let rig = Rig::new(Duration::from_secs(1)).await;
     let key = rig.file_source("files", "app.env", "A=1\n");
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Success);
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Success, STATUS)
+        .await;
     assert_eq!(r.requeue, Requeue::After(RECHECK));
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[("patch secretsources/status", 1)])
-    );
     assert_eq!(ready(&rig, &key), ("True".into(), "Valid".into()));
     // The next check finds nothing changed: no write.
     rig.reload_source(&key);
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Success);
-    assert_eq!(rig.requests(), Rig::expect(&[]));
+    rig.reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Success, &[])
+        .await;
 }
 
 #[tokio::test]
@@ -51,16 +48,12 @@ async fn a_source_outside_the_rules_reports_why_and_backs_off() {
     let key = rig.source(&format!(
         "apiVersion: secretsync.dev/v1alpha1\nkind: SecretSource\nmetadata: {{name: env, namespace: {NS}}}\nspec: {{env: {{}}}}\n"
     ));
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Error);
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Error, STATUS)
+        .await;
     assert!(
         matches!(r.requeue, Requeue::After(d) if d < RECHECK),
         "{r:?}"
-    );
-    assert_eq!(
-        rig.requests(),
-        Rig::expect(&[("patch secretsources/status", 1)])
     );
     assert_eq!(ready(&rig, &key), ("False".into(), "AccessDenied".into()));
 }
@@ -70,15 +63,16 @@ async fn a_deleted_source_wakes_its_bindings() {
     let rig = Rig::new(Duration::from_secs(1)).await;
     let key = rig.file_source("files", "app.env", "A=1\n");
     reconcile(&rig.ctx, &key).await;
-    let binding = rig.binding(&format!(
-        "apiVersion: secretsync.dev/v1alpha1\nkind: SecretBinding\nmetadata: {{name: b, namespace: {NS}}}\nspec:\n  sourceRef: {{name: files}}\n  data: [{{secretKey: a, remoteRef: {{key: A}}}}]\n"
+    let binding = rig.binding(&Rig::binding_yaml(
+        "b",
+        "files",
+        "[{secretKey: a, remoteRef: {key: A}}]",
     ));
     rig.ctx.sources.remove(&key);
-    rig.server.reset_counts();
-    let r = reconcile(&rig.ctx, &key).await;
-    assert_eq!(r.result, ReconcileResult::Deleted);
+    let r = rig
+        .reconciles(reconcile(&rig.ctx, &key), ReconcileResult::Deleted, &[])
+        .await;
     assert_eq!(r.requeue, Requeue::Never);
-    assert_eq!(rig.requests(), Rig::expect(&[]));
     let next = tokio::time::timeout(Duration::from_secs(1), rig.ctx.binding_queue.next())
         .await
         .unwrap();

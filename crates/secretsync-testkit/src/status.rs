@@ -68,37 +68,34 @@ impl ApiError {
         }
     }
 
+    /// An error `code`/`reason` about object `name` of `group`/`plural`, whose message
+    /// `message` words around the qualified resource name (`plural.group`).
+    fn about_object(
+        code: u16,
+        reason: &str,
+        (group, plural, name): (&str, &str, &str),
+        message: impl FnOnce(String) -> String,
+    ) -> Self {
+        Self::new(code, reason, message(Self::qualified(group, plural)))
+            .with_details(group, plural, name)
+    }
+
     pub(crate) fn not_found(group: &str, plural: &str, name: &str) -> Self {
-        Self::new(
-            404,
-            "NotFound",
-            format!("{} \"{name}\" not found", Self::qualified(group, plural)),
-        )
-        .with_details(group, plural, name)
+        Self::about_object(404, "NotFound", (group, plural, name), |r| {
+            format!("{r} \"{name}\" not found")
+        })
     }
 
     pub(crate) fn already_exists(group: &str, plural: &str, name: &str) -> Self {
-        Self::new(
-            409,
-            "AlreadyExists",
-            format!(
-                "{} \"{name}\" already exists",
-                Self::qualified(group, plural)
-            ),
-        )
-        .with_details(group, plural, name)
+        Self::about_object(409, "AlreadyExists", (group, plural, name), |r| {
+            format!("{r} \"{name}\" already exists")
+        })
     }
 
     pub(crate) fn conflict(group: &str, plural: &str, name: &str, why: &str) -> Self {
-        Self::new(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} \"{name}\": {why}",
-                Self::qualified(group, plural)
-            ),
-        )
-        .with_details(group, plural, name)
+        Self::about_object(409, "Conflict", (group, plural, name), |r| {
+            format!("Operation cannot be fulfilled on {r} \"{name}\": {why}")
+        })
     }
 
     pub(crate) fn stale(group: &str, plural: &str, name: &str) -> Self {

@@ -9,27 +9,17 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::core::Status;
 use kube::{Client, ResourceExt};
 use secretsync_testkit::FakeApiServer;
 use secretsync_testkit::harness::wait_for;
 use serde_json::json;
+use support::{api_err, merge, setup};
 
-async fn setup() -> (FakeApiServer, Client) {
-    let server = FakeApiServer::start().await.expect("start fake");
-    let client = server.client().await.expect("client");
-    (server, client)
-}
+mod support;
 
+/// Secret `name` with `labels`, holding `k: v`.
 fn secret(name: &str, labels: &[(&str, &str)]) -> Secret {
-    let mut s = Secret::default();
-    s.metadata.name = Some(name.into());
-    s.metadata.labels = Some(
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
+    let mut s = support::secret(name, labels);
     s.data = Some(BTreeMap::from([(
         "k".to_string(),
         ByteString(b"v".to_vec()),
@@ -37,18 +27,24 @@ fn secret(name: &str, labels: &[(&str, &str)]) -> Secret {
     s
 }
 
+/// The names of the Secrets `lp` lists, in the order listed.
+async fn names(api: &Api<Secret>, lp: &ListParams) -> Vec<String> {
+    let list = api.list(lp).await.unwrap();
+    list.items.iter().map(|s| s.name_any()).collect()
+}
+
+/// Creates Secret `name` (no labels) through `api`.
+async fn create_secret(api: &Api<Secret>, name: &str) {
+    api.create(&PostParams::default(), &secret(name, &[]))
+        .await
+        .unwrap();
+}
+
 fn cm(name: &str) -> ConfigMap {
     let mut c = ConfigMap::default();
     c.metadata.name = Some(name.into());
     c.data = Some(BTreeMap::from([("a".to_string(), "1".to_string())]));
     c
-}
-
-fn api_err(e: kube::Error) -> Status {
-    match e {
-        kube::Error::Api(s) => *s,
-        other => panic!("expected an API error, got {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -106,30 +102,23 @@ async fn label_selectors() {
             .await
             .unwrap();
     }
-    let names = |sel: &'static str| {
+    let selected = |sel: &'static str| {
         let api = api.clone();
         async move {
-            let mut v: Vec<String> = api
-                .list(&ListParams::default().labels(sel))
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .map(|s| s.name_any())
-                .collect();
+            let mut v = names(&api, &ListParams::default().labels(sel)).await;
             v.sort();
             v.join(",")
         }
     };
-    assert_eq!(names("app=web").await, "a");
-    assert_eq!(names("app==db").await, "b");
-    assert_eq!(names("app!=web").await, "b,c,d");
-    assert_eq!(names("app in (web,db)").await, "a,b");
-    assert_eq!(names("app notin (web,db)").await, "c,d");
-    assert_eq!(names("tier").await, "a,c");
-    assert_eq!(names("!tier").await, "b,d");
-    assert_eq!(names("app,!tier").await, "b");
-    assert_eq!(names("").await, "a,b,c,d");
+    assert_eq!(selected("app=web").await, "a");
+    assert_eq!(selected("app==db").await, "b");
+    assert_eq!(selected("app!=web").await, "b,c,d");
+    assert_eq!(selected("app in (web,db)").await, "a,b");
+    assert_eq!(selected("app notin (web,db)").await, "c,d");
+    assert_eq!(selected("tier").await, "a,c");
+    assert_eq!(selected("!tier").await, "b,d");
+    assert_eq!(selected("app,!tier").await, "b");
+    assert_eq!(selected("").await, "a,b,c,d");
 }
 
 #[tokio::test]
@@ -137,12 +126,8 @@ async fn field_selectors_and_cluster_wide_list() {
     let (_s, client) = setup().await;
     for ns in ["n1", "n2"] {
         let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-        api.create(&PostParams::default(), &secret("x", &[]))
-            .await
-            .unwrap();
-        api.create(&PostParams::default(), &secret("y", &[]))
-            .await
-            .unwrap();
+        create_secret(&api, "x").await;
+        create_secret(&api, "y").await;
     }
     let all: Api<Secret> = Api::all(client.clone());
     assert_eq!(
@@ -191,6 +176,11 @@ async fn pagination() {
     assert_eq!(seen, want);
 }
 
+/// Replaces ConfigMap `c` (its resourceVersion is the precondition).
+async fn replace(api: &Api<ConfigMap>, c: &ConfigMap) -> kube::Result<ConfigMap> {
+    api.replace("c", &PostParams::default(), c).await
+}
+
 #[tokio::test]
 async fn optimistic_concurrency() {
     let (_s, client) = setup().await;
@@ -199,26 +189,16 @@ async fn optimistic_concurrency() {
     let mut first = api.get("c").await.unwrap();
     let mut second = first.clone();
     first.data = Some(BTreeMap::from([("a".into(), "2".into())]));
-    let updated = api
-        .replace("c", &PostParams::default(), &first)
-        .await
-        .unwrap();
+    let updated = replace(&api, &first).await.unwrap();
     assert_ne!(
         updated.metadata.resource_version,
         second.metadata.resource_version
     );
     second.data = Some(BTreeMap::from([("a".into(), "3".into())]));
-    let err = api_err(
-        api.replace("c", &PostParams::default(), &second)
-            .await
-            .unwrap_err(),
-    );
+    let err = api_err(replace(&api, &second).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
     // a no-op update keeps the resource version
-    let again = api
-        .replace("c", &PostParams::default(), &updated)
-        .await
-        .unwrap();
+    let again = replace(&api, &updated).await.unwrap();
     assert_eq!(
         again.metadata.resource_version,
         updated.metadata.resource_version
@@ -229,9 +209,7 @@ async fn optimistic_concurrency() {
 async fn validation_errors() {
     let (_s, client) = setup().await;
     let api: Api<Secret> = Api::namespaced(client, "v");
-    api.create(&PostParams::default(), &secret("ok", &[]))
-        .await
-        .unwrap();
+    create_secret(&api, "ok").await;
     let err = api_err(
         api.patch(
             "ok",
@@ -275,13 +253,7 @@ async fn finalizer_blocks_deletion() {
     assert!(pending.metadata.deletion_timestamp.is_some());
     let still = api.get("f").await.unwrap();
     assert!(still.metadata.deletion_timestamp.is_some());
-    api.patch(
-        "f",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    merge(&api, "f", json!({"metadata": {"finalizers": null}})).await;
     assert!(api.get_opt("f").await.unwrap().is_none());
 }
 
@@ -392,14 +364,7 @@ async fn patch_types() {
     assert_eq!(patched.metadata.generation, Some(2));
 
     // label-only change: generation unchanged
-    let labelled = api
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
-        )
-        .await
-        .unwrap();
+    let labelled = merge(&api, "web", json!({"metadata": {"labels": {"x": "y"}}})).await;
     assert_eq!(labelled.metadata.generation, Some(2));
 
     // status subresource: main writes ignore status, status writes keep generation
@@ -413,14 +378,7 @@ async fn patch_types() {
         .unwrap();
     assert_eq!(st.status.unwrap().replicas, Some(3));
     assert_eq!(st.metadata.generation, Some(2));
-    let ignored = api
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"replicas": 9}})),
-        )
-        .await
-        .unwrap();
+    let ignored = merge(&api, "web", json!({"status": {"replicas": 9}})).await;
     assert_eq!(ignored.status.unwrap().replicas, Some(3));
 
     let cms: Api<ConfigMap> = Api::namespaced(client, "p");
@@ -444,9 +402,7 @@ async fn patch_types() {
 async fn fault_injection_then_success() {
     let (server, client) = setup().await;
     let api: Api<Secret> = Api::namespaced(client.clone(), "f");
-    api.create(&PostParams::default(), &secret("s", &[]))
-        .await
-        .unwrap();
+    create_secret(&api, "s").await;
     server.reset_counts();
     server.fail_next("get", "secrets", 2, 500);
     for _ in 0..2 {
@@ -498,9 +454,7 @@ async fn fault_injection_then_success() {
 async fn latency_and_pause() {
     let (server, client) = setup().await;
     let api: Api<Secret> = Api::namespaced(client, "l");
-    api.create(&PostParams::default(), &secret("s", &[]))
-        .await
-        .unwrap();
+    create_secret(&api, "s").await;
     server.add_latency("get", "secrets", Duration::from_millis(300), Some(1));
     let t = Instant::now();
     api.get("s").await.unwrap();
@@ -670,15 +624,7 @@ async fn namespaces_deletecollection_and_dry_run() {
     )
     .await
     .unwrap();
-    let left: Vec<String> = api
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|s| s.name_any())
-        .collect();
-    assert_eq!(left, ["c"]);
+    assert_eq!(names(&api, &ListParams::default()).await, ["c"]);
     // deleting the namespace deletes its objects
     nss.delete("tmp", &DeleteParams::default()).await.unwrap();
     assert!(

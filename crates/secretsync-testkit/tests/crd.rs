@@ -10,20 +10,40 @@ use kube::discovery::Discovery;
 use secretsync_testkit::TestEnv;
 use secretsync_testkit::harness::wait_for;
 use serde_json::json;
+use support::{api_err, merge};
 
-fn api_err(e: kube::Error) -> Status {
-    match e {
-        kube::Error::Api(s) => *s,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
+mod support;
 
-fn binding_api(env: &TestEnv) -> Api<DynamicObject> {
+/// The API of secretsync kind `kind` (plural `plural`) in the test namespace.
+fn crd_api(env: &TestEnv, kind: &str, plural: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("secretsync.dev", "v1alpha1", "SecretBinding"),
-        "secretbindings",
+        &GroupVersionKind::gvk("secretsync.dev", "v1alpha1", kind),
+        plural,
     );
     Api::namespaced_with(env.client.clone(), &env.namespace, &ar)
+}
+
+/// A test environment with the secretsync CRDs installed, and the SecretBinding API.
+async fn with_crds() -> (TestEnv, Api<DynamicObject>) {
+    let env = TestEnv::start().await.unwrap();
+    env.install_crds().await.unwrap();
+    let api = crd_api(&env, "SecretBinding", "secretbindings");
+    (env, api)
+}
+
+/// Creating `obj` fails: the API error.
+async fn refused(api: &Api<DynamicObject>, obj: &DynamicObject) -> Status {
+    api_err(api.create(&PostParams::default(), obj).await.unwrap_err())
+}
+
+/// The types of an object's status conditions, in order.
+fn condition_types(obj: &DynamicObject) -> Vec<&str> {
+    obj.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect()
 }
 
 fn binding(name: &str) -> DynamicObject {
@@ -78,9 +98,7 @@ async fn crds_install_and_show_up_in_discovery() {
 
 #[tokio::test]
 async fn status_write_does_not_bump_generation() {
-    let env = TestEnv::start().await.unwrap();
-    env.install_crds().await.unwrap();
-    let api = binding_api(&env);
+    let (_env, api) = with_crds().await;
     let created = api
         .create(&PostParams::default(), &binding("b"))
         .await
@@ -114,38 +132,25 @@ async fn status_write_does_not_bump_generation() {
     );
 
     // a main-resource write ignores status but bumps generation on spec changes
-    let spec_change = api
-        .patch(
-            "b",
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"spec": {"refreshInterval": "5m"}, "status": {"observedGeneration": 99}}),
-            ),
-        )
-        .await
-        .unwrap();
+    let spec_change = merge(
+        &api,
+        "b",
+        json!({"spec": {"refreshInterval": "5m"}, "status": {"observedGeneration": 99}}),
+    )
+    .await;
     assert_eq!(spec_change.metadata.generation, Some(2));
     assert_eq!(spec_change.data["status"]["observedGeneration"], 1);
     // metadata-only change: no bump
-    let labelled = api
-        .patch(
-            "b",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
-        )
-        .await
-        .unwrap();
+    let labelled = merge(&api, "b", json!({"metadata": {"labels": {"a": "b"}}})).await;
     assert_eq!(labelled.metadata.generation, Some(2));
 }
 
 #[tokio::test]
 async fn schema_validation_rejects_bad_objects() {
-    let env = TestEnv::start().await.unwrap();
-    env.install_crds().await.unwrap();
-    let api = binding_api(&env);
+    let (_env, api) = with_crds().await;
     let mut bad = binding("bad");
     bad.data["spec"]["target"] = json!({"creationPolicy": "Sometimes"});
-    let err = api_err(api.create(&PostParams::default(), &bad).await.unwrap_err());
+    let err = refused(&api, &bad).await;
     assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
     let causes = err.details.unwrap().causes;
     assert!(
@@ -160,21 +165,13 @@ async fn schema_validation_rejects_bad_objects() {
         .as_object_mut()
         .unwrap()
         .remove("sourceRef");
-    let err = api_err(
-        api.create(&PostParams::default(), &missing)
-            .await
-            .unwrap_err(),
-    );
+    let err = refused(&api, &missing).await;
     assert_eq!(err.code, 422);
     assert!(err.message.contains("spec.sourceRef"), "{}", err.message);
 
     let mut wrong_type = binding("wrongtype");
     wrong_type.data["spec"]["refreshInterval"] = json!(5);
-    let err = api_err(
-        api.create(&PostParams::default(), &wrong_type)
-            .await
-            .unwrap_err(),
-    );
+    let err = refused(&api, &wrong_type).await;
     assert_eq!(err.code, 422);
     assert!(
         err.message.contains("spec.refreshInterval"),
@@ -185,9 +182,7 @@ async fn schema_validation_rejects_bad_objects() {
 
 #[tokio::test]
 async fn deleting_a_crd_removes_its_resources() {
-    let env = TestEnv::start().await.unwrap();
-    env.install_crds().await.unwrap();
-    let api = binding_api(&env);
+    let (env, api) = with_crds().await;
     api.create(&PostParams::default(), &binding("gone"))
         .await
         .unwrap();
@@ -204,9 +199,7 @@ async fn deleting_a_crd_removes_its_resources() {
 
 #[tokio::test]
 async fn status_conditions_are_a_map_list() {
-    let env = TestEnv::start().await.unwrap();
-    env.install_crds().await.unwrap();
-    let api = binding_api(&env);
+    let (_env, api) = with_crds().await;
     api.create(&PostParams::default(), &binding("c"))
         .await
         .unwrap();
@@ -227,13 +220,7 @@ async fn status_conditions_are_a_map_list() {
     .await
     .unwrap();
     let got = api.get("c").await.unwrap();
-    let types: Vec<&str> = got.data["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["type"].as_str().unwrap())
-        .collect();
-    assert_eq!(types, ["Ready", "Extra"]);
+    assert_eq!(condition_types(&got), ["Ready", "Extra"]);
     let got = api
         .patch_status(
             "c",
@@ -242,54 +229,30 @@ async fn status_conditions_are_a_map_list() {
         )
         .await
         .unwrap();
-    let types: Vec<&str> = got.data["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["type"].as_str().unwrap())
-        .collect();
-    assert_eq!(types, ["Extra"]);
+    assert_eq!(condition_types(&got), ["Extra"]);
 }
 
 #[tokio::test]
 async fn cel_rules_of_the_secretsync_crds_are_enforced() {
-    let env = TestEnv::start().await.unwrap();
-    env.install_crds().await.unwrap();
-    let api = binding_api(&env);
+    let (env, api) = with_crds().await;
     let mut bad_key = binding("badkey");
     bad_key.data["spec"]["data"][0]["secretKey"] = json!("a/b");
-    let err = api_err(
-        api.create(&PostParams::default(), &bad_key)
-            .await
-            .unwrap_err(),
-    );
+    let err = refused(&api, &bad_key).await;
     assert_eq!(err.code, 422);
     assert!(err.message.contains("secretKey"), "{}", err.message);
 
     let mut bad_interval = binding("badinterval");
     bad_interval.data["spec"]["refreshInterval"] = json!("soon");
-    let err = api_err(
-        api.create(&PostParams::default(), &bad_interval)
-            .await
-            .unwrap_err(),
-    );
+    let err = refused(&api, &bad_interval).await;
     assert_eq!(err.code, 422);
     assert!(err.message.contains("refreshInterval"), "{}", err.message);
 
     let mut no_data = binding("nodata");
     no_data.data["spec"].as_object_mut().unwrap().remove("data");
-    let err = api_err(
-        api.create(&PostParams::default(), &no_data)
-            .await
-            .unwrap_err(),
-    );
+    let err = refused(&api, &no_data).await;
     assert_eq!(err.code, 422, "{}", err.message);
 
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("secretsync.dev", "v1alpha1", "SecretSource"),
-        "secretsources",
-    );
-    let sources: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.namespace, &ar);
+    let sources = crd_api(&env, "SecretSource", "secretsources");
     let src = |spec: serde_json::Value| -> DynamicObject {
         serde_json::from_value(json!({
             "apiVersion": "secretsync.dev/v1alpha1", "kind": "SecretSource",
@@ -297,15 +260,11 @@ async fn cel_rules_of_the_secretsync_crds_are_enforced() {
         }))
         .unwrap()
     };
-    let err = api_err(
-        sources
-            .create(
-                &PostParams::default(),
-                &src(json!({"env": {}, "aws": {"region": "eu-west-1"}})),
-            )
-            .await
-            .unwrap_err(),
-    );
+    let err = refused(
+        &sources,
+        &src(json!({"env": {}, "aws": {"region": "eu-west-1"}})),
+    )
+    .await;
     assert_eq!(err.code, 422, "{}", err.message);
     sources
         .create(&PostParams::default(), &src(json!({"env": {}})))
@@ -315,9 +274,7 @@ async fn cel_rules_of_the_secretsync_crds_are_enforced() {
 
 #[tokio::test]
 async fn unknown_fields_are_pruned_or_rejected_when_strict() {
-    let env = TestEnv::start().await.unwrap();
-    env.install_crds().await.unwrap();
-    let api = binding_api(&env);
+    let (_env, api) = with_crds().await;
     let mut extra = binding("extra");
     extra.data["spec"]["bogus"] = json!(1);
     let err = api_err(

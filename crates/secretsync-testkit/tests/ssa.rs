@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::Status;
 use secretsync_testkit::FakeApiServer;
 use serde_json::{Value, json};
+use support::api_err;
+
+mod support;
 
 async fn setup() -> (FakeApiServer, Client, Api<Secret>) {
-    let server = FakeApiServer::start().await.expect("start fake");
-    let client = server.client().await.expect("client");
+    let (server, client) = support::setup().await;
     let api = Api::namespaced(client.clone(), "ssa");
     (server, client, api)
 }
@@ -36,6 +37,32 @@ fn applied(data: &[(&str, &str)], annotations: &[(&str, &str)]) -> Value {
     })
 }
 
+/// Applies Secret `s` with `body` (see [`applied`]) under `pp`.
+async fn apply(api: &Api<Secret>, pp: &PatchParams, body: Value) -> kube::Result<Secret> {
+    api.patch("s", pp, &Patch::Apply(body)).await
+}
+
+/// Another writer, `kubectl-edit`, changes Secret `s` with a merge patch.
+async fn edit(api: &Api<Secret>, body: Value) {
+    let pp = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    api.patch("s", &pp, &Patch::Merge(body)).await.unwrap();
+}
+
+/// The names of a Deployment's containers, in order.
+fn container_names(d: k8s_openapi::api::apps::v1::Deployment) -> Vec<String> {
+    d.spec
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.name)
+        .collect()
+}
+
 fn keys(s: &Secret) -> Vec<String> {
     s.data
         .clone()
@@ -44,24 +71,16 @@ fn keys(s: &Secret) -> Vec<String> {
         .collect::<Vec<_>>()
 }
 
-fn api_err(e: kube::Error) -> Status {
-    match e {
-        kube::Error::Api(s) => *s,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn create_via_apply_records_managed_fields() {
     let (_s, _c, api) = setup().await;
-    let s = api
-        .patch(
-            "s",
-            &PatchParams::apply("secretsync"),
-            &Patch::Apply(applied(&[("a", "1")], &[("x", "y")])),
-        )
-        .await
-        .unwrap();
+    let s = apply(
+        &api,
+        &PatchParams::apply("secretsync"),
+        applied(&[("a", "1")], &[("x", "y")]),
+    )
+    .await
+    .unwrap();
     assert_eq!(keys(&s), ["a"]);
     let mf = s.metadata.managed_fields.unwrap();
     assert_eq!(mf.len(), 1);
@@ -76,33 +95,20 @@ async fn create_via_apply_records_managed_fields() {
 async fn apply_removes_fields_the_manager_stopped_applying() {
     let (_s, _c, api) = setup().await;
     let pp = PatchParams::apply("secretsync");
-    api.patch(
-        "s",
+    apply(
+        &api,
         &pp,
-        &Patch::Apply(applied(
-            &[("a", "1"), ("b", "2")],
-            &[("x", "1"), ("y", "2")],
-        )),
+        applied(&[("a", "1"), ("b", "2")], &[("x", "1"), ("y", "2")]),
     )
     .await
     .unwrap();
     // another writer adds its own key with a merge patch
-    api.patch(
-        "s",
-        &PatchParams {
-            field_manager: Some("kubectl-edit".into()),
-            ..Default::default()
-        },
-        &Patch::Merge(json!({"data": {"c": "Mw=="}, "metadata": {"annotations": {"z": "3"}}})),
+    edit(
+        &api,
+        json!({"data": {"c": "Mw=="}, "metadata": {"annotations": {"z": "3"}}}),
     )
-    .await
-    .unwrap();
-    let s = api
-        .patch(
-            "s",
-            &pp,
-            &Patch::Apply(applied(&[("a", "1")], &[("x", "1")])),
-        )
+    .await;
+    let s = apply(&api, &pp, applied(&[("a", "1")], &[("x", "1")]))
         .await
         .unwrap();
     assert_eq!(keys(&s), ["a", "c"], "b removed, c (other manager) kept");
@@ -117,27 +123,14 @@ async fn apply_removes_fields_the_manager_stopped_applying() {
 #[tokio::test]
 async fn shared_field_survives_when_one_owner_stops_applying() {
     let (_s, _c, api) = setup().await;
-    api.patch(
-        "s",
-        &PatchParams::apply("m1"),
-        &Patch::Apply(applied(&[("a", "1")], &[])),
-    )
-    .await
-    .unwrap();
+    apply(&api, &PatchParams::apply("m1"), applied(&[("a", "1")], &[]))
+        .await
+        .unwrap();
     // same value: no conflict, both own it
-    api.patch(
-        "s",
-        &PatchParams::apply("m2"),
-        &Patch::Apply(applied(&[("a", "1")], &[])),
-    )
-    .await
-    .unwrap();
-    let s = api
-        .patch(
-            "s",
-            &PatchParams::apply("m1"),
-            &Patch::Apply(applied(&[], &[])),
-        )
+    apply(&api, &PatchParams::apply("m2"), applied(&[("a", "1")], &[]))
+        .await
+        .unwrap();
+    let s = apply(&api, &PatchParams::apply("m1"), applied(&[], &[]))
         .await
         .unwrap();
     assert_eq!(keys(&s), ["a"]);
@@ -146,21 +139,13 @@ async fn shared_field_survives_when_one_owner_stops_applying() {
 #[tokio::test]
 async fn conflict_between_managers_and_force() {
     let (_s, _c, api) = setup().await;
-    api.patch(
-        "s",
-        &PatchParams::apply("m1"),
-        &Patch::Apply(applied(&[("a", "1")], &[])),
-    )
-    .await
-    .unwrap();
-    let err = api_err(
-        api.patch(
-            "s",
-            &PatchParams::apply("m2"),
-            &Patch::Apply(applied(&[("a", "2")], &[])),
-        )
+    apply(&api, &PatchParams::apply("m1"), applied(&[("a", "1")], &[]))
         .await
-        .unwrap_err(),
+        .unwrap();
+    let err = api_err(
+        apply(&api, &PatchParams::apply("m2"), applied(&[("a", "2")], &[]))
+            .await
+            .unwrap_err(),
     );
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
     assert!(err.message.contains("m1"), "{}", err.message);
@@ -169,14 +154,13 @@ async fn conflict_between_managers_and_force() {
     assert_eq!(cause.field, ".data.a");
     assert!(cause.message.contains("m1"));
 
-    let s = api
-        .patch(
-            "s",
-            &PatchParams::apply("m2").force(),
-            &Patch::Apply(applied(&[("a", "2")], &[])),
-        )
-        .await
-        .unwrap();
+    let s = apply(
+        &api,
+        &PatchParams::apply("m2").force(),
+        applied(&[("a", "2")], &[]),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.data.unwrap()["a"].0, b"2");
     let mf = s.metadata.managed_fields.unwrap();
     let owns_a = |m: &str| {
@@ -191,24 +175,15 @@ async fn conflict_between_managers_and_force() {
 #[tokio::test]
 async fn apply_conflicts_with_update_owned_field() {
     let (_s, _c, api) = setup().await;
-    api.patch(
-        "s",
+    apply(
+        &api,
         &PatchParams::apply("secretsync"),
-        &Patch::Apply(applied(&[("a", "1")], &[])),
+        applied(&[("a", "1")], &[]),
     )
     .await
     .unwrap();
     // someone edits the applied key
-    api.patch(
-        "s",
-        &PatchParams {
-            field_manager: Some("kubectl-edit".into()),
-            ..Default::default()
-        },
-        &Patch::Merge(json!({"data": {"a": "ZWRpdGVk"}})),
-    )
-    .await
-    .unwrap();
+    edit(&api, json!({"data": {"a": "ZWRpdGVk"}})).await;
     let s = api.get("s").await.unwrap();
     let mf = s.metadata.managed_fields.unwrap();
     let edit = mf
@@ -218,10 +193,10 @@ async fn apply_conflicts_with_update_owned_field() {
     assert_eq!(edit.operation.as_deref(), Some("Update"));
     // the applier no longer owns it, so re-applying its value conflicts
     let err = api_err(
-        api.patch(
-            "s",
+        apply(
+            &api,
             &PatchParams::apply("secretsync"),
-            &Patch::Apply(applied(&[("a", "1")], &[])),
+            applied(&[("a", "1")], &[]),
         )
         .await
         .unwrap_err(),
@@ -229,14 +204,13 @@ async fn apply_conflicts_with_update_owned_field() {
     assert_eq!(err.code, 409);
     assert!(err.message.contains("kubectl-edit"), "{}", err.message);
     // force restores it (drift correction)
-    let s = api
-        .patch(
-            "s",
-            &PatchParams::apply("secretsync").force(),
-            &Patch::Apply(applied(&[("a", "1")], &[])),
-        )
-        .await
-        .unwrap();
+    let s = apply(
+        &api,
+        &PatchParams::apply("secretsync").force(),
+        applied(&[("a", "1")], &[]),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.data.unwrap()["a"].0, b"1");
 }
 
@@ -244,15 +218,9 @@ async fn apply_conflicts_with_update_owned_field() {
 async fn apply_without_changes_is_a_no_op() {
     let (server, _c, api) = setup().await;
     let pp = PatchParams::apply("secretsync");
-    let first = api
-        .patch("s", &pp, &Patch::Apply(applied(&[("a", "1")], &[])))
-        .await
-        .unwrap();
+    let first = apply(&api, &pp, applied(&[("a", "1")], &[])).await.unwrap();
     let rv = server.resource_version();
-    let again = api
-        .patch("s", &pp, &Patch::Apply(applied(&[("a", "1")], &[])))
-        .await
-        .unwrap();
+    let again = apply(&api, &pp, applied(&[("a", "1")], &[])).await.unwrap();
     assert_eq!(
         first.metadata.resource_version,
         again.metadata.resource_version
@@ -330,16 +298,7 @@ async fn keyed_and_set_lists_merge_per_item() {
         )
         .await
         .unwrap();
-    let names: Vec<String> = out
-        .spec
-        .template
-        .spec
-        .unwrap()
-        .containers
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
-    assert_eq!(names, ["app", "side"]);
+    assert_eq!(container_names(out), ["app", "side"]);
     // b stops applying its container: it goes, a's stays
     let out = deploys
         .patch(
@@ -349,14 +308,5 @@ async fn keyed_and_set_lists_merge_per_item() {
         )
         .await
         .unwrap();
-    let names: Vec<String> = out
-        .spec
-        .template
-        .spec
-        .unwrap()
-        .containers
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
-    assert_eq!(names, ["app"]);
+    assert_eq!(container_names(out), ["app"]);
 }

@@ -7,33 +7,17 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
-use secretsync_testkit::FakeApiServer;
+use kube::{Resource, ResourceExt};
 use secretsync_testkit::harness::wait_for;
 use serde_json::json;
+use support::{merge, secret, setup};
+
+mod support;
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-async fn setup() -> (FakeApiServer, Client) {
-    let server = FakeApiServer::start().await.expect("start fake");
-    let client = server.client().await.expect("client");
-    (server, client)
-}
-
-fn secret(name: &str, labels: &[(&str, &str)]) -> Secret {
-    let mut s = Secret::default();
-    s.metadata.name = Some(name.into());
-    s.metadata.labels = Some(
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
-    s
-}
 
 #[derive(Default)]
 struct Seen {
@@ -259,13 +243,7 @@ async fn bookmarks_and_selector_transitions() {
         other => panic!("expected ADDED, got {other:?}"),
     }
     // the object stops matching the selector: the watcher sees DELETED
-    api.patch(
-        "x",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"keep": "no"}}})),
-    )
-    .await
-    .unwrap();
+    merge(&api, "x", json!({"metadata": {"labels": {"keep": "no"}}})).await;
     let mut got_deleted = false;
     let mut got_bookmark = false;
     while !(got_deleted && got_bookmark) {

@@ -56,34 +56,28 @@ fn render(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     secrets.into()
 }
 
+/// Renders the manifests `files` with Files sources read below `file_root`.
+fn render_files(files: &[&str], file_root: &str) -> serde_json::Value {
+    let mut args = vec!["-f"];
+    args.extend_from_slice(files);
+    args.extend(["--file-root", file_root]);
+    render(&args, &[])
+}
+
 #[test]
 fn offline_examples() {
     let s = render(&["-f", "examples/env/"], &[("SHOP_DB_PASSWORD", "s3cret")]);
     assert_eq!(s["shop-db-password"]["password"], "s3cret");
 
-    let s = render(
-        &[
-            "-f",
-            "examples/file/source.yaml",
-            "examples/file/binding.yaml",
-            "--file-root",
-            "examples/file/root",
-        ],
-        &[],
+    let s = render_files(
+        &["examples/file/source.yaml", "examples/file/binding.yaml"],
+        "examples/file/root",
     );
     assert_eq!(s["shop-config"]["api-key"], "demo-api-key");
     assert_eq!(s["shop-config"]["db-password"], "demo-file-password");
     assert_eq!(s["shop-config"]["user"], "shop");
 
-    let s = render(
-        &[
-            "-f",
-            "examples/templating/",
-            "--file-root",
-            "examples/templating/root",
-        ],
-        &[],
-    );
+    let s = render_files(&["examples/templating/"], "examples/templating/root");
     assert_eq!(
         s["shop-database"]["DATABASE_URL"],
         "postgres://shop:demo-template-password@postgres.shop.svc:5432/shop"
@@ -121,6 +115,21 @@ async fn vault(method: reqwest::Method, path: &str, body: serde_json::Value) -> 
     serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
 }
 
+/// Field `field` of the data a Vault request (with an empty body) answers with.
+async fn vault_data(method: reqwest::Method, path: &str, field: &str) -> String {
+    vault(method, path, json!({})).await["data"][field]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A Secret manifest `name` in namespace `shop` with `string_data` (a YAML flow map).
+fn secret_manifest(name: &str, string_data: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: shop}}\nstringData: {string_data}\n"
+    )
+}
+
 #[tokio::test]
 async fn vault_examples_against_openbao() {
     let addr = required_env("SECRETSYNC_TEST_BAO_ADDR");
@@ -137,9 +146,7 @@ async fn vault_examples_against_openbao() {
         "examples/vault-token/vault-token.yaml",
         "https://vault.example:8200",
         &addr,
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: vault-token, namespace: shop}}\nstringData: {{token: {token}}}\n"
-        ),
+        &secret_manifest("vault-token", &format!("{{token: {token}}}")),
     );
     let s = render(&["-f", dir.path().to_str().unwrap()], &[]);
     assert_eq!(s["shop-db"]["password"], "example-vault-pw");
@@ -167,31 +174,14 @@ async fn vault_examples_against_openbao() {
         json!({"token_policies": "example-approle", "token_ttl": "10m"}),
     )
     .await;
-    let role_id = vault(
-        reqwest::Method::GET,
-        "auth/approle/role/example-shop/role-id",
-        json!({}),
-    )
-    .await["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let secret_id = vault(
-        post.clone(),
-        "auth/approle/role/example-shop/secret-id",
-        json!({}),
-    )
-    .await["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let role = "auth/approle/role/example-shop";
+    let role_id = vault_data(reqwest::Method::GET, &format!("{role}/role-id"), "role_id").await;
+    let secret_id = vault_data(post.clone(), &format!("{role}/secret-id"), "secret_id").await;
     let dir = patched(
         "examples/vault-approle/vault-approle.yaml",
         "https://vault.example:8200",
         &addr,
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: approle, namespace: shop}}\nstringData: {{secret-id: {secret_id}}}\n"
-        ),
+        &secret_manifest("approle", &format!("{{secret-id: {secret_id}}}")),
     );
     let file = dir.path().join("example.yaml");
     let text = std::fs::read_to_string(&file)
@@ -203,10 +193,11 @@ async fn vault_examples_against_openbao() {
     assert_eq!(s["shop-payments"]["payments_eu_adyen"], r#"{"key":"ak"}"#);
 }
 
-fn aws_client(endpoint: &str) -> aws_sdk_secretsmanager::Client {
+/// A Secrets Manager client of moto at `endpoint` in `region`.
+fn aws_client(endpoint: &str, region: &'static str) -> aws_sdk_secretsmanager::Client {
     let conf = aws_sdk_secretsmanager::Config::builder()
         .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-        .region(aws_sdk_secretsmanager::config::Region::new("eu-west-1"))
+        .region(aws_sdk_secretsmanager::config::Region::new(region))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
             "AKIDEXAMPLES",
@@ -223,7 +214,7 @@ fn aws_client(endpoint: &str) -> aws_sdk_secretsmanager::Client {
 async fn aws_examples_against_moto() {
     let endpoint = required_env("SECRETSYNC_TEST_MOTO_ENDPOINT");
     // aws-irsa: default chain (here: environment keys), AWSPREVIOUS after a rotation.
-    let eu = aws_client(&endpoint);
+    let eu = aws_client(&endpoint, "eu-west-1");
     let name = "prod/shop/stripe";
     if eu.describe_secret().secret_id(name).send().await.is_err() {
         eu.create_secret()
@@ -256,21 +247,7 @@ async fn aws_examples_against_moto() {
     assert_eq!(s["shop-stripe"]["previous-api-key"], "old-key");
 
     // aws-static-keys: keys from a Secret, AssumeRole (moto's STS), find.
-    let us = {
-        let conf = aws_sdk_secretsmanager::Config::builder()
-            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-            .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
-            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-                "AKIDEXAMPLES",
-                "x",
-                None,
-                None,
-                "examples",
-            ))
-            .build();
-        aws_sdk_secretsmanager::Client::from_conf(conf)
-    };
+    let us = aws_client(&endpoint, "us-east-1");
     for (n, v) in [("shop/db", "db-pw"), ("shop/api", "api-key")] {
         let _ = us.create_secret().name(n).secret_string(v).send().await;
     }
@@ -278,7 +255,10 @@ async fn aws_examples_against_moto() {
         "examples/aws-static-keys/aws-static-keys.yaml",
         "region: us-east-1",
         &format!("region: us-east-1\n    endpoint: {endpoint}"),
-        "apiVersion: v1\nkind: Secret\nmetadata: {name: aws-creds, namespace: shop}\nstringData: {access-key-id: AKIDSTATIC, secret-access-key: x}\n",
+        &secret_manifest(
+            "aws-creds",
+            "{access-key-id: AKIDSTATIC, secret-access-key: x}",
+        ),
     );
     let s = render(&["-f", dir.path().to_str().unwrap()], &[]);
     assert_eq!(s["shop-aws"]["shop_db"], "db-pw");

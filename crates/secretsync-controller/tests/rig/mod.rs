@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use secretsync_controller::Config;
 use secretsync_controller::context::Ctx;
 use secretsync_controller::managed::ManagedSecret;
 use secretsync_controller::metrics::Metrics;
+use secretsync_controller::outcome::{ReconcileResult, Reconciled};
 use secretsync_controller::runtime::ObjKey;
 use secretsync_controller::source::SourceRegistry;
 use secretsync_testkit::FakeApiServer;
@@ -198,6 +200,36 @@ impl Rig {
     /// `requests()` expected: pairs of `verb resource` and count.
     pub fn expect(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
         pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+    }
+
+    /// Counts the requests of one reconcile (`run`, not yet started) from zero, and asserts
+    /// its result and exactly the requests it made; returns what it decided.
+    pub async fn reconciles(
+        &self,
+        run: impl Future<Output = Reconciled>,
+        result: ReconcileResult,
+        requests: &[(&str, u64)],
+    ) -> Reconciled {
+        self.server.reset_counts();
+        let r = run.await;
+        assert_eq!(r.result, result, "{r:?}");
+        assert_eq!(self.requests(), Self::expect(requests), "{r:?}");
+        r
+    }
+
+    /// Stores Secret `name` holding `data` (a YAML flow map of base64 values), written by
+    /// someone other than the operator.
+    pub fn put_secret(&self, name: &str, data: &str) {
+        self.put(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {NS}}}\ndata: {data}\n"
+        ));
+    }
+
+    /// The YAML of a SecretBinding `name` on source `source` with `data` (a YAML flow list).
+    pub fn binding_yaml(name: &str, source: &str, data: &str) -> String {
+        format!(
+            "apiVersion: secretsync.dev/v1alpha1\nkind: SecretBinding\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  sourceRef: {{name: {source}}}\n  data: {data}\n"
+        )
     }
 
     /// The binding's Ready condition as stored: (status, reason, message).

@@ -61,14 +61,7 @@ impl Inner {
                 let g = new["metadata"]["generation"].as_i64().unwrap_or(0);
                 new["metadata"]["generation"] = json!(g + 1);
             }
-            let new = self.store(
-                &def.storage_key(),
-                ns_key(ns, name),
-                new,
-                "MODIFIED",
-                Some(old),
-            );
-            return Ok(new);
+            return Ok(self.store_modified(def, ns, name, new, old));
         }
         let gone = self
             .remove(def, ns, name, opts.orphan)

@@ -118,6 +118,24 @@ impl Inner {
         obj
     }
 
+    /// Stores `new`, the changed version of `old`, as object `name` of `def`.
+    pub(super) fn store_modified(
+        &mut self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        new: Value,
+        old: Value,
+    ) -> Value {
+        self.store(
+            &def.storage_key(),
+            ns_key(ns, name),
+            new,
+            "MODIFIED",
+            Some(old),
+        )
+    }
+
     /// Namespaces are implicit: the first object written into one creates it.
     fn ensure_namespace(&mut self, ns: &str) {
         let Some(def) = self.find("", "v1", "namespaces") else {
@@ -276,13 +294,7 @@ impl Inner {
                 .insert(ns_key(ns, name), new);
             return Ok(self.remove(def, ns, name, false).unwrap_or(Value::Null));
         }
-        let new = self.store(
-            &def.storage_key(),
-            ns_key(ns, name),
-            new,
-            "MODIFIED",
-            Some(old),
-        );
+        let new = self.store_modified(def, ns, name, new, old);
         if def.special == Special::Crd {
             self.register_crd(&new);
         }

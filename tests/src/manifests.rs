@@ -1,0 +1,122 @@
+//! YAML of the secretsync objects the tests apply, so each test states only what differs:
+//! a source's spec, a binding's source, extra spec fields and data entries. Documents end
+//! in a newline; join several with [`stream`].
+
+use std::fmt::Display;
+
+/// A YAML stream of `docs`, separated by `---`.
+pub fn stream<D: AsRef<str>>(docs: &[D]) -> String {
+    let docs: Vec<&str> = docs.iter().map(AsRef::as_ref).collect();
+    docs.join("---\n")
+}
+
+/// `metadata` of object `name`, in namespace `ns` when given (else the environment's).
+fn metadata(name: &str, ns: Option<&str>) -> String {
+    match ns {
+        Some(ns) => format!("metadata: {{name: {name}, namespace: {ns}}}"),
+        None => format!("metadata: {{name: {name}}}"),
+    }
+}
+
+/// A SecretSource `name` whose spec is `spec`, a YAML flow mapping's content
+/// (e.g. `env: {}` or `prefix: X_, env: {}`).
+pub fn source(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: secretsync.dev/v1alpha1\nkind: SecretSource\n{}\nspec: {{{spec}}}\n",
+        metadata(name, None)
+    )
+}
+
+/// A SecretSource `name` reading file `path` in `format` (`Dir`, `Dotenv`, `Yaml`, `Json`).
+pub fn file_source(name: &str, path: impl Display, format: &str) -> String {
+    source(
+        name,
+        &format!("file: {{path: \"{path}\", format: {format}}}"),
+    )
+}
+
+/// A Secret `name` whose `data` is the YAML flow mapping `data` (base64 values).
+pub fn secret(name: &str, data: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\n{}\ndata: {data}\n",
+        metadata(name, None)
+    )
+}
+
+/// A SecretBinding under construction; [`Binding::yaml`] writes it.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    name: String,
+    namespace: Option<String>,
+    source: String,
+    spec: Vec<String>,
+    data: Vec<String>,
+}
+
+/// A SecretBinding `name` reading source `source`.
+pub fn binding(name: &str, source: &str) -> Binding {
+    Binding {
+        name: name.to_string(),
+        namespace: None,
+        source: source.to_string(),
+        spec: Vec::new(),
+        data: Vec::new(),
+    }
+}
+
+impl Binding {
+    /// In namespace `ns` instead of the environment's.
+    pub fn namespace(mut self, ns: &str) -> Self {
+        self.namespace = Some(ns.to_string());
+        self
+    }
+
+    /// A further spec field, as YAML below `spec:` without its indentation: one line
+    /// (`refreshInterval: 1s`, `dataFrom: [{extract: {key: db}}]`) or a block of them.
+    pub fn spec(mut self, field: &str) -> Self {
+        self.spec.push(field.to_string());
+        self
+    }
+
+    /// `refreshInterval` (quoted, so `"0"` stays a string).
+    pub fn refresh(self, interval: &str) -> Self {
+        self.spec(&format!("refreshInterval: \"{interval}\""))
+    }
+
+    /// A data entry: Secret key `secret_key` from remote key `key`.
+    pub fn key(mut self, secret_key: &str, key: &str) -> Self {
+        self.data.push(format!(
+            "{{secretKey: {secret_key}, remoteRef: {{key: {key}}}}}"
+        ));
+        self
+    }
+
+    /// A data entry: Secret key `secret_key` from `property` of remote key `key`.
+    pub fn property(mut self, secret_key: &str, key: &str, property: &str) -> Self {
+        self.data.push(format!(
+            "{{secretKey: {secret_key}, remoteRef: {{key: {key}, property: {property}}}}}"
+        ));
+        self
+    }
+
+    /// The binding's YAML document.
+    pub fn yaml(&self) -> String {
+        let mut out = format!(
+            "apiVersion: secretsync.dev/v1alpha1\nkind: SecretBinding\n{}\nspec:\n  sourceRef: {{name: {}}}\n",
+            metadata(&self.name, self.namespace.as_deref()),
+            self.source
+        );
+        for field in &self.spec {
+            for line in field.lines() {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+        if !self.data.is_empty() {
+            out.push_str("  data:\n");
+            for entry in &self.data {
+                out.push_str(&format!("    - {entry}\n"));
+            }
+        }
+        out
+    }
+}
