@@ -23,9 +23,14 @@ pub fn backoff(attempt: u32, r: f64) -> Duration {
 /// the midpoint (no jitter) is a safe answer.
 pub fn random_unit() -> f64 {
     match getrandom::u64() {
-        Ok(v) => (v >> 11) as f64 / (1u64 << 53) as f64,
+        Ok(v) => unit_of(v),
         Err(_) => 0.5,
     }
+}
+
+/// `v` mapped uniformly onto `[0, 1)` (its top 53 bits, a double's precision).
+pub fn unit_of(v: u64) -> f64 {
+    (v >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

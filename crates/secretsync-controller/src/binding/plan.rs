@@ -429,7 +429,7 @@ fn phase_of(uid: &str) -> f64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     uid.hash(&mut h);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    secretsync_backends::retry::unit_of(h.finish())
 }
 
 /// When the next periodic read is due, or `None` for `refreshInterval: 0`. When the

@@ -48,12 +48,6 @@ impl From<kube::Error> for Stop {
     }
 }
 
-impl From<BackendError> for Stop {
-    fn from(e: BackendError) -> Self {
-        Stop::Failed(e.reason, e.message)
-    }
-}
-
 /// How far apart the bindings waiting on one failed key come back after its retry time.
 const KEY_RETRY_SPREAD: Duration = Duration::from_secs(1);
 

@@ -442,7 +442,7 @@ fn heartbeat_writes_per_minute_stay_within_bindings_over_heartbeat() {
                 x = x
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                let r = (x >> 11) as f64 / (1u64 << 53) as f64;
+                let r = secretsync_backends::retry::unit_of(x);
                 at += 60.0 * (1.0 + 0.1 * r);
                 let now = at as i64;
                 if now - start >= (horizon_min * 60) as i64 {
