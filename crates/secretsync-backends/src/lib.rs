@@ -199,3 +199,52 @@ pub async fn build_backend(
     }
     Err(BackendError::invalid_config("no backend configured"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Counts how many reads are in flight at once.
+    #[derive(Default)]
+    struct Overlap {
+        now: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Backend for Overlap {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Env
+        }
+        async fn read(&self, req: &ReadRequest) -> Result<SecretValue, BackendError> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Ok(SecretValue::from(req.key.as_str()))
+        }
+        async fn list(&self, _: &str) -> Result<Vec<String>, BackendError> {
+            Ok(vec![])
+        }
+        async fn validate(&self) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_batch_reads_two_keys_at_a_time_in_order() {
+        let b = Overlap::default();
+        let reqs: Vec<ReadRequest> = (0..5)
+            .map(|i| ReadRequest::latest(format!("k{i}")))
+            .collect();
+        let out = b.read_batch(&reqs).await;
+        let keys: Vec<_> = out
+            .iter()
+            .map(|r| r.as_ref().unwrap().as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4"]);
+        assert_eq!(b.most.load(Ordering::SeqCst), BATCH_READS_AT_ONCE);
+    }
+}
