@@ -43,6 +43,18 @@ pub fn secret(name: &str, data: &str) -> String {
     )
 }
 
+/// A Deployment `name` opted in to restarts, whose container reads `key` of Secret
+/// `secret` into an environment variable.
+pub fn deployment_reading(name: &str, secret: &str, key: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\n\
+         metadata: {{name: {name}, annotations: {{secretsync.dev/restart-on-rotation: \"true\"}}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    \
+         metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers:\n        \
+         - {{name: app, image: \"app:1\", env: [{{name: VALUE, valueFrom: {{secretKeyRef: {{name: {secret}, key: {key}}}}}}}]}}\n"
+    )
+}
+
 /// A SecretBinding under construction; [`Binding::yaml`] writes it.
 #[derive(Debug, Clone)]
 pub struct Binding {

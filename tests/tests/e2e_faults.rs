@@ -340,24 +340,9 @@ async fn api_server_refusing_everything_for_20s_while_a_value_rotates() {
 ---
 {binding}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: api
-  annotations: {{secretsync.dev/restart-on-rotation: "true"}}
-spec:
-  selector: {{matchLabels: {{app: api}}}}
-  template:
-    metadata: {{labels: {{app: api}}}}
-    spec:
-      containers:
-        - name: app
-          image: app:1
-          env:
-            - name: PASSWORD
-              valueFrom: {{secretKeyRef: {{name: db, key: password}}}}
-"#,
+{deployment}"#,
             source = vault_source_yaml(&bao.addr, &mount, &token, ""),
+            deployment = deployment_reading("api", "db", "password"),
             binding = binding("db", "vault")
                 .refresh("2s")
                 .property("password", "app/db", "password")

@@ -122,14 +122,14 @@ pub trait Credentials: Send + Sync {
     }
 
     /// A token for `service_account` (the operator's own when `None`), for Vault
-    /// Kubernetes auth. Providers without a cluster have none.
+    /// Kubernetes auth. Providers without a cluster (`render`) keep this default.
     async fn service_account_token(
         &self,
         _service_account: Option<&str>,
         _audiences: &[String],
     ) -> Result<SecretValue, BackendError> {
         Err(BackendError::invalid_config(
-            "no service account token is available",
+            "Vault Kubernetes auth needs a cluster; without one no service account token can be requested",
         ))
     }
 }

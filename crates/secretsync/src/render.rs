@@ -106,16 +106,6 @@ impl Credentials for ManifestCredentials {
             .filter(|t| !t.is_empty())
             .map(SecretValue::from_string)
     }
-
-    async fn service_account_token(
-        &self,
-        _service_account: Option<&str>,
-        _audiences: &[String],
-    ) -> Result<SecretValue, BackendError> {
-        Err(BackendError::invalid_config(
-            "Vault Kubernetes auth needs a cluster; render cannot request a service account token",
-        ))
-    }
 }
 
 fn ns_of(

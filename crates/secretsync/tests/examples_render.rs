@@ -217,18 +217,16 @@ async fn aws_examples_against_moto() {
     let eu = aws_client(&endpoint, "eu-west-1");
     let name = "prod/shop/stripe";
     if eu.describe_secret().secret_id(name).send().await.is_err() {
+        let versions = [r#"{"api_key":"old-key"}"#, r#"{"api_key":"new-key"}"#];
         eu.create_secret()
             .name(name)
-            .secret_string(r#"{"api_key":"old-key"}"#)
+            .secret_string(versions[0])
             .send()
             .await
             .unwrap();
-        eu.put_secret_value()
-            .secret_id(name)
-            .secret_string(r#"{"api_key":"new-key"}"#)
-            .send()
-            .await
-            .unwrap();
+        // The second version makes the first AWSPREVIOUS.
+        let put = eu.put_secret_value().secret_id(name);
+        put.secret_string(versions[1]).send().await.unwrap();
     }
     let dir = patched(
         "examples/aws-irsa/aws-irsa.yaml",
