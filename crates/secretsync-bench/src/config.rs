@@ -43,7 +43,8 @@ pub struct Args {
     /// runs (the other runs' sources have no `spec.cache`).
     #[arg(long, default_value = "60s")]
     pub cache_ttl: String,
-    /// Length of the steady-state window of the nocache and heartbeat0 runs each.
+    /// Length of the steady-state window of the nocache, heartbeat0 and heartbeat1h runs
+    /// each.
     #[arg(long, default_value = "3m")]
     pub nocache_steady: String,
     /// Length of the steady-state window of the shared run.
@@ -54,13 +55,14 @@ pub struct Args {
     #[arg(long, default_value = "25ms")]
     pub write_latency: String,
     /// Runs to do (comma-separated), in this order: idle, cold-small, main, unrelated,
-    /// nocache, heartbeat0, shared, latency.
+    /// nocache, heartbeat0, shared, latency, heartbeat1h.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_RUNS)]
     pub runs: Vec<String>,
 }
 
 /// Every run, in the order `make bench` does them.
-pub const DEFAULT_RUNS: &str = "idle,cold-small,main,unrelated,nocache,heartbeat0,shared,latency";
+pub const DEFAULT_RUNS: &str =
+    "idle,cold-small,main,unrelated,nocache,heartbeat0,shared,latency,heartbeat1h";
 
 impl Args {
     /// Checks the durations and run names before anything starts, so a typo does not

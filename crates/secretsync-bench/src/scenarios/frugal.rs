@@ -1,9 +1,9 @@
 //! The runs with what users get by default: sources without `spec.cache` and the
 //! operator's default flags (nocache), the same with `--status-heartbeat 0` (heartbeat0,
 //! run right after it so the two steady CPU figures are side by side), keys shared across
-//! namespaces through separate sources (shared), and a cold start against an API server
-//! whose writes are slow (latency). Then the side-by-side tables of every cold start and
-//! steady window of the bench.
+//! namespaces through separate sources (shared), a cold start against an API server whose
+//! writes are slow (latency), and `--status-heartbeat 1h` (heartbeat1h). Then the
+//! side-by-side tables of every cold start and steady window of the bench.
 
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ const NOCACHE: &str = "6. No cache configured, operator defaults";
 const HEARTBEAT0: &str = "7. No cache configured, --status-heartbeat 0";
 const SHARED: &str = "8. Keys shared across namespaces (separate sources, no cache)";
 const LATENCY: &str = "9. Cold start with API write latency (no cache, operator defaults)";
+const HEARTBEAT1H: &str = "10. No cache configured, --status-heartbeat 1h";
 
 /// One run of this module: what it is called and how it is set up.
 struct Run<'a> {
@@ -117,6 +118,28 @@ pub async fn run_heartbeat0(b: &mut Bench, layout: Layout) -> Result<()> {
             json!(ratio),
         );
     }
+    Ok(())
+}
+
+/// As [`run_nocache`], with `--status-heartbeat 1h`: the steady status writes of a
+/// longer heartbeat (each binding's slot is 66 min, so a window sees its share of them).
+pub async fn run_heartbeat1h(b: &mut Bench, layout: Layout) -> Result<()> {
+    println!(
+        "\n== {} bindings, no cache configured, --status-heartbeat 1h: cold start, steady state",
+        layout.bindings()
+    );
+    let mut flags = b.args.default_flags();
+    flags.extend(["--status-heartbeat".to_string(), "1h".to_string()]);
+    let run = Run {
+        scenario: HEARTBEAT1H,
+        name: "heartbeat1h",
+        kind: SteadyKind::Heartbeat1h,
+        layout: layout.without_cache(),
+        flags,
+        window: parse_dur(&b.args.nocache_steady)?,
+    };
+    let v = cold_then_steady(b, run).await?;
+    b.results.insert("heartbeat1h".into(), v);
     Ok(())
 }
 

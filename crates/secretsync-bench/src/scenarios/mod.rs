@@ -9,7 +9,9 @@ mod frugal;
 mod rotation;
 mod steady;
 
-pub use frugal::{comparison_tables, run_heartbeat0, run_latency, run_nocache, run_shared};
+pub use frugal::{
+    comparison_tables, run_heartbeat0, run_heartbeat1h, run_latency, run_nocache, run_shared,
+};
 
 use std::time::{Duration, Instant};
 
