@@ -38,7 +38,8 @@ fn default_refresh_interval() -> String {
     "(has(self.data) && size(self.data) > 0) || (has(self.dataFrom) && size(self.dataFrom) > 0)"
 ).message("at least one of spec.data or spec.dataFrom must be set"))]
 pub struct SecretBindingSpec {
-    /// The SecretSource (same namespace) to read from.
+    /// The source to read from: a SecretSource in the same namespace, or a
+    /// ClusterSecretSource that admits this namespace.
     pub source_ref: SourceRef,
     /// How often the backend is read again. Kubernetes-style duration (`30s`, `5m`, `1h`);
     /// `0` syncs only when the binding, its source or the Secret changes. Default `1h`.
@@ -65,12 +66,36 @@ pub struct SecretBindingSpec {
     pub rollout: RolloutSpec,
 }
 
-/// Reference to a SecretSource in the binding's namespace.
+/// Reference to a SecretSource in the binding's namespace, or to a ClusterSecretSource
+/// that admits the binding's namespace.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceRef {
-    /// Name of the SecretSource.
+    /// `SecretSource` (default) or `ClusterSecretSource`.
+    #[serde(default)]
+    pub kind: SourceKind,
+    /// Name of the source.
     pub name: String,
+}
+
+/// Which kind of source a binding reads.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    /// A SecretSource in the binding's namespace.
+    #[default]
+    SecretSource,
+    /// A cluster-scoped ClusterSecretSource; the binding's namespace must be admitted.
+    ClusterSecretSource,
+}
+
+impl SourceKind {
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::SecretSource => "SecretSource",
+            SourceKind::ClusterSecretSource => "ClusterSecretSource",
+        }
+    }
 }
 
 fn default_secret_type() -> String {

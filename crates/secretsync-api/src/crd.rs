@@ -5,7 +5,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-use crate::{SecretBinding, SecretSource};
+use crate::{ClusterSecretBinding, ClusterSecretSource, SecretBinding, SecretSource};
 
 /// Error rendering the CRDs.
 #[derive(Debug, thiserror::Error)]
@@ -14,7 +14,12 @@ pub struct CrdError(#[from] serde_yaml::Error);
 
 /// The CRDs as the API server receives them, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![SecretSource::crd(), SecretBinding::crd()];
+    let mut crds = vec![
+        SecretSource::crd(),
+        SecretBinding::crd(),
+        ClusterSecretSource::crd(),
+        ClusterSecretBinding::crd(),
+    ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version
@@ -34,6 +39,8 @@ pub fn crd_files() -> Result<Vec<(&'static str, String)>, CrdError> {
     let names = [
         "secretsync.dev_secretsources.yaml",
         "secretsync.dev_secretbindings.yaml",
+        "secretsync.dev_clustersecretsources.yaml",
+        "secretsync.dev_clustersecretbindings.yaml",
     ];
     names
         .into_iter()
@@ -42,7 +49,7 @@ pub fn crd_files() -> Result<Vec<(&'static str, String)>, CrdError> {
         .collect()
 }
 
-/// Both CRDs as one multi-document YAML stream.
+/// Every CRD as one multi-document YAML stream.
 pub fn crds_yaml() -> Result<String, CrdError> {
     let mut out = String::new();
     for (_, doc) in crd_files()? {

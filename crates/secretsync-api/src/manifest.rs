@@ -1,9 +1,9 @@
 //! Parsing of YAML/JSON manifest streams into typed objects (used by `render` and tests).
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use serde::Deserialize;
 
-use crate::{SecretBinding, SecretSource};
+use crate::{ClusterSecretBinding, ClusterSecretSource, SecretBinding, SecretSource};
 
 /// One parsed manifest document.
 #[derive(Debug, Clone)]
@@ -12,8 +12,14 @@ pub enum Manifest {
     Source(Box<SecretSource>),
     /// A `SecretBinding`.
     Binding(Box<SecretBinding>),
+    /// A `ClusterSecretSource`.
+    ClusterSource(Box<ClusterSecretSource>),
+    /// A `ClusterSecretBinding`.
+    ClusterBinding(Box<ClusterSecretBinding>),
     /// A core `v1/Secret` (credentials for `secretRef`s).
     Secret(Box<Secret>),
+    /// A core `v1/Namespace` (its labels decide what cluster kinds apply to it).
+    Namespace(Box<Namespace>),
     /// Any other kind; kept by kind/name so callers can report or skip it.
     Other {
         /// `apiVersion` of the document.
@@ -91,7 +97,16 @@ fn push_value(
         ("secretsync.dev/v1alpha1", "SecretBinding") => out.push(Manifest::Binding(Box::new(
             serde_yaml::from_value(value.clone()).map_err(typed)?,
         ))),
+        ("secretsync.dev/v1alpha1", "ClusterSecretSource") => out.push(Manifest::ClusterSource(
+            Box::new(serde_yaml::from_value(value.clone()).map_err(typed)?),
+        )),
+        ("secretsync.dev/v1alpha1", "ClusterSecretBinding") => out.push(Manifest::ClusterBinding(
+            Box::new(serde_yaml::from_value(value.clone()).map_err(typed)?),
+        )),
         ("v1", "Secret") => out.push(Manifest::Secret(Box::new(
+            serde_yaml::from_value(value.clone()).map_err(typed)?,
+        ))),
+        ("v1", "Namespace") => out.push(Manifest::Namespace(Box::new(
             serde_yaml::from_value(value.clone()).map_err(typed)?,
         ))),
         ("v1", "List") => {

@@ -35,11 +35,19 @@ pub enum ConditionReason {
     TargetNotFound,
     /// Writing the Secret failed.
     WriteFailed,
+    /// Binding: its ClusterSecretSource does not admit the binding's namespace (or the
+    /// operator watches only some namespaces and serves no cluster kinds).
+    SourceNotAllowed,
+    /// ClusterSecretBinding: every selected namespace holds its SecretBinding.
+    Provisioned,
+    /// ClusterSecretBinding: some selected namespaces could not get their SecretBinding
+    /// (`status.failedNamespaces` says why).
+    ProvisionFailed,
 }
 
 impl ConditionReason {
     /// Every reason, for documentation checks.
-    pub const ALL: [ConditionReason; 14] = [
+    pub const ALL: [ConditionReason; 17] = [
         ConditionReason::Synced,
         ConditionReason::Valid,
         ConditionReason::SourceNotFound,
@@ -54,6 +62,9 @@ impl ConditionReason {
         ConditionReason::TargetConflict,
         ConditionReason::TargetNotFound,
         ConditionReason::WriteFailed,
+        ConditionReason::SourceNotAllowed,
+        ConditionReason::Provisioned,
+        ConditionReason::ProvisionFailed,
     ];
 
     /// The reason as written into conditions.
@@ -73,6 +84,9 @@ impl ConditionReason {
             ConditionReason::TargetConflict => "TargetConflict",
             ConditionReason::TargetNotFound => "TargetNotFound",
             ConditionReason::WriteFailed => "WriteFailed",
+            ConditionReason::SourceNotAllowed => "SourceNotAllowed",
+            ConditionReason::Provisioned => "Provisioned",
+            ConditionReason::ProvisionFailed => "ProvisionFailed",
         }
     }
 
@@ -88,7 +102,10 @@ impl ConditionReason {
 
     /// Whether `Ready` is `True` with this reason.
     pub const fn is_ready(self) -> bool {
-        matches!(self, ConditionReason::Synced | ConditionReason::Valid)
+        matches!(
+            self,
+            ConditionReason::Synced | ConditionReason::Valid | ConditionReason::Provisioned
+        )
     }
 }
 

@@ -29,6 +29,18 @@ use crate::constants::{
 #[x_kube(validation = kube::core::Rule::new(
     "[has(self.env), has(self.file), has(self.vault), has(self.aws)].filter(x, x).size() == 1"
 ).message("exactly one of spec.env, spec.file, spec.vault or spec.aws must be set"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.vault) || !has(self.vault.auth.token) || !has(self.vault.auth.token.secretRef.namespace)"
+).message("spec.vault.auth.token.secretRef.namespace is only for a ClusterSecretSource: a SecretSource reads Secrets in its own namespace"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.vault) || !has(self.vault.auth.appRole) || !has(self.vault.auth.appRole.secretRef.namespace)"
+).message("spec.vault.auth.appRole.secretRef.namespace is only for a ClusterSecretSource: a SecretSource reads Secrets in its own namespace"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.vault) || !has(self.vault.auth.kubernetes) || !has(self.vault.auth.kubernetes.serviceAccountNamespace)"
+).message("spec.vault.auth.kubernetes.serviceAccountNamespace is only for a ClusterSecretSource: a SecretSource uses service accounts of its own namespace"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.aws) || !has(self.aws.auth) || !has(self.aws.auth.secretRef) || !has(self.aws.auth.secretRef.namespace)"
+).message("spec.aws.auth.secretRef.namespace is only for a ClusterSecretSource: a SecretSource reads Secrets in its own namespace"))]
 pub struct SecretSourceSpec {
     /// Prepended to every remote key read through this source; bindings never see it.
     /// For example `apps/shop/` turns key `database/url` into `apps/shop/database/url`.
@@ -181,6 +193,10 @@ pub struct VaultKubernetesAuth {
     /// operator's own token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// Namespace of `serviceAccountName`: required in a ClusterSecretSource, not allowed
+    /// in a SecretSource (which uses its own namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_namespace: Option<String>,
     /// Audiences requested for the service account token. Default: the API server's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
@@ -199,12 +215,17 @@ pub struct VaultAppRoleAuth {
     pub mount_path: String,
 }
 
-/// A key in a Secret of the same namespace.
+/// A key in a Secret: of the SecretSource's own namespace, or of `namespace` in a
+/// ClusterSecretSource.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeySelector {
     /// Secret name.
     pub name: String,
+    /// Namespace of the Secret: required in a ClusterSecretSource, not allowed in a
+    /// SecretSource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Key inside the Secret's data.
     pub key: String,
 }
@@ -241,6 +262,10 @@ pub struct AwsAuth {
 pub struct AwsSecretRef {
     /// Secret name (same namespace).
     pub name: String,
+    /// Namespace of the Secret: required in a ClusterSecretSource, not allowed in a
+    /// SecretSource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Key holding the access key ID.
     pub access_key_id_key: String,
     /// Key holding the secret access key.
