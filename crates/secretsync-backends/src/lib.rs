@@ -112,8 +112,14 @@ pub trait Backend: Send + Sync + 'static {
 /// tokens). `render` answers from manifests, the controller from the API server.
 #[async_trait]
 pub trait Credentials: Send + Sync {
-    /// The value of `key` in Secret `name` in the source's namespace.
-    async fn secret_value(&self, name: &str, key: &str) -> Result<SecretValue, BackendError>;
+    /// The value of `key` in Secret `name`, in `namespace` when the reference names one
+    /// (a ClusterSecretSource's), else in the source's own namespace.
+    async fn secret_value(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        key: &str,
+    ) -> Result<SecretValue, BackendError>;
 
     /// A Vault token from the environment (`VAULT_TOKEN`), used by `render` when a token
     /// auth Secret is not supplied. The controller never falls back.
@@ -121,10 +127,12 @@ pub trait Credentials: Send + Sync {
         None
     }
 
-    /// A token for `service_account` (the operator's own when `None`), for Vault
-    /// Kubernetes auth. Providers without a cluster (`render`) keep this default.
+    /// A token for `service_account` (the operator's own when `None`) in `namespace` (the
+    /// source's own when `None`), for Vault Kubernetes auth. Providers without a cluster
+    /// (`render`) keep this default.
     async fn service_account_token(
         &self,
+        _namespace: Option<&str>,
         _service_account: Option<&str>,
         _audiences: &[String],
     ) -> Result<SecretValue, BackendError> {
@@ -139,7 +147,12 @@ pub struct NoCredentials;
 
 #[async_trait]
 impl Credentials for NoCredentials {
-    async fn secret_value(&self, name: &str, key: &str) -> Result<SecretValue, BackendError> {
+    async fn secret_value(
+        &self,
+        _namespace: Option<&str>,
+        name: &str,
+        key: &str,
+    ) -> Result<SecretValue, BackendError> {
         Err(BackendError::invalid_config(format!(
             "Secret {name:?} (key {key:?}) is not available"
         )))

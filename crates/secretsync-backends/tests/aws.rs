@@ -46,7 +46,12 @@ impl MapCredentials {
 
 #[async_trait]
 impl Credentials for MapCredentials {
-    async fn secret_value(&self, name: &str, key: &str) -> Result<SecretValue, BackendError> {
+    async fn secret_value(
+        &self,
+        _namespace: Option<&str>,
+        name: &str,
+        key: &str,
+    ) -> Result<SecretValue, BackendError> {
         self.0
             .get(&(name.to_string(), key.to_string()))
             .map(|v| SecretValue::from(v.as_str()))
@@ -62,6 +67,7 @@ impl Credentials for MapCredentials {
 fn secret_ref() -> AwsSecretRef {
     AwsSecretRef {
         name: CREDS_SECRET.to_string(),
+        namespace: None,
         access_key_id_key: "access-key-id".to_string(),
         secret_access_key_key: "secret-access-key".to_string(),
         session_token_key: None,

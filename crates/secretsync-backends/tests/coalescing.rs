@@ -173,6 +173,7 @@ async fn aws_hundred_concurrent_reads_make_one_request() {
             auth: Some(AwsAuth {
                 secret_ref: Some(AwsSecretRef {
                     name: "aws".into(),
+                    namespace: None,
                     access_key_id_key: "id".into(),
                     secret_access_key_key: "secret".into(),
                     session_token_key: None,

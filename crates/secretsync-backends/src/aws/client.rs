@@ -169,11 +169,10 @@ async fn static_credentials(
     r: &AwsSecretRef,
     credentials: &dyn Credentials,
 ) -> Result<AwsCredentials, BackendError> {
-    let access_key_id = credential_string(credentials, &r.name, &r.access_key_id_key).await?;
-    let secret_access_key =
-        credential_string(credentials, &r.name, &r.secret_access_key_key).await?;
+    let access_key_id = credential_string(credentials, r, &r.access_key_id_key).await?;
+    let secret_access_key = credential_string(credentials, r, &r.secret_access_key_key).await?;
     let session_token = match r.session_token_key.as_deref() {
-        Some(k) if !k.is_empty() => Some(credential_string(credentials, &r.name, k).await?),
+        Some(k) if !k.is_empty() => Some(credential_string(credentials, r, k).await?),
         _ => None,
     };
     Ok(AwsCredentials::new(
@@ -187,25 +186,31 @@ async fn static_credentials(
 
 async fn credential_string(
     credentials: &dyn Credentials,
-    name: &str,
+    r: &AwsSecretRef,
     key: &str,
 ) -> Result<String, BackendError> {
-    let value = credentials.secret_value(name, key).await.map_err(|e| {
-        let e = if e.reason == Reason::SecretNotFound {
-            BackendError::invalid_config(e.message)
-        } else {
-            e
-        };
-        e.context("AWS credentials (spec.aws.auth.secretRef)")
-    })?;
+    let ns = r.namespace.as_deref();
+    let value = credentials
+        .secret_value(ns, &r.name, key)
+        .await
+        .map_err(|e| {
+            let e = if e.reason == Reason::SecretNotFound {
+                BackendError::invalid_config(e.message)
+            } else {
+                e
+            };
+            e.context("AWS credentials (spec.aws.auth.secretRef)")
+        })?;
     let text = value.as_str().map(str::trim).ok_or_else(|| {
         BackendError::invalid_config(format!(
-            "AWS credentials: key {key:?} of Secret {name:?} is not UTF-8"
+            "AWS credentials: key {key:?} of Secret {:?} is not UTF-8",
+            r.name
         ))
     })?;
     if text.is_empty() {
         return Err(BackendError::invalid_config(format!(
-            "AWS credentials: key {key:?} of Secret {name:?} is empty"
+            "AWS credentials: key {key:?} of Secret {:?} is empty",
+            r.name
         )));
     }
     Ok(text.to_string())

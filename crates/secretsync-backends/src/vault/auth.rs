@@ -19,6 +19,7 @@ pub(super) enum AuthMethod {
         mount: String,
         role: String,
         service_account: Option<String>,
+        service_account_namespace: Option<String>,
         audiences: Vec<String>,
     },
     AppRole {
@@ -54,6 +55,7 @@ impl AuthMethod {
                 mount: clean_mount(&k8s.mount_path, "spec.vault.auth.kubernetes.mountPath")?,
                 role: k8s.role.clone(),
                 service_account: k8s.service_account_name.clone(),
+                service_account_namespace: k8s.service_account_namespace.clone(),
                 audiences: k8s.audiences.clone(),
             });
         }
@@ -89,7 +91,11 @@ impl AuthMethod {
     ) -> Result<SecretValue, BackendError> {
         match self {
             AuthMethod::Token { secret } => {
-                match credentials.secret_value(&secret.name, &secret.key).await {
+                let ns = secret.namespace.as_deref();
+                match credentials
+                    .secret_value(ns, &secret.name, &secret.key)
+                    .await
+                {
                     Ok(token) => Ok(token),
                     // `render` may supply VAULT_TOKEN instead of the Secret.
                     Err(err) => credentials.vault_token_fallback().await.ok_or(err),
@@ -97,15 +103,20 @@ impl AuthMethod {
             }
             AuthMethod::Kubernetes {
                 service_account,
+                service_account_namespace,
                 audiences,
                 ..
             } => {
+                let ns = service_account_namespace.as_deref();
                 credentials
-                    .service_account_token(service_account.as_deref(), audiences)
+                    .service_account_token(ns, service_account.as_deref(), audiences)
                     .await
             }
             AuthMethod::AppRole { secret, .. } => {
-                credentials.secret_value(&secret.name, &secret.key).await
+                let ns = secret.namespace.as_deref();
+                credentials
+                    .secret_value(ns, &secret.name, &secret.key)
+                    .await
             }
         }
     }

@@ -46,7 +46,12 @@ impl MapCredentials {
 
 #[async_trait]
 impl Credentials for MapCredentials {
-    async fn secret_value(&self, name: &str, key: &str) -> Result<SecretValue, BackendError> {
+    async fn secret_value(
+        &self,
+        _namespace: Option<&str>,
+        name: &str,
+        key: &str,
+    ) -> Result<SecretValue, BackendError> {
         self.secrets
             .get(&(name.to_string(), key.to_string()))
             .map(|v| SecretValue::from(v.as_str()))
@@ -64,6 +69,7 @@ pub fn token_auth() -> VaultAuth {
     VaultAuth {
         token: Some(VaultTokenAuth {
             secret_ref: SecretKeySelector {
+                namespace: None,
                 name: "vault-token".into(),
                 key: "token".into(),
             },
@@ -88,6 +94,7 @@ pub fn approle_auth(mount: &str, role_id: &str) -> VaultAuth {
         app_role: Some(VaultAppRoleAuth {
             role_id: role_id.to_string(),
             secret_ref: SecretKeySelector {
+                namespace: None,
                 name: "approle".into(),
                 key: "secret-id".into(),
             },
