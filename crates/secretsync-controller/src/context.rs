@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
-use secretsync_api::{SecretBinding, SecretSource};
+use secretsync_api::{
+    ClusterSecretBinding, ClusterSecretSource, SecretBinding, SecretSource, SourceKind,
+};
 use secretsync_backends::hash::HmacKey;
 
 use crate::Config;
@@ -17,6 +19,9 @@ use crate::metrics::Metrics;
 use crate::rollout::RolloutState;
 use crate::runtime::{ApiHealth, ObjKey, Queue, Store};
 use crate::source::registry::SourceRegistry;
+
+/// A namespace's labels: all the operator keeps of a namespace.
+pub type NamespaceLabels = std::collections::BTreeMap<String, String>;
 
 /// Everything reconcilers share.
 pub struct Ctx {
@@ -36,12 +41,22 @@ pub struct Ctx {
     pub sources: Store<SecretSource>,
     /// Watched SecretBindings.
     pub bindings: Store<SecretBinding>,
+    /// Watched ClusterSecretSources (all-namespaces installs only; keys have an empty
+    /// namespace).
+    pub cluster_sources: Store<ClusterSecretSource>,
+    /// Watched ClusterSecretBindings (all-namespaces installs only).
+    pub cluster_bindings: Store<ClusterSecretBinding>,
+    /// Namespace labels (metadata-only watch; all-namespaces installs only), keyed by
+    /// namespace name with an empty namespace.
+    pub namespaces: Store<NamespaceLabels>,
     /// Built backends.
     pub registry: SourceRegistry,
     /// Binding work.
     pub binding_queue: Arc<Queue<ObjKey>>,
-    /// Source work.
+    /// Source work (SecretSources; ClusterSecretSources with an empty namespace).
     pub source_queue: Arc<Queue<ObjKey>>,
+    /// ClusterSecretBinding work.
+    pub cluster_binding_queue: Arc<Queue<ObjKey>>,
     /// Managed Secrets (metadata) as the Secret watch shows them.
     pub managed: ManagedSecrets,
     /// The rollout reconciler's workloads and queue.
@@ -67,9 +82,13 @@ impl Ctx {
             health: Arc::default(),
             sources: Store::default(),
             bindings: Store::default(),
+            cluster_sources: Store::default(),
+            cluster_bindings: Store::default(),
+            namespaces: Store::default(),
             registry,
             binding_queue: Arc::default(),
             source_queue: Arc::default(),
+            cluster_binding_queue: Arc::default(),
             managed: ManagedSecrets::default(),
             rollout: RolloutState::default(),
             states: BindingStates::default(),
@@ -115,14 +134,43 @@ impl Ctx {
         self.update_gauge(self.states.counts());
     }
 
-    /// The bindings in `namespace` that use source `name`.
-    pub fn bindings_of_source(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Vec<(ObjKey, Arc<SecretBinding>)> {
+    /// The bindings that use source `src`: a SecretSource's in its namespace, or a
+    /// ClusterSecretSource's (empty namespace in `src`) in any namespace.
+    pub fn bindings_of_source(&self, src: &ObjKey) -> Vec<(ObjKey, Arc<SecretBinding>)> {
+        let cluster = src.namespace.is_empty();
+        self.bindings.filter(|k, b| {
+            let r = &b.spec.source_ref;
+            r.name == src.name
+                && match r.kind {
+                    SourceKind::SecretSource => !cluster && k.namespace == src.namespace,
+                    SourceKind::ClusterSecretSource => cluster,
+                }
+        })
+    }
+
+    /// The bindings in `namespace` that use any ClusterSecretSource: their admission
+    /// depends on the namespace's labels.
+    pub fn cluster_source_bindings_in(&self, namespace: &str) -> Vec<ObjKey> {
         self.bindings
-            .filter(|k, b| k.namespace == namespace && b.spec.source_ref.name == name)
+            .filter(|k, b| {
+                k.namespace == namespace
+                    && b.spec.source_ref.kind == SourceKind::ClusterSecretSource
+            })
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// The labels of namespace `name` (empty when it is not known).
+    pub fn namespace_labels(&self, name: &str) -> Arc<NamespaceLabels> {
+        self.namespaces
+            .get(&ObjKey::new("", name))
+            .unwrap_or_default()
+    }
+
+    /// Whether the cluster kinds are served: only when every namespace is watched.
+    pub fn serves_cluster_kinds(&self) -> bool {
+        self.config.namespaces.is_empty()
     }
 
     /// Logs an API failure of a reconcile: a warning, unless the watches already reported

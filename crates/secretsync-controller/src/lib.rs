@@ -1,10 +1,10 @@
-//! The secretsync controller: SecretSource, SecretBinding and rollout reconcilers on a
+//! The secretsync controller: source, binding, ClusterSecretBinding and rollout reconcilers on a
 //! small generic runtime, leader election, metrics and health endpoints. The binary calls
 //! [`run`]; ARCHITECTURE.md walks through the flow.
 //!
 //! - [`runtime`]: watch → index/store → queue → dispatch, readiness, leader election;
-//! - [`binding`], [`source`], [`rollout`]: one module per reconciler, each a pure `plan`
-//!   and its I/O;
+//! - [`binding`], [`source`], [`rollout`], [`cluster_binding`]: one module per
+//!   reconciler, each a pure `plan` and its I/O;
 //! - [`context`]: what one leadership term shares; [`managed`]: the managed-Secret index;
 //! - [`outcome`]: what reconciles return; [`term`]: one leadership term.
 
@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use runtime::{wait_false, wait_true};
 
 pub mod binding;
+pub mod cluster_binding;
 pub mod context;
 pub mod events;
 pub mod hmac_key;

@@ -15,6 +15,9 @@ pub enum Scope {
     Operator,
     /// In watched namespaces, and only when Vault Kubernetes auth is used.
     WatchedVaultKubernetesAuth,
+    /// Cluster-wide, and only in all-namespace installs: the cluster kinds
+    /// (ClusterSecretSource, ClusterSecretBinding) and what serves them.
+    Cluster,
 }
 
 /// One API permission: group, resource (with subresource), verbs, and why.
@@ -98,6 +101,48 @@ pub const API_ACCESS: &[Access] = &[
         reason: "leader election (create when absent; get and update by name, never apply)",
     },
     Access {
+        group: "secretsync.dev",
+        resource: "clustersecretsources",
+        verbs: &["get", "list", "watch"],
+        scope: Scope::Cluster,
+        reason: "watch cluster sources to build backend clients",
+    },
+    Access {
+        group: "secretsync.dev",
+        resource: "clustersecretsources/status",
+        verbs: &["patch"],
+        scope: Scope::Cluster,
+        reason: "report cluster source readiness (server-side apply of status; never creates)",
+    },
+    Access {
+        group: "secretsync.dev",
+        resource: "clustersecretbindings",
+        verbs: &["get", "list", "watch"],
+        scope: Scope::Cluster,
+        reason: "watch cluster bindings to stamp their SecretBindings into namespaces",
+    },
+    Access {
+        group: "secretsync.dev",
+        resource: "clustersecretbindings/status",
+        verbs: &["patch"],
+        scope: Scope::Cluster,
+        reason: "report where a cluster binding is provisioned (server-side apply of status; never creates)",
+    },
+    Access {
+        group: "secretsync.dev",
+        resource: "secretbindings",
+        verbs: &["create", "update", "delete"],
+        scope: Scope::Cluster,
+        reason: "create, repair (replace) and remove the SecretBindings a ClusterSecretBinding generates",
+    },
+    Access {
+        group: "",
+        resource: "namespaces",
+        verbs: &["get", "list", "watch"],
+        scope: Scope::Cluster,
+        reason: "namespace labels (metadata-only watch) decide cluster-source admission and cluster-binding selection",
+    },
+    Access {
         group: "apps",
         resource: "deployments",
         verbs: &["get", "list", "watch", "patch"],
@@ -140,6 +185,7 @@ mod tests {
             && a.verbs.contains(&"create")));
         assert!(is_listed("coordination.k8s.io", "leases", "update"));
         assert!(!is_listed("", "secrets", "delete"));
+        assert!(is_listed("secretsync.dev", "secretbindings", "delete"));
         assert!(!is_listed("", "configmaps", "get"));
     }
 }

@@ -5,17 +5,20 @@
 use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
-use secretsync_api::{LABEL_MANAGED, SecretBinding, SecretSource};
+use secretsync_api::{
+    ClusterSecretBinding, ClusterSecretSource, LABEL_MANAGED, SecretBinding, SecretSource,
+};
 use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::hash::HmacKey;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::binding::index::{BindingIndex, ManagedSecretIndex};
+use crate::cluster_binding::index::{ClusterBindingIndex, NamespaceIndex};
 use crate::context::Ctx;
 use crate::events::SUMMARY_EVERY;
 use crate::http::Health;
@@ -54,7 +57,7 @@ where
     }
 }
 
-/// Spawns one watch of `K` over `scope`, feeding `index`, counted in `lists`.
+/// Spawns one watch of namespaced `K` over `scope`, feeding `index`, counted in `lists`.
 fn spawn_watch<K, I>(
     set: &mut JoinSet<()>,
     ctx: &Arc<Ctx>,
@@ -73,10 +76,30 @@ fn spawn_watch<K, I>(
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
     I: Index<K> + 'static,
 {
+    let api = scoped::<K>(&ctx.client, scope.as_deref());
+    spawn_api_watch(set, ctx, name, scope, api, config, index, lists);
+}
+
+/// Spawns one watch of `api`, feeding `index`, counted in `lists`.
+#[allow(clippy::too_many_arguments)]
+fn spawn_api_watch<K, I>(
+    set: &mut JoinSet<()>,
+    ctx: &Arc<Ctx>,
+    name: &'static str,
+    scope: &Option<String>,
+    api: Api<K>,
+    config: watcher::Config,
+    index: I,
+    lists: &InitialLists,
+) where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    I: Index<K> + 'static,
+{
     let watch = Watch {
         name,
         scope: scope.clone(),
-        api: scoped::<K>(&ctx.client, scope.as_deref()),
+        api,
         config,
     };
     set.spawn(crate::runtime::watch::run(
@@ -102,7 +125,7 @@ fn spawn_core_watches(
         "SecretSource",
         scope,
         all(),
-        SourceIndex(ctx.clone()),
+        SourceIndex::<SecretSource>::new(ctx.clone()),
         lists,
     );
     spawn_watch::<DeserializeGuard<SecretBinding>, _>(
@@ -123,6 +146,43 @@ fn spawn_core_watches(
         scope,
         managed,
         ManagedSecretIndex(ctx.clone()),
+        lists,
+    );
+}
+
+/// The watches of the cluster kinds (all-namespaces installs only): ClusterSecretSources,
+/// ClusterSecretBindings and Namespaces (metadata only: their labels).
+fn spawn_cluster_watches(set: &mut JoinSet<()>, ctx: &Arc<Ctx>, lists: &InitialLists) {
+    let all = watcher::Config::default;
+    let client = &ctx.client;
+    spawn_api_watch(
+        set,
+        ctx,
+        "ClusterSecretSource",
+        &None,
+        Api::<DeserializeGuard<ClusterSecretSource>>::all(client.clone()),
+        all(),
+        SourceIndex::<ClusterSecretSource>::new(ctx.clone()),
+        lists,
+    );
+    spawn_api_watch(
+        set,
+        ctx,
+        "ClusterSecretBinding",
+        &None,
+        Api::<DeserializeGuard<ClusterSecretBinding>>::all(client.clone()),
+        all(),
+        ClusterBindingIndex(ctx.clone()),
+        lists,
+    );
+    spawn_api_watch(
+        set,
+        ctx,
+        "Namespace",
+        &None,
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        all(),
+        NamespaceIndex(ctx.clone()),
         lists,
     );
 }
@@ -198,6 +258,9 @@ impl Term {
             spawn_core_watches(&mut watchers, &ctx, scope, &core_lists);
             spawn_workload_watches(&mut watchers, &ctx, scope, &workload_lists);
         }
+        if ctx.serves_cluster_kinds() {
+            spawn_cluster_watches(&mut watchers, &ctx, &core_lists);
+        }
         // Reconciling before the stores are complete would report SourceNotFound for
         // sources not listed yet.
         tokio::select! {
@@ -218,6 +281,7 @@ impl Term {
         wait_true(&mut stop).await;
         ctx.binding_queue.shutdown();
         ctx.source_queue.shutdown();
+        ctx.cluster_binding_queue.shutdown();
         ctx.rollout.queue.shutdown();
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while dispatchers.join_next().await.is_some() {}
@@ -263,6 +327,18 @@ fn spawn_dispatchers(
         .run(move |key| {
             let c = c.clone();
             async move { crate::source::reconcile(&c, &key).await }
+        }),
+    );
+    let c = ctx.clone();
+    dispatchers.spawn(
+        dispatcher(
+            "cluster-binding",
+            config.concurrency.clamp(1, 2),
+            ctx.cluster_binding_queue.clone(),
+        )
+        .run(move |key| {
+            let c = c.clone();
+            async move { crate::cluster_binding::reconcile(&c, &key).await }
         }),
     );
     // Rollout decisions need the complete managed-Secret index, binding store (both

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use secretsync_api::{
-    ANNOTATION_FORCE_SYNC, ConditionReason, FIELD_MANAGER, SecretBinding, SecretBindingStatus,
-    parse_duration,
+    ANNOTATION_FORCE_SYNC, ClusterSecretSource, ConditionReason, FIELD_MANAGER, SecretBinding,
+    SecretBindingStatus, SourceKind, parse_duration,
 };
 use secretsync_backends::resolve::{SecretData, resolve_with};
 use secretsync_backends::{BackendError, ReadOptions, SourceCache};
@@ -27,7 +27,7 @@ use crate::events::reasons as event_reasons;
 use crate::outcome::{ReconcileResult as R, Reconciled, Requeue};
 use crate::runtime::ObjKey;
 use crate::runtime::backoff::{backoff, random_unit};
-use crate::source::SourceEntry;
+use crate::source::{AnySource, SourceEntry};
 
 /// Why a sync stopped before the end.
 #[derive(Debug)]
@@ -223,17 +223,23 @@ async fn source_of(
     b: &SecretBinding,
 ) -> Result<(Arc<SourceEntry>, Arc<SourceCache>), Stop> {
     let ns = b.namespace().unwrap_or_default();
-    let source_key = ObjKey::new(ns.clone(), b.spec.source_ref.name.clone());
-    let Some(source) = ctx.sources.get(&source_key) else {
-        return Err(Stop::Failed(
-            ConditionReason::SourceNotFound,
-            format!(
-                "SecretSource {:?} not found in namespace {ns:?}",
-                source_key.name
-            ),
-        ));
+    let name = &b.spec.source_ref.name;
+    let kind = b.spec.source_ref.kind;
+    let entry = match kind {
+        SourceKind::SecretSource => {
+            let Some(source) = ctx.sources.get(&ObjKey::new(ns.clone(), name.clone())) else {
+                return Err(Stop::Failed(
+                    ConditionReason::SourceNotFound,
+                    format!("SecretSource {name:?} not found in namespace {ns:?}"),
+                ));
+            };
+            ctx.registry.get(AnySource::Namespaced(&source)).await
+        }
+        SourceKind::ClusterSecretSource => {
+            let source = admitted_cluster_source(ctx, &ns, name)?;
+            ctx.registry.get(AnySource::Cluster(&source)).await
+        }
     };
-    let entry = ctx.registry.get(&source).await;
     match &entry.cache {
         Ok(c) => {
             let cache = c.clone();
@@ -241,9 +247,41 @@ async fn source_of(
         }
         Err(e) => Err(Stop::Failed(
             ConditionReason::SourceNotReady,
-            format!("SecretSource {:?} is not ready: {e}", source_key.name),
+            format!("{} {name:?} is not ready: {e}", kind.as_str()),
         )),
     }
+}
+
+/// The ClusterSecretSource `name`, if it exists and admits namespace `ns` by the
+/// namespace's labels now; nothing is read otherwise.
+fn admitted_cluster_source(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+) -> Result<Arc<ClusterSecretSource>, Stop> {
+    if !ctx.serves_cluster_kinds() {
+        return Err(Stop::Failed(
+            ConditionReason::SourceNotAllowed,
+            format!(
+                "ClusterSecretSource {name:?} cannot be used: the operator watches only some namespaces (--namespace); cluster sources need an install for all namespaces"
+            ),
+        ));
+    }
+    let Some(source) = ctx.cluster_sources.get(&ObjKey::new("", name)) else {
+        return Err(Stop::Failed(
+            ConditionReason::SourceNotFound,
+            format!("ClusterSecretSource {name:?} not found"),
+        ));
+    };
+    if !source.spec.admits(ns, &ctx.namespace_labels(ns)) {
+        return Err(Stop::Failed(
+            ConditionReason::SourceNotAllowed,
+            format!(
+                "ClusterSecretSource {name:?} does not admit namespace {ns:?} (its spec.namespaceSelector and spec.namespaces)"
+            ),
+        ));
+    }
+    Ok(source)
 }
 
 /// Finds out what the target Secret holds: from memory while the watch shows it as last

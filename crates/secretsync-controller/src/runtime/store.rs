@@ -35,7 +35,12 @@ pub fn key_of<K: kube::Resource>(obj: &K) -> ObjKey {
 
 impl fmt::Display for ObjKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        if self.namespace.is_empty() {
+            // Cluster-scoped.
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
     }
 }
 
@@ -129,5 +134,6 @@ mod tests {
         assert_eq!(*s.get(&ObjKey::new("a", "x")).unwrap(), 1);
         assert_eq!(s.filter(|k, _| k.namespace == "a").len(), 1);
         assert_eq!(ObjKey::new("a", "x").to_string(), "a/x");
+        assert_eq!(ObjKey::new("", "x").to_string(), "x");
     }
 }

@@ -1,6 +1,6 @@
-//! Credential lookups for backends, answered by the API server in the source's own
-//! namespace: Secret keys (tokens, AppRole secret IDs, AWS keys) and service-account
-//! tokens for Vault Kubernetes auth.
+//! Credential lookups for backends, answered by the API server: Secret keys (tokens,
+//! AppRole secret IDs, AWS keys) and service-account tokens for Vault Kubernetes auth, in
+//! a SecretSource's own namespace or in the namespace a ClusterSecretSource names.
 
 use async_trait::async_trait;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -13,18 +13,38 @@ use secretsync_backends::{BackendError, Credentials, SecretValue};
 /// Where a pod's own service-account token is mounted.
 const OWN_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
-/// Credential lookups for one namespace, answered by the API server.
+/// Credential lookups of one source, answered by the API server.
 pub struct ApiCredentials {
     client: Client,
-    namespace: String,
+    /// A SecretSource's namespace; `None` for a ClusterSecretSource, whose references
+    /// each name their namespace.
+    namespace: Option<String>,
 }
 
 impl ApiCredentials {
-    /// Lookups in `namespace` (the source's; nothing crosses namespaces).
-    pub fn new(client: Client, namespace: &str) -> Self {
+    /// Lookups of a source in `namespace` (a SecretSource's: nothing crosses namespaces),
+    /// or of a cluster source (`None`).
+    pub fn new(client: Client, namespace: Option<&str>) -> Self {
         ApiCredentials {
             client,
-            namespace: namespace.to_string(),
+            namespace: namespace.map(str::to_string),
+        }
+    }
+
+    /// The namespace a reference resolves in. A SecretSource ignores nothing here: the
+    /// CRD forbids `namespace` in its references, and a reference that still names
+    /// another namespace is refused rather than followed.
+    fn namespace_for(&self, named: Option<&str>, what: &str) -> Result<String, BackendError> {
+        match (&self.namespace, named) {
+            (Some(own), None) => Ok(own.clone()),
+            (Some(own), Some(ns)) if ns == own => Ok(own.clone()),
+            (Some(own), Some(ns)) => Err(BackendError::invalid_config(format!(
+                "{what} names namespace {ns:?}; a SecretSource in {own:?} may only use its own namespace"
+            ))),
+            (None, Some(ns)) => Ok(ns.to_string()),
+            (None, None) => Err(BackendError::invalid_config(format!(
+                "{what} names no namespace; a ClusterSecretSource must name it"
+            ))),
         }
     }
 }
@@ -47,9 +67,15 @@ fn api_error(what: &str, e: kube::Error) -> BackendError {
 
 #[async_trait]
 impl Credentials for ApiCredentials {
-    async fn secret_value(&self, name: &str, key: &str) -> Result<SecretValue, BackendError> {
-        let what = format!("Secret {name:?} in namespace {:?}", self.namespace);
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+    async fn secret_value(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        key: &str,
+    ) -> Result<SecretValue, BackendError> {
+        let ns = self.namespace_for(namespace, &format!("credential Secret {name:?}"))?;
+        let what = format!("Secret {name:?} in namespace {ns:?}");
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
         let secret = api.get(name).await.map_err(|e| api_error(&what, e))?;
         secret
             .data
@@ -61,6 +87,7 @@ impl Credentials for ApiCredentials {
 
     async fn service_account_token(
         &self,
+        namespace: Option<&str>,
         service_account: Option<&str>,
         audiences: &[String],
     ) -> Result<SecretValue, BackendError> {
@@ -71,8 +98,9 @@ impl Credentials for ApiCredentials {
                 .map(SecretValue::new)
                 .map_err(|_| BackendError::invalid_config("the operator's service account token is not mounted; set serviceAccountName"));
         };
-        let what = format!("ServiceAccount {sa:?} in namespace {:?}", self.namespace);
-        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.namespace);
+        let ns = self.namespace_for(namespace, &format!("ServiceAccount {sa:?}"))?;
+        let what = format!("ServiceAccount {sa:?} in namespace {ns:?}");
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
         let req = TokenRequest {
             spec: Some(TokenRequestSpec {
                 // Empty = the API server's default audiences.
@@ -95,15 +123,23 @@ impl Credentials for ApiCredentials {
     }
 }
 
-/// Names of the Secrets (source namespace) a source's credentials come from.
-pub fn credential_secret_names(spec: &SecretSourceSpec) -> Vec<String> {
+/// The Secrets a source's credentials come from, as (namespace, name): the namespace a
+/// reference names, else `own` (a SecretSource's namespace; empty for a cluster source,
+/// whose references all name one).
+pub fn credential_secrets(spec: &SecretSourceSpec, own: &str) -> Vec<(String, String)> {
+    let at = |ns: &Option<String>, name: &str| {
+        (
+            ns.clone().unwrap_or_else(|| own.to_string()),
+            name.to_string(),
+        )
+    };
     let mut names = Vec::new();
     if let Some(v) = &spec.vault {
         if let Some(t) = &v.auth.token {
-            names.push(t.secret_ref.name.clone());
+            names.push(at(&t.secret_ref.namespace, &t.secret_ref.name));
         }
         if let Some(a) = &v.auth.app_role {
-            names.push(a.secret_ref.name.clone());
+            names.push(at(&a.secret_ref.namespace, &a.secret_ref.name));
         }
     }
     if let Some(r) = spec
@@ -112,7 +148,7 @@ pub fn credential_secret_names(spec: &SecretSourceSpec) -> Vec<String> {
         .and_then(|a| a.auth.as_ref())
         .and_then(|a| a.secret_ref.as_ref())
     {
-        names.push(r.name.clone());
+        names.push(at(&r.namespace, &r.name));
     }
     names.sort();
     names.dedup();
@@ -135,6 +171,7 @@ mod tests {
                         secret_ref: SecretKeySelector {
                             name: "vt".into(),
                             key: "token".into(),
+                            namespace: Some("vault".into()),
                         },
                     }),
                     ..Default::default()
@@ -154,9 +191,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            credential_secret_names(&spec),
-            vec!["aws".to_string(), "vt".to_string()]
+            credential_secrets(&spec, "shop"),
+            vec![
+                ("shop".to_string(), "aws".to_string()),
+                ("vault".to_string(), "vt".to_string())
+            ]
         );
-        assert!(credential_secret_names(&SecretSourceSpec::default()).is_empty());
+        assert!(credential_secrets(&SecretSourceSpec::default(), "shop").is_empty());
     }
 }

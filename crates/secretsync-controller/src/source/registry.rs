@@ -7,15 +7,69 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::borrow::Cow;
+
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client, ResourceExt};
-use secretsync_api::{BackendKind, SecretSource, parse_duration};
+use kube::{Api, Client};
+use secretsync_api::{
+    BackendKind, ClusterSecretSource, SecretSource, SecretSourceSpec, parse_duration,
+};
 use secretsync_backends::cache::CacheObserver;
 use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::{BackendError, BuildContext, CachePolicy, SourceCache, build_backend};
 
-use super::credentials::{ApiCredentials, credential_secret_names};
+use super::credentials::{ApiCredentials, credential_secrets};
 use crate::runtime::{ObjKey, key_of};
+
+/// A source of either kind, as the registry builds it.
+#[derive(Clone, Copy)]
+pub enum AnySource<'a> {
+    /// A SecretSource: credentials in its own namespace.
+    Namespaced(&'a SecretSource),
+    /// A ClusterSecretSource: every reference names its namespace.
+    Cluster(&'a ClusterSecretSource),
+}
+
+impl AnySource<'_> {
+    /// Its key (namespace empty for a cluster source).
+    pub fn key(&self) -> ObjKey {
+        match self {
+            AnySource::Namespaced(s) => key_of(*s),
+            AnySource::Cluster(s) => key_of(*s),
+        }
+    }
+
+    fn meta(&self) -> &kube::core::ObjectMeta {
+        match self {
+            AnySource::Namespaced(s) => &s.metadata,
+            AnySource::Cluster(s) => &s.metadata,
+        }
+    }
+
+    fn uid(&self) -> String {
+        self.meta().uid.clone().unwrap_or_default()
+    }
+
+    fn generation(&self) -> Option<i64> {
+        self.meta().generation
+    }
+
+    /// The backend part of the spec.
+    pub fn spec(&self) -> Cow<'_, SecretSourceSpec> {
+        match self {
+            AnySource::Namespaced(s) => Cow::Borrowed(&s.spec),
+            AnySource::Cluster(s) => Cow::Owned(s.spec.source_spec()),
+        }
+    }
+
+    /// The namespace references resolve in when they name none (`None`: cluster source).
+    fn own_namespace(&self) -> Option<&str> {
+        match self {
+            AnySource::Namespaced(s) => s.metadata.namespace.as_deref(),
+            AnySource::Cluster(_) => None,
+        }
+    }
+}
 
 /// What a built backend depends on: rebuilt when any of it changes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -24,8 +78,11 @@ pub struct Fingerprint {
     pub uid: String,
     /// Source generation.
     pub generation: Option<i64>,
-    /// Credential Secrets and their resourceVersions (`None` = absent).
-    pub credentials: Vec<(String, Option<String>)>,
+    /// Digest of the backend part of the spec: a new generation that leaves it alone (a
+    /// ClusterSecretSource's `namespaceSelector` edited) keeps the built backend.
+    pub spec_digest: u64,
+    /// Credential Secrets (namespace, name) and their resourceVersions (`None` = absent).
+    pub credentials: Vec<((String, String), Option<String>)>,
 }
 
 /// One built source.
@@ -42,7 +99,41 @@ pub struct SourceEntry {
     validation: Mutex<Option<Result<(), BackendError>>>,
 }
 
+impl Fingerprint {
+    /// Whether a build from `self` serves `other` too (generations may differ).
+    fn same_build(&self, other: &Fingerprint) -> bool {
+        self.uid == other.uid
+            && self.spec_digest == other.spec_digest
+            && self.credentials == other.credentials
+    }
+}
+
+/// A digest of a backend spec.
+fn spec_digest(spec: &SecretSourceSpec) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // The spec's JSON is its identity (serialising it cannot fail: plain data).
+    serde_json::to_vec(spec).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
 impl SourceEntry {
+    /// The same build (backend, cache, epoch, validation) under a new fingerprint.
+    fn refingerprinted(&self, fingerprint: Fingerprint) -> Arc<SourceEntry> {
+        let validation = self
+            .validation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Arc::new(SourceEntry {
+            fingerprint,
+            epoch: self.epoch,
+            kind: self.kind,
+            cache: self.cache.clone(),
+            validation: Mutex::new(validation),
+        })
+    }
+
     /// Records the result of a validation call.
     pub fn set_validation(&self, result: Result<(), BackendError>) {
         *self.validation.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
@@ -133,25 +224,28 @@ impl SourceRegistry {
 
     /// The built source for the binding path: reuses any build of the same generation
     /// (credential changes are the source reconciler's job), builds otherwise.
-    pub async fn get(&self, src: &SecretSource) -> Arc<SourceEntry> {
-        let slot = self.slot(&key_of(src));
+    pub async fn get(&self, src: AnySource<'_>) -> Arc<SourceEntry> {
+        let slot = self.slot(&src.key());
         let mut guard = slot.lock().await;
         if let Some(e) = guard.as_ref()
-            && e.fingerprint.uid == src.uid().unwrap_or_default()
-            && e.fingerprint.generation == src.metadata.generation
+            && e.fingerprint.uid == src.meta().uid.as_deref().unwrap_or_default()
+            && e.fingerprint.generation == src.generation()
         {
             return e.clone();
         }
         let fp = self.fingerprint(src).await;
-        let entry = self.build(src, fp).await;
+        let entry = match guard.as_ref() {
+            Some(e) if e.cache.is_ok() && e.fingerprint.same_build(&fp) => e.refingerprinted(fp),
+            _ => self.build(src, fp).await,
+        };
         *guard = Some(entry.clone());
         entry
     }
 
     /// The source reconciler's view: rebuilds when the fingerprint (including credential
     /// Secret versions) changed or the last build failed. Returns whether it rebuilt.
-    pub async fn refresh(&self, src: &SecretSource) -> (Arc<SourceEntry>, bool) {
-        let slot = self.slot(&key_of(src));
+    pub async fn refresh(&self, src: AnySource<'_>) -> (Arc<SourceEntry>, bool) {
+        let slot = self.slot(&src.key());
         let mut guard = slot.lock().await;
         let fp = self.fingerprint(src).await;
         if let Some(e) = guard.as_ref()
@@ -159,6 +253,14 @@ impl SourceRegistry {
             && e.cache.is_ok()
         {
             return (e.clone(), false);
+        }
+        if let Some(e) = guard.as_ref()
+            && e.cache.is_ok()
+            && e.fingerprint.same_build(&fp)
+        {
+            let entry = e.refingerprinted(fp);
+            *guard = Some(entry.clone());
+            return (entry, false);
         }
         let entry = self.build(src, fp).await;
         *guard = Some(entry.clone());
@@ -175,37 +277,40 @@ impl SourceRegistry {
             .is_some()
     }
 
-    async fn fingerprint(&self, src: &SecretSource) -> Fingerprint {
-        let ns = src.namespace().unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+    async fn fingerprint(&self, src: AnySource<'_>) -> Fingerprint {
+        let own = src.own_namespace().unwrap_or_default();
         let mut credentials = Vec::new();
-        for name in credential_secret_names(&src.spec) {
+        for (ns, name) in credential_secrets(&src.spec(), own) {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
             // Metadata only: the resourceVersion is all we need to notice a change.
             let rv = match api.get_metadata_opt(&name).await {
                 Ok(m) => m.and_then(|m| m.metadata.resource_version),
                 Err(e) => {
-                    tracing::debug!(source = %key_of(src), secret = %name, error = %e, "credential Secret lookup failed");
+                    tracing::debug!(source = %src.key(), secret = %name, namespace = %ns, error = %e, "credential Secret lookup failed");
                     None
                 }
             };
-            credentials.push((name, rv));
+            credentials.push(((ns, name), rv));
         }
         Fingerprint {
-            uid: src.uid().unwrap_or_default(),
-            generation: src.metadata.generation,
+            uid: src.uid(),
+            generation: src.generation(),
+            spec_digest: spec_digest(&src.spec()),
             credentials,
         }
     }
 
-    async fn build(&self, src: &SecretSource, fingerprint: Fingerprint) -> Arc<SourceEntry> {
-        let ns = src.namespace().unwrap_or_default();
+    async fn build(&self, src: AnySource<'_>, fingerprint: Fingerprint) -> Arc<SourceEntry> {
         let ctx = BuildContext {
             env_allow: self.env_allow.clone(),
             file_root: self.file_root.clone(),
-            credentials: Arc::new(ApiCredentials::new(self.client.clone(), &ns)),
+            credentials: Arc::new(ApiCredentials::new(
+                self.client.clone(),
+                src.own_namespace(),
+            )),
         };
-        let ttl = src
-            .spec
+        let spec = src.spec();
+        let ttl = spec
             .cache
             .as_ref()
             .and_then(|c| c.ttl.as_deref())
@@ -215,22 +320,22 @@ impl SourceRegistry {
             Err(e) => Err(BackendError::invalid_config(format!("spec.cache.ttl: {e}"))),
             // No ttl: reads are reused per key within each binding's refresh interval
             // (one read per key per interval); an explicit ttl overrides that.
-            Ok(ttl) => build_backend(&src.spec, &ctx).await.map(|b| {
+            Ok(ttl) => build_backend(&spec, &ctx).await.map(|b| {
                 let policy = ttl.map_or(CachePolicy::PerKeyRefresh, CachePolicy::Ttl);
                 Arc::new(SourceCache::with_policy(b, policy, self.observer.clone()))
             }),
         };
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         match &cache {
-            Ok(_) => tracing::info!(source = %key_of(src), epoch, "built backend"),
+            Ok(_) => tracing::info!(source = %src.key(), epoch, "built backend"),
             Err(e) => {
-                tracing::warn!(source = %key_of(src), reason = %e.reason, error = %e.message, "building backend failed")
+                tracing::warn!(source = %src.key(), reason = %e.reason, error = %e.message, "building backend failed")
             }
         }
         Arc::new(SourceEntry {
             fingerprint,
             epoch,
-            kind: src.spec.backend_kind(),
+            kind: spec.backend_kind(),
             cache,
             validation: Mutex::new(None),
         })
