@@ -8,15 +8,22 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use secretsync_api::manifest::{Manifest, parse_stream};
-use secretsync_api::{SecretBinding, SecretSource, parse_duration};
+use secretsync_api::{
+    ClusterSecretBinding, ClusterSecretSource, SecretBinding, SecretSource, SecretSourceSpec,
+    SourceKind, parse_duration,
+};
 use secretsync_backends::cache::NoopObserver;
 use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::hash::HmacKey;
 use secretsync_backends::{
     BackendError, BuildContext, Credentials, SecretValue, SourceCache, build_backend, resolve,
 };
+use secretsync_controller::cluster_binding::plan::desired_binding;
 
 /// Inputs of one render.
 pub struct RenderOptions {
@@ -73,20 +80,30 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// Credentials answered from Secret manifests given to `render`, with `VAULT_TOKEN` as a
 /// fallback for Vault token auth.
 struct ManifestCredentials {
-    namespace: String,
+    /// A SecretSource's namespace; `None` for a cluster source (references name theirs).
+    namespace: Option<String>,
     secrets: Arc<BTreeMap<(String, String), Secret>>,
 }
 
 #[async_trait]
 impl Credentials for ManifestCredentials {
-    async fn secret_value(&self, name: &str, key: &str) -> Result<SecretValue, BackendError> {
+    async fn secret_value(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        key: &str,
+    ) -> Result<SecretValue, BackendError> {
+        let Some(ns) = namespace.or(self.namespace.as_deref()).map(str::to_string) else {
+            return Err(BackendError::invalid_config(format!(
+                "credential Secret {name:?} names no namespace; a ClusterSecretSource must name it"
+            )));
+        };
         let secret = self
             .secrets
-            .get(&(self.namespace.clone(), name.to_string()))
+            .get(&(ns.clone(), name.to_string()))
             .ok_or_else(|| {
                 BackendError::invalid_config(format!(
-                    "credential Secret {name:?} was not among the manifests given to render (namespace {:?})",
-                    self.namespace
+                    "credential Secret {name:?} was not among the manifests given to render (namespace {ns:?})"
                 ))
             })?;
         if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
@@ -117,44 +134,124 @@ fn ns_of(
         .unwrap_or_else(|| default.to_string())
 }
 
+/// The objects of the input manifests, by kind.
+#[derive(Default)]
+struct Inputs {
+    sources: BTreeMap<(String, String), SecretSource>,
+    cluster_sources: BTreeMap<String, ClusterSecretSource>,
+    secrets: BTreeMap<(String, String), Secret>,
+    bindings: Vec<SecretBinding>,
+    cluster_bindings: Vec<ClusterSecretBinding>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Inputs {
+    fn read(files: &[PathBuf], default_ns: &str) -> Result<Self> {
+        let mut i = Inputs::default();
+        let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
+        for file in files {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let docs = parse_stream(&text).with_context(|| format!("{}", file.display()))?;
+            for doc in docs {
+                match doc {
+                    Manifest::Source(s) => {
+                        let key = (ns_of(&s.metadata, default_ns), name(&s.metadata));
+                        i.sources.insert(key, *s);
+                    }
+                    Manifest::ClusterSource(s) => {
+                        i.cluster_sources.insert(name(&s.metadata), *s);
+                    }
+                    Manifest::Secret(s) => {
+                        let key = (ns_of(&s.metadata, default_ns), name(&s.metadata));
+                        i.secrets.insert(key, *s);
+                    }
+                    Manifest::Binding(mut b) => {
+                        b.metadata.namespace = Some(ns_of(&b.metadata, default_ns));
+                        i.bindings.push(*b);
+                    }
+                    Manifest::ClusterBinding(b) => i.cluster_bindings.push(*b),
+                    Manifest::Namespace(n) => {
+                        let labels = n.metadata.labels.clone().unwrap_or_default();
+                        i.namespaces.insert(name(&n.metadata), labels);
+                    }
+                    Manifest::Other { .. } => {}
+                }
+            }
+        }
+        // Each ClusterSecretBinding stamps its SecretBinding into the Namespace manifests
+        // its selector matches and the namespaces it lists by name, as `run` would.
+        for csb in &i.cluster_bindings {
+            let mut targets: BTreeSet<String> = i
+                .namespaces
+                .iter()
+                .filter(|(n, labels)| csb.spec.selects(n, labels))
+                .map(|(n, _)| n.clone())
+                .collect();
+            targets.extend(csb.spec.namespaces.iter().cloned());
+            for ns in targets {
+                i.bindings.push(desired_binding(csb, &ns));
+            }
+        }
+        Ok(i)
+    }
+
+    fn labels(&self, ns: &str) -> BTreeMap<String, String> {
+        self.namespaces.get(ns).cloned().unwrap_or_default()
+    }
+}
+
+/// A binding's source: its spec, credential namespace and cache key.
+type Found<'a> = (&'a SecretSourceSpec, Option<String>, (String, String));
+
+/// The source a binding reads: its spec, the namespace its credential references resolve
+/// in (`None` for a cluster source), and its key among the built caches; or why not.
+fn source_for<'a>(
+    inputs: &'a Inputs,
+    binding: &SecretBinding,
+    cluster_specs: &'a BTreeMap<String, SecretSourceSpec>,
+) -> Result<Found<'a>, String> {
+    let ns = binding.metadata.namespace.clone().unwrap_or_default();
+    let src = &binding.spec.source_ref.name;
+    match binding.spec.source_ref.kind {
+        SourceKind::SecretSource => {
+            let key = (ns.clone(), src.clone());
+            let s = inputs.sources.get(&key).ok_or_else(|| {
+                format!("SourceNotFound: SecretSource {src:?} is not among the manifests (namespace {ns:?})")
+            })?;
+            Ok((&s.spec, Some(ns), key))
+        }
+        SourceKind::ClusterSecretSource => {
+            let s = inputs.cluster_sources.get(src).ok_or_else(|| {
+                format!("SourceNotFound: ClusterSecretSource {src:?} is not among the manifests")
+            })?;
+            if !s.spec.admits(&ns, &inputs.labels(&ns)) {
+                return Err(format!(
+                    "SourceNotAllowed: ClusterSecretSource {src:?} does not admit namespace {ns:?} (labels from the Namespace manifests given, if any)"
+                ));
+            }
+            let spec = cluster_specs
+                .get(src)
+                .ok_or_else(|| format!("ClusterSecretSource {src:?} is not among the manifests"))?;
+            // Cluster sources are keyed apart from any namespace's sources.
+            Ok((spec, None, (String::new(), src.clone())))
+        }
+    }
+}
+
 /// Runs a render.
 pub async fn render(opts: &RenderOptions) -> Result<RenderOutput> {
     let files = collect_files(&opts.inputs)?;
     if files.is_empty() {
         bail!("no .yaml, .yml or .json files found in the given paths");
     }
-    let mut sources: BTreeMap<(String, String), SecretSource> = BTreeMap::new();
-    let mut secrets: BTreeMap<(String, String), Secret> = BTreeMap::new();
-    let mut bindings: Vec<SecretBinding> = Vec::new();
-    for file in &files {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        let docs = parse_stream(&text).with_context(|| format!("{}", file.display()))?;
-        for doc in docs {
-            match doc {
-                Manifest::Source(s) => {
-                    let key = (
-                        ns_of(&s.metadata, &opts.namespace),
-                        s.metadata.name.clone().unwrap_or_default(),
-                    );
-                    sources.insert(key, *s);
-                }
-                Manifest::Secret(s) => {
-                    let key = (
-                        ns_of(&s.metadata, &opts.namespace),
-                        s.metadata.name.clone().unwrap_or_default(),
-                    );
-                    secrets.insert(key, *s);
-                }
-                Manifest::Binding(mut b) => {
-                    b.metadata.namespace = Some(ns_of(&b.metadata, &opts.namespace));
-                    bindings.push(*b);
-                }
-                Manifest::Other { .. } => {}
-            }
-        }
-    }
-    let secrets = Arc::new(secrets);
+    let mut inputs = Inputs::read(&files, &opts.namespace)?;
+    let secrets = Arc::new(std::mem::take(&mut inputs.secrets));
+    let cluster_specs: BTreeMap<String, SecretSourceSpec> = inputs
+        .cluster_sources
+        .iter()
+        .map(|(n, s)| (n.clone(), s.spec.source_spec()))
+        .collect();
 
     let mut caches: BTreeMap<(String, String), Result<Arc<SourceCache>, BackendError>> =
         BTreeMap::new();
@@ -162,27 +259,27 @@ pub async fn render(opts: &RenderOptions) -> Result<RenderOutput> {
         secrets: Vec::new(),
         errors: Vec::new(),
     };
-    for binding in &bindings {
+    for binding in &inputs.bindings {
         let ns = binding.metadata.namespace.clone().unwrap_or_default();
         let name = binding.metadata.name.clone().unwrap_or_default();
-        let source_key = (ns.clone(), binding.spec.source_ref.name.clone());
-        let Some(source) = sources.get(&source_key) else {
-            out.errors.push(format!(
-                "SecretBinding {ns}/{name}: SourceNotFound: SecretSource {:?} is not among the manifests (namespace {ns:?})",
-                binding.spec.source_ref.name
-            ));
-            continue;
+        let kind = binding.spec.source_ref.kind.as_str();
+        let src_name = &binding.spec.source_ref.name;
+        let (spec, cred_ns, source_key) = match source_for(&inputs, binding, &cluster_specs) {
+            Ok(found) => found,
+            Err(e) => {
+                out.errors.push(format!("SecretBinding {ns}/{name}: {e}"));
+                continue;
+            }
         };
         if !caches.contains_key(&source_key) {
-            let built = build_cache(source, &ns, opts, secrets.clone()).await;
+            let built = build_cache(spec, cred_ns, opts, secrets.clone()).await;
             caches.insert(source_key.clone(), built);
         }
         let cache = match &caches[&source_key] {
             Ok(c) => c.clone(),
             Err(e) => {
                 out.errors.push(format!(
-                    "SecretBinding {ns}/{name}: SecretSource {:?}: {e}",
-                    binding.spec.source_ref.name
+                    "SecretBinding {ns}/{name}: {kind} {src_name:?}: {e}"
                 ));
                 continue;
             }
@@ -204,25 +301,22 @@ pub async fn render(opts: &RenderOptions) -> Result<RenderOutput> {
 }
 
 async fn build_cache(
-    source: &SecretSource,
-    ns: &str,
+    spec: &SecretSourceSpec,
+    namespace: Option<String>,
     opts: &RenderOptions,
     secrets: Arc<BTreeMap<(String, String), Secret>>,
 ) -> Result<Arc<SourceCache>, BackendError> {
     let ctx = BuildContext {
         env_allow: EnvPolicy::allow_all(),
         file_root: opts.file_root.clone(),
-        credentials: Arc::new(ManifestCredentials {
-            namespace: ns.to_string(),
-            secrets,
-        }),
+        credentials: Arc::new(ManifestCredentials { namespace, secrets }),
     };
-    let ttl = match source.spec.cache.as_ref().and_then(|c| c.ttl.as_deref()) {
+    let ttl = match spec.cache.as_ref().and_then(|c| c.ttl.as_deref()) {
         Some(t) => parse_duration(t)
             .map_err(|e| BackendError::invalid_config(format!("spec.cache.ttl: {e}")))?,
         None => Duration::ZERO,
     };
-    let backend = build_backend(&source.spec, &ctx).await?;
+    let backend = build_backend(spec, &ctx).await?;
     Ok(Arc::new(SourceCache::new(
         backend,
         ttl,
