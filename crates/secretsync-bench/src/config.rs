@@ -47,7 +47,7 @@ pub struct Args {
     /// each.
     #[arg(long, default_value = "3m")]
     pub nocache_steady: String,
-    /// Length of the steady-state window of the shared run.
+    /// Length of the steady-state window of the shared and cluster runs.
     #[arg(long, default_value = "3m")]
     pub shared_steady: String,
     /// Delay the fake API server adds to every write (create, update, patch, delete) in
@@ -55,14 +55,14 @@ pub struct Args {
     #[arg(long, default_value = "25ms")]
     pub write_latency: String,
     /// Runs to do (comma-separated), in this order: idle, cold-small, main, unrelated,
-    /// nocache, heartbeat0, shared, latency, heartbeat1h.
+    /// nocache, heartbeat0, shared, cluster, latency, heartbeat1h.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_RUNS)]
     pub runs: Vec<String>,
 }
 
 /// Every run, in the order `make bench` does them.
 pub const DEFAULT_RUNS: &str =
-    "idle,cold-small,main,unrelated,nocache,heartbeat0,shared,latency,heartbeat1h";
+    "idle,cold-small,main,unrelated,nocache,heartbeat0,shared,cluster,latency,heartbeat1h";
 
 impl Args {
     /// Checks the durations and run names before anything starts, so a typo does not
@@ -134,6 +134,8 @@ pub struct Layout {
     pub keys: Keys,
     /// Whether every SecretSource has `spec.cache.ttl` (= `--cache-ttl`).
     pub cached: bool,
+    /// One ClusterSecretSource for every namespace instead of a SecretSource each.
+    pub cluster_source: bool,
 }
 
 impl Layout {
@@ -149,6 +151,7 @@ impl Layout {
             unrelated_deployments: scaled(5_000.0),
             keys: Keys::PerNamespace,
             cached: true,
+            cluster_source: false,
         };
         let small = Layout {
             per_namespace: 10,
@@ -173,6 +176,15 @@ impl Layout {
         }
     }
 
+    /// The shared-keys layout read through one ClusterSecretSource admitting every
+    /// namespace.
+    pub fn through_cluster_source(self) -> Layout {
+        Layout {
+            cluster_source: true,
+            ..self.sharing_keys()
+        }
+    }
+
     pub fn bindings(&self) -> usize {
         self.namespaces * self.per_namespace
     }
@@ -185,7 +197,11 @@ impl Layout {
     }
     /// Distinct (source, remote key) pairs: the most per-source caches can coalesce to.
     pub fn source_key_pairs(&self) -> usize {
-        self.namespaces * world::KEYS_PER_NAMESPACE
+        if self.cluster_source {
+            world::KEYS_PER_NAMESPACE
+        } else {
+            self.namespaces * world::KEYS_PER_NAMESPACE
+        }
     }
     /// How the bindings, sources and keys are laid out, in words.
     pub fn describe(&self, cache_ttl: &str) -> String {

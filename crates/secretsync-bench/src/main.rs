@@ -32,8 +32,8 @@ use crate::config::{Args, Layout};
 use crate::probe::AuditCounter;
 use crate::report::{Report, mib};
 use crate::scenarios::{
-    Bench, comparison_tables, run_cold_small, run_heartbeat0, run_heartbeat1h, run_idle,
-    run_latency, run_main, run_nocache, run_shared, run_unrelated,
+    Bench, comparison_tables, run_cluster, run_cold_small, run_heartbeat0, run_heartbeat1h,
+    run_idle, run_latency, run_main, run_nocache, run_shared, run_unrelated,
 };
 
 fn main() -> Result<()> {
@@ -99,6 +99,7 @@ async fn bench(args: Args) -> Result<()> {
             "nocache" => run_nocache(&mut b, large).await,
             "heartbeat0" => run_heartbeat0(&mut b, large).await,
             "shared" => run_shared(&mut b, large).await,
+            "cluster" => run_cluster(&mut b, large).await,
             "latency" => run_latency(&mut b, large).await,
             "heartbeat1h" => run_heartbeat1h(&mut b, large).await,
             other => Err(anyhow::anyhow!("unknown run {other:?}")),

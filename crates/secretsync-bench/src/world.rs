@@ -119,8 +119,35 @@ pub fn source_objects(ns: &str, bao_addr: &str, cache_ttl: Option<&str>) -> Vec<
     ]
 }
 
-/// A binding of namespace index `i` reading the remote keys `keys` gives that namespace.
-pub fn binding(keys: Keys, i: usize, name: &str, refresh: &str) -> Value {
+/// The token Secret (in namespace `ns`) and one ClusterSecretSource admitting every
+/// namespace (an empty selector), no `spec.cache`.
+pub fn cluster_source_objects(ns: &str, bao_addr: &str) -> Vec<Value> {
+    let token = base64::engine::general_purpose::STANDARD.encode("root");
+    vec![
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": TOKEN_SECRET, "namespace": ns},
+            "data": {"token": token},
+        }),
+        json!({
+            "apiVersion": "secretsync.dev/v1alpha1", "kind": "ClusterSecretSource",
+            "metadata": {"name": SOURCE},
+            "spec": {
+                "namespaceSelector": {},
+                "vault": {
+                    "server": bao_addr,
+                    "mount": "secret",
+                    "kvVersion": 2,
+                    "auth": {"token": {"secretRef": {"name": TOKEN_SECRET, "namespace": ns, "key": "token"}}},
+                },
+            },
+        }),
+    ]
+}
+
+/// A binding of namespace index `i` reading the remote keys `keys` gives that namespace,
+/// through the namespace's SecretSource or (`cluster`) the ClusterSecretSource.
+pub fn binding(keys: Keys, i: usize, name: &str, refresh: &str, cluster: bool) -> Value {
     let mut data = Vec::new();
     for r in 0..KEYS_PER_NAMESPACE {
         for p in PROPERTIES {
@@ -133,7 +160,14 @@ pub fn binding(keys: Keys, i: usize, name: &str, refresh: &str) -> Value {
     json!({
         "apiVersion": "secretsync.dev/v1alpha1", "kind": "SecretBinding",
         "metadata": {"name": name, "namespace": ns_name(i)},
-        "spec": {"sourceRef": {"name": SOURCE}, "refreshInterval": refresh, "data": data},
+        "spec": {
+            "sourceRef": {
+                "kind": if cluster { "ClusterSecretSource" } else { "SecretSource" },
+                "name": SOURCE,
+            },
+            "refreshInterval": refresh,
+            "data": data,
+        },
     })
 }
 
@@ -203,16 +237,24 @@ mod tests {
 
     #[test]
     fn binding_shape() {
-        let b = binding(Keys::PerNamespace, 3, "b-0001", "60s");
+        let b = binding(Keys::PerNamespace, 3, "b-0001", "60s", false);
         assert_eq!(b["metadata"]["namespace"], "bench-003");
         let data = b["spec"]["data"].as_array().unwrap();
         assert_eq!(data.len(), 10);
         assert_eq!(data[0]["remoteRef"]["key"], "bench/k0015");
-        let shared = binding(Keys::Shared, 3, "b-0001", "60s");
+        let shared = binding(Keys::Shared, 3, "b-0001", "60s", true);
         assert_eq!(shared["metadata"]["namespace"], "bench-003");
         assert_eq!(
             shared["spec"]["data"][9]["remoteRef"]["key"],
             "bench/shared/k4"
+        );
+        assert_eq!(b["spec"]["sourceRef"]["kind"], "SecretSource");
+        assert_eq!(shared["spec"]["sourceRef"]["kind"], "ClusterSecretSource");
+        let cluster = cluster_source_objects("bench-000", "http://bao");
+        assert_eq!(cluster[1]["kind"], "ClusterSecretSource");
+        assert_eq!(
+            cluster[1]["spec"]["vault"]["auth"]["token"]["secretRef"]["namespace"],
+            "bench-000"
         );
     }
 

@@ -2,7 +2,8 @@
 //! operator's default flags (nocache), the same with `--status-heartbeat 0` (heartbeat0,
 //! run right after it so the two steady CPU figures are side by side), keys shared across
 //! namespaces through separate sources (shared), a cold start against an API server whose
-//! writes are slow (latency), and `--status-heartbeat 1h` (heartbeat1h). Then the
+//! writes are slow (latency), `--status-heartbeat 1h` (heartbeat1h), and the shared keys
+//! read through one ClusterSecretSource (cluster). Then the
 //! side-by-side tables of every cold start and steady window of the bench.
 
 use std::time::Duration;
@@ -21,6 +22,8 @@ const HEARTBEAT0: &str = "7. No cache configured, --status-heartbeat 0";
 const SHARED: &str = "8. Keys shared across namespaces (separate sources, no cache)";
 const LATENCY: &str = "9. Cold start with API write latency (no cache, operator defaults)";
 const HEARTBEAT1H: &str = "10. No cache configured, --status-heartbeat 1h";
+const CLUSTER: &str =
+    "11. Keys shared across namespaces through one ClusterSecretSource (no cache)";
 
 /// One run of this module: what it is called and how it is set up.
 struct Run<'a> {
@@ -170,6 +173,37 @@ pub async fn run_shared(b: &mut Bench, layout: Layout) -> Result<()> {
     };
     let v = cold_then_steady(b, run).await?;
     b.results.insert("shared".into(), v);
+    Ok(())
+}
+
+/// The shared layout's bindings reading through one ClusterSecretSource admitting all
+/// namespaces: one cache for all, so each remote key is read once per interval.
+pub async fn run_cluster(b: &mut Bench, layout: Layout) -> Result<()> {
+    let layout = layout.through_cluster_source();
+    println!(
+        "\n== {} bindings in {} namespaces sharing {} remote keys through one ClusterSecretSource: cold start, steady state",
+        layout.bindings(),
+        layout.namespaces,
+        layout.remote_keys()
+    );
+    for r in 0..world::KEYS_PER_NAMESPACE {
+        world::bao_put(
+            &b.bao_admin,
+            &world::shared_key(r),
+            &world::remote_value(r, 1),
+        )
+        .await?;
+    }
+    let run = Run {
+        scenario: CLUSTER,
+        name: "cluster",
+        kind: SteadyKind::Shared,
+        layout,
+        flags: b.args.default_flags(),
+        window: parse_dur(&b.args.shared_steady)?,
+    };
+    let v = cold_then_steady(b, run).await?;
+    b.results.insert("cluster".into(), v);
     Ok(())
 }
 

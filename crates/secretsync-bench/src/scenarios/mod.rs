@@ -10,7 +10,8 @@ mod rotation;
 mod steady;
 
 pub use frugal::{
-    comparison_tables, run_heartbeat0, run_heartbeat1h, run_latency, run_nocache, run_shared,
+    comparison_tables, run_cluster, run_heartbeat0, run_heartbeat1h, run_latency, run_nocache,
+    run_shared,
 };
 
 use std::time::{Duration, Instant};
@@ -72,16 +73,22 @@ impl Bench {
     ) -> Result<()> {
         let t = Instant::now();
         let cache_ttl = layout.cached.then_some(self.args.cache_ttl.as_str());
-        for i in 0..layout.namespaces {
-            let ns = world::ns_name(i);
-            for o in world::source_objects(&ns, &self.bao.address, cache_ttl) {
+        if layout.cluster_source {
+            for o in world::cluster_source_objects(&world::ns_name(0), &self.bao.address) {
                 world::put(server, &o)?;
             }
+        }
+        for i in 0..layout.namespaces {
+            let ns = world::ns_name(i);
+            if !layout.cluster_source {
+                for o in world::source_objects(&ns, &self.bao.address, cache_ttl) {
+                    world::put(server, &o)?;
+                }
+            }
             for j in 0..layout.per_namespace {
-                world::put(
-                    server,
-                    &world::binding(layout.keys, i, &world::binding_name(j), REFRESH),
-                )?;
+                let name = world::binding_name(j);
+                let b = world::binding(layout.keys, i, &name, REFRESH, layout.cluster_source);
+                world::put(server, &b)?;
             }
         }
         if rotation {

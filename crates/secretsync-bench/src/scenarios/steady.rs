@@ -303,7 +303,10 @@ impl Bench {
             let i = k % layout.namespaces;
             let name = format!("new-{k:03}");
             let created = Instant::now();
-            world::put(server, &world::binding(layout.keys, i, &name, REFRESH))?;
+            world::put(
+                server,
+                &world::binding(layout.keys, i, &name, REFRESH, layout.cluster_source),
+            )?;
             pending.push((world::ns_name(i), name, created));
         }
         let (lat, missing) = Self::wait_ready(
