@@ -64,7 +64,13 @@ async fn refresh_due(rig: &Rig, key: &ObjKey) {
     st.memo.as_mut().unwrap().next_refresh = Some(tokio::time::Instant::now());
     rig.ctx.set_binding_state(key, st);
     let src = rig.ctx.sources.get(&rig::source_key("files")).unwrap();
-    if let Ok(cache) = &rig.ctx.registry.get(AnySource::Namespaced(&src)).await.cache {
+    if let Ok(cache) = &rig
+        .ctx
+        .registry
+        .get(AnySource::Namespaced(&src))
+        .await
+        .cache
+    {
         cache.invalidate_all();
     }
 }
@@ -289,7 +295,14 @@ async fn bindings_on_a_failing_key_share_its_backoff_and_one_read() {
     let ra = reconcile(&rig.ctx, &a).await;
     assert_eq!(ra.result, ReconcileResult::Error);
     let src = rig.ctx.sources.get(&rig::source_key("files")).unwrap();
-    let cache = rig.ctx.registry.get(AnySource::Namespaced(&src)).await.cache.clone().unwrap();
+    let cache = rig
+        .ctx
+        .registry
+        .get(AnySource::Namespaced(&src))
+        .await
+        .cache
+        .clone()
+        .unwrap();
     let calls = cache.stats().backend_calls;
     let rb = reconcile(&rig.ctx, &b).await;
     assert_eq!(rb.result, ReconcileResult::Error);

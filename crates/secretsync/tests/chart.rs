@@ -381,7 +381,20 @@ fn the_pod_is_locked_down_and_probed() {
     );
     // The CRDs come with the chart and survive an uninstall.
     let crds = r.of_kind("CustomResourceDefinition");
-    assert_eq!(crds.len(), 2);
+    let names: BTreeSet<&str> = crds
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str())
+        .collect();
+    let want: BTreeSet<String> = secretsync_api::crd::crds()
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert_eq!(
+        names,
+        want.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        "the chart ships every CRD"
+    );
+    assert_eq!(crds.len(), 4);
     assert!(
         crds.iter()
             .all(|c| c["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep")

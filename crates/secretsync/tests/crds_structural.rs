@@ -174,7 +174,11 @@ fn check_node(node: &Value, at: &str, errors: &mut Vec<String>) {
 #[test]
 fn shipped_crds_are_structural_and_null_free() {
     let docs = crds();
-    assert_eq!(docs.len(), 2, "two CRDs");
+    assert_eq!(
+        docs.len(),
+        4,
+        "four CRDs: the two namespaced kinds and their cluster counterparts"
+    );
     let mut errors = Vec::new();
     for crd in &docs {
         let name = crd["metadata"]["name"].as_str().unwrap_or("?").to_owned();

@@ -25,8 +25,8 @@ fn required_env(name: &str) -> String {
         })
 }
 
-/// Runs render and returns (secret name → key → decoded value), failing on any error.
-fn render(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+/// Runs render and returns the Secret manifests it printed, failing on any error.
+fn render_docs(args: &[&str], env: &[(&str, &str)]) -> Vec<serde_json::Value> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_secretsync"));
     cmd.arg("render").args(args).current_dir(root());
     for (k, v) in env {
@@ -35,12 +35,16 @@ fn render(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "render {args:?} failed: {stderr}");
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect()
+}
+
+/// Runs render and returns (secret name → key → decoded value), failing on any error.
+fn render(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let mut secrets = serde_json::Map::new();
-    for doc in serde_yaml::Deserializer::from_slice(&out.stdout) {
-        let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
-        if v.is_null() {
-            continue;
-        }
+    for v in render_docs(args, env) {
         let mut data = serde_json::Map::new();
         for (k, b64) in v["data"].as_object().unwrap() {
             let bytes = base64::engine::general_purpose::STANDARD
@@ -62,6 +66,95 @@ fn render_files(files: &[&str], file_root: &str) -> serde_json::Value {
     args.extend_from_slice(files);
     args.extend(["--file-root", file_root]);
     render(&args, &[])
+}
+
+/// The ClusterSecretBinding example stamps its SecretBinding into the two Namespace
+/// manifests labelled `registry: internal` (not into `marketing`), each reading the
+/// ClusterSecretSource that admits them.
+#[test]
+fn cluster_binding_example_renders_one_secret_per_selected_namespace() {
+    let docs = render_docs(
+        &[
+            "-f",
+            "examples/cluster-binding/",
+            "--file-root",
+            "examples/cluster-binding/root",
+        ],
+        &[],
+    );
+    let mut at: Vec<(String, String)> = docs
+        .iter()
+        .map(|d| {
+            let m = &d["metadata"];
+            (
+                m["namespace"].as_str().unwrap().to_string(),
+                m["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    at.sort();
+    assert_eq!(
+        at,
+        [
+            ("shop-backend".to_string(), "registry-pull".to_string()),
+            ("shop-frontend".to_string(), "registry-pull".to_string()),
+        ]
+    );
+    for d in &docs {
+        assert_eq!(d["type"], "kubernetes.io/dockerconfigjson");
+        let b64 = d["data"][".dockerconfigjson"].as_str().unwrap();
+        let json = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(v["auths"].is_object(), "{v}");
+    }
+}
+
+/// A binding in a namespace a ClusterSecretSource does not admit fails with
+/// SourceNotAllowed, naming the source and namespace; nothing is printed for it.
+#[test]
+fn render_refuses_a_namespace_the_cluster_source_does_not_admit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("all.yaml"),
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {name: marketing}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {name: pull, namespace: marketing}
+spec:
+  sourceRef: {kind: ClusterSecretSource, name: registry-files}
+  data: [{secretKey: x, remoteRef: {key: dockerconfigjson}}]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_secretsync"))
+        .args([
+            "render",
+            "-f",
+            "examples/cluster-binding/cluster-source.yaml",
+            "-f",
+        ])
+        .arg(dir.path())
+        .args(["--file-root", "examples/cluster-binding/root"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "render should fail: {stderr}");
+    assert!(
+        stderr.contains("SourceNotAllowed")
+            && stderr.contains("registry-files")
+            && stderr.contains("marketing"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing rendered for a refused binding"
+    );
 }
 
 #[test]
