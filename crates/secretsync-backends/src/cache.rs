@@ -34,25 +34,32 @@ use crate::{Backend, BackendError, ReadRequest, SecretValue};
 
 /// Receives per-request measurements (the controller turns them into metrics).
 pub trait CacheObserver: Send + Sync {
-    /// One backend call finished. `result` is `success` or a [`crate::Reason`] string.
-    fn backend_request(
-        &self,
-        backend: BackendKind,
-        operation: &'static str,
-        result: &'static str,
-        elapsed: Duration,
-    );
+    /// One backend call finished.
+    fn backend_request(&self, call: &BackendCall);
     /// Reads served from memory or joined to an in-flight request.
     fn cache_hits(&self, backend: BackendKind, n: u64);
     /// Reads that needed a backend request.
     fn cache_misses(&self, backend: BackendKind, n: u64);
 }
 
+/// One finished backend call, as reported to a [`CacheObserver`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackendCall {
+    /// Which backend answered.
+    pub backend: BackendKind,
+    /// `read`, `read_batch`, `list` or `validate`.
+    pub operation: &'static str,
+    /// `success` or a [`crate::Reason`] string.
+    pub result: &'static str,
+    /// How long the call took.
+    pub elapsed: Duration,
+}
+
 /// Observer that records nothing.
 pub struct NoopObserver;
 
 impl CacheObserver for NoopObserver {
-    fn backend_request(&self, _: BackendKind, _: &'static str, _: &'static str, _: Duration) {}
+    fn backend_request(&self, _: &BackendCall) {}
     fn cache_hits(&self, _: BackendKind, _: u64) {}
     fn cache_misses(&self, _: BackendKind, _: u64) {}
 }
@@ -416,13 +423,7 @@ impl SourceCache {
     pub async fn list(&self, under: &str) -> Result<Vec<String>, BackendError> {
         let start = Instant::now();
         let res = self.backend.list(under).await;
-        self.backend_calls.fetch_add(1, Ordering::Relaxed);
-        self.observer.backend_request(
-            self.backend.kind(),
-            "list",
-            result_label(&res),
-            start.elapsed(),
-        );
+        self.record("list", result_label(&res), start);
         res
     }
 
@@ -430,14 +431,19 @@ impl SourceCache {
     pub async fn validate(&self) -> Result<(), BackendError> {
         let start = Instant::now();
         let res = self.backend.validate().await;
-        self.backend_calls.fetch_add(1, Ordering::Relaxed);
-        self.observer.backend_request(
-            self.backend.kind(),
-            "validate",
-            result_label(&res),
-            start.elapsed(),
-        );
+        self.record("validate", result_label(&res), start);
         res
+    }
+
+    /// Counts an uncached call that started at `start` and reports it.
+    fn record(&self, operation: &'static str, result: &'static str, start: Instant) {
+        self.backend_calls.fetch_add(1, Ordering::Relaxed);
+        self.observer.backend_request(&BackendCall {
+            backend: self.backend.kind(),
+            operation,
+            result,
+            elapsed: start.elapsed(),
+        });
     }
 
     fn batch_fetch(&self, reqs: Vec<ReadRequest>) -> Shared<BoxFuture<'static, Vec<FetchResult>>> {
@@ -462,7 +468,12 @@ impl SourceCache {
                 .find_map(|r| r.as_ref().err())
                 .map(|e| e.reason.as_str())
                 .unwrap_or("success");
-            observer.backend_request(backend.kind(), operation, label, start.elapsed());
+            observer.backend_request(&BackendCall {
+                backend: backend.kind(),
+                operation,
+                result: label,
+                elapsed: start.elapsed(),
+            });
             let at = Instant::now();
             results
                 .into_iter()

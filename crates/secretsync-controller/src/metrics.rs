@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use secretsync_api::BackendKind;
-use secretsync_backends::cache::CacheObserver;
+use secretsync_backends::cache::{BackendCall, CacheObserver};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ControllerResult {
@@ -186,26 +186,20 @@ fn count_for(family: &Family<BackendLabel, Counter>, backend: BackendKind, n: u6
 }
 
 impl CacheObserver for Metrics {
-    fn backend_request(
-        &self,
-        backend: BackendKind,
-        operation: &'static str,
-        result: &'static str,
-        elapsed: Duration,
-    ) {
+    fn backend_request(&self, call: &BackendCall) {
         self.backend_requests
             .get_or_create(&BackendOpResult {
-                backend: backend.as_str(),
-                operation,
-                result,
+                backend: call.backend.as_str(),
+                operation: call.operation,
+                result: call.result,
             })
             .inc();
         self.backend_duration
             .get_or_create(&BackendOp {
-                backend: backend.as_str(),
-                operation,
+                backend: call.backend.as_str(),
+                operation: call.operation,
             })
-            .observe(elapsed.as_secs_f64());
+            .observe(call.elapsed.as_secs_f64());
     }
 
     fn cache_hits(&self, backend: BackendKind, n: u64) {
@@ -225,12 +219,12 @@ mod tests {
     fn families_have_the_contracted_names() {
         let m = Metrics::new();
         m.reconcile("binding", "success", Duration::from_millis(3));
-        m.backend_request(
-            BackendKind::File,
-            "read",
-            "success",
-            Duration::from_millis(1),
-        );
+        m.backend_request(&BackendCall {
+            backend: BackendKind::File,
+            operation: "read",
+            result: "success",
+            elapsed: Duration::from_millis(1),
+        });
         m.cache_hits(BackendKind::File, 2);
         m.cache_misses(BackendKind::File, 1);
         m.rotation();
