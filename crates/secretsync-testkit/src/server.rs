@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::http::{self, FailRule, Faults, LatencyRule, Shared, lock};
-use crate::store::{Inner, WriteOpts};
+use crate::store::{Inner, WriteOpts, WriteTarget};
 
 /// Errors of the testkit.
 #[derive(Debug, thiserror::Error)]
@@ -345,7 +345,14 @@ impl FakeApiServer {
             force: true,
             strict: false,
         };
-        let (obj, _) = inner.apply(&def, &version, ns.as_deref(), &name, v, false, &opts)?;
+        let target = WriteTarget {
+            def: &def,
+            version: &version,
+            ns: ns.as_deref(),
+            name: &name,
+            status: false,
+        };
+        let (obj, _) = inner.apply(target, v, &opts)?;
         Ok(obj)
     }
 

@@ -151,6 +151,19 @@ struct Call<'a> {
     fmt: Format,
 }
 
+impl<'a> Call<'a> {
+    /// The object `name` (or its status) as the store's writes address it.
+    fn target(&self, name: &'a str, status: bool) -> crate::store::WriteTarget<'a> {
+        crate::store::WriteTarget {
+            def: self.def,
+            version: self.version,
+            ns: self.ns,
+            name,
+            status,
+        }
+    }
+}
+
 /// Where a resource request points: the resource, the namespace (for namespaced
 /// resources), and the object name and subresource from the path.
 struct Target {

@@ -77,7 +77,7 @@ pub(super) fn update(call: &Call<'_>, status: bool) -> Response {
         let mut inner = lock(&call.sh.inner);
         let body = parse_body(call.body, false)?;
         inner
-            .update(call.def, call.version, call.ns, name, body, status, &opts)
+            .update(call.target(name, status), body, &opts)
             .map(|v| (200, v))
     })();
     respond(call, result)
@@ -102,16 +102,7 @@ pub(super) fn patch(call: &Call<'_>, status: bool) -> Response {
         };
         let body = parse_body(call.body, false)?;
         inner
-            .patch(
-                call.def,
-                call.version,
-                call.ns,
-                name,
-                pt,
-                &body,
-                status,
-                &opts,
-            )
+            .patch(call.target(name, status), pt, &body, &opts)
             .map(|v| (200, v))
     })();
     respond(call, result)
@@ -149,7 +140,7 @@ fn apply(
         ..opts.clone()
     };
     inner
-        .apply(def, call.version, ns, name, body, status, &opts)
+        .apply(call.target(name, status), body, &opts)
         .map(|(v, created)| (if created { 201 } else { 200 }, v))
 }
 

@@ -3,9 +3,8 @@
 
 use serde_json::{Value, json};
 
-use super::Inner;
-use super::WriteOpts;
 use super::write::{check_kind, merge_scope, scope_of, set_namespace};
+use super::{Inner, WriteOpts, WriteTarget};
 use crate::managed;
 use crate::resources::ResourceDef;
 use crate::status::{ApiError, Cause};
@@ -13,18 +12,19 @@ use crate::util::{meta_mut, meta_str};
 
 impl Inner {
     /// Server-side apply. Returns the object and whether the apply created it.
-    #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
-        def: &ResourceDef,
-        version: &str,
-        ns: Option<&str>,
-        name: &str,
-        body: Value,
-        status: bool,
+        at: WriteTarget<'_>,
+        mut body: Value,
         opts: &WriteOpts,
     ) -> Result<(Value, bool), ApiError> {
-        let mut body = body;
+        let WriteTarget {
+            def,
+            version,
+            ns,
+            name,
+            status,
+        } = at;
         check_apply_config(def, version, &mut body, name, opts)?;
         let scope = scope_of(def, status);
         let mut applied = managed::scoped_config(&body, scope);

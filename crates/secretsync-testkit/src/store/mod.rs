@@ -36,6 +36,17 @@ pub(crate) struct Event {
 
 pub(crate) type ObjKey = (String, String);
 
+/// The object (or its status subresource) a PUT, PATCH or apply writes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteTarget<'a> {
+    pub def: &'a ResourceDef,
+    pub version: &'a str,
+    pub ns: Option<&'a str>,
+    pub name: &'a str,
+    /// Of the status subresource.
+    pub status: bool,
+}
+
 /// Options of a write.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct WriteOpts {

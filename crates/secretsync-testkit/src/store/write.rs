@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Inner, ObjKey, WriteOpts, ns_key};
+use super::{Inner, ObjKey, WriteOpts, WriteTarget, ns_key};
 use crate::managed::{self, Scope};
 use crate::resources::{self, ResourceDef, Special};
 use crate::status::ApiError;
@@ -151,17 +151,19 @@ impl Inner {
     }
 
     /// PUT.
-    #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
-        def: &ResourceDef,
-        version: &str,
-        ns: Option<&str>,
-        name: &str,
+        at: WriteTarget<'_>,
         body: Value,
-        status: bool,
         opts: &WriteOpts,
     ) -> Result<Value, ApiError> {
+        let WriteTarget {
+            def,
+            version,
+            ns,
+            name,
+            status,
+        } = at;
         let old = self.existing(def, ns, name)?;
         if !body.is_object() {
             return Err(ApiError::bad_request(
@@ -186,18 +188,20 @@ impl Inner {
     }
 
     /// PATCH with a non-apply patch type.
-    #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &mut self,
-        def: &ResourceDef,
-        version: &str,
-        ns: Option<&str>,
-        name: &str,
+        at: WriteTarget<'_>,
         patch_type: PatchType,
         body: &Value,
-        status: bool,
         opts: &WriteOpts,
     ) -> Result<Value, ApiError> {
+        let WriteTarget {
+            def,
+            version,
+            ns,
+            name,
+            status,
+        } = at;
         let old = self.existing(def, ns, name)?;
         let mut target = old.clone();
         match patch_type {
