@@ -2,13 +2,14 @@
 //! reading bindings and Secrets back.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use secretsync_api::SecretBinding;
 use secretsync_testkit::TestEnv;
-use secretsync_testkit::harness::wait_until;
+use secretsync_testkit::harness::{wait_for, wait_until};
 
 use crate::{Operator, WAIT};
 
@@ -90,21 +91,75 @@ pub async fn apply_as(env: &TestEnv, manager: &str, yaml: &str) {
 
 /// Bindings of the environment's namespace.
 pub fn bindings(env: &TestEnv) -> Api<SecretBinding> {
-    Api::namespaced(env.client.clone(), &env.namespace)
+    bindings_in(env, &env.namespace)
+}
+
+/// Bindings of namespace `ns`.
+pub fn bindings_in(env: &TestEnv, ns: &str) -> Api<SecretBinding> {
+    Api::namespaced(env.client.clone(), ns)
 }
 
 /// Secrets of the environment's namespace.
 pub fn secrets(env: &TestEnv) -> Api<Secret> {
-    Api::namespaced(env.client.clone(), &env.namespace)
+    secrets_in(env, &env.namespace)
+}
+
+/// Secrets of namespace `ns`.
+pub fn secrets_in(env: &TestEnv, ns: &str) -> Api<Secret> {
+    Api::namespaced(env.client.clone(), ns)
 }
 
 /// The binding's Ready condition, if any.
 pub async fn ready(env: &TestEnv, binding: &str) -> Option<Condition> {
-    let b = bindings(env).get_opt(binding).await.ok()??;
+    ready_in(env, &env.namespace, binding).await
+}
+
+/// The Ready condition of binding `binding` in namespace `ns`, if any.
+pub async fn ready_in(env: &TestEnv, ns: &str, binding: &str) -> Option<Condition> {
+    let b = bindings_in(env, ns).get_opt(binding).await.ok()??;
     b.status?
         .conditions
         .into_iter()
         .find(|c| c.type_ == "Ready")
+}
+
+/// The value of key `key` in Secret `name` of namespace `ns`, as a string.
+pub async fn secret_value(env: &TestEnv, ns: &str, name: &str, key: &str) -> Option<String> {
+    let s = secrets_in(env, ns).get_opt(name).await.ok()??;
+    let v = s.data?.remove(key)?;
+    String::from_utf8(v.0).ok()
+}
+
+/// Waits up to `within` until every binding of `names` in `ns` is Ready=True for its
+/// current generation.
+pub async fn all_ready(env: &TestEnv, ns: &str, names: &[String], within: Duration) -> bool {
+    let api = bindings_in(env, ns);
+    wait_for(within, || async {
+        let Ok(list) = api.list(&Default::default()).await else {
+            return false;
+        };
+        names.iter().all(|n| {
+            list.items.iter().any(|b| {
+                b.metadata.name.as_deref() == Some(n.as_str())
+                    && b.status.as_ref().is_some_and(|s| {
+                        s.observed_generation == b.metadata.generation
+                            && s.conditions
+                                .iter()
+                                .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+            })
+        })
+    })
+    .await
+    .is_ok()
+}
+
+/// Requests for any of `paths` in the OpenBao audit log `audit`.
+pub fn audit_reads(audit: &std::path::Path, paths: &[String]) -> usize {
+    paths
+        .iter()
+        .map(|p| secretsync_testkit::bao::count_audit_requests(audit, p))
+        .sum()
 }
 
 /// A Secret's data as byte vectors.
@@ -187,8 +242,19 @@ pub async fn wait_synced_own(env: &TestEnv, op: &Operator, binding: &str, want: 
 
 /// Waits until binding `binding` is Ready=False with `reason`; returns the condition.
 pub async fn wait_reason(env: &TestEnv, op: &Operator, binding: &str, reason: &str) -> Condition {
+    wait_reason_in(env, op, &env.namespace, binding, reason).await
+}
+
+/// [`wait_reason`] for a binding in namespace `ns`.
+pub async fn wait_reason_in(
+    env: &TestEnv,
+    op: &Operator,
+    ns: &str,
+    binding: &str,
+    reason: &str,
+) -> Condition {
     let res = wait_until(WAIT, || async {
-        ready(env, binding)
+        ready_in(env, ns, binding)
             .await
             .filter(|c| c.status == "False" && c.reason == reason)
     })
@@ -196,8 +262,8 @@ pub async fn wait_reason(env: &TestEnv, op: &Operator, binding: &str, reason: &s
     match res {
         Ok(c) => c,
         Err(_) => panic!(
-            "binding {binding}: no Ready=False/{reason} within {WAIT:?}; Ready={:?}\n--- operator output ---\n{}",
-            ready(env, binding).await,
+            "binding {ns}/{binding}: no Ready=False/{reason} within {WAIT:?}; Ready={:?}\n--- operator output ---\n{}",
+            ready_in(env, ns, binding).await,
             op.output()
         ),
     }

@@ -61,6 +61,7 @@ pub struct Binding {
     name: String,
     namespace: Option<String>,
     source: String,
+    cluster_source: bool,
     spec: Vec<String>,
     data: Vec<String>,
 }
@@ -71,6 +72,7 @@ pub fn binding(name: &str, source: &str) -> Binding {
         name: name.to_string(),
         namespace: None,
         source: source.to_string(),
+        cluster_source: false,
         spec: Vec::new(),
         data: Vec::new(),
     }
@@ -80,6 +82,12 @@ impl Binding {
     /// In namespace `ns` instead of the environment's.
     pub fn namespace(mut self, ns: &str) -> Self {
         self.namespace = Some(ns.to_string());
+        self
+    }
+
+    /// Reading a ClusterSecretSource (`sourceRef.kind`) instead of a SecretSource.
+    pub fn cluster_source(mut self) -> Self {
+        self.cluster_source = true;
         self
     }
 
@@ -113,8 +121,12 @@ impl Binding {
 
     /// The binding's YAML document.
     pub fn yaml(&self) -> String {
+        let kind = match self.cluster_source {
+            true => "kind: ClusterSecretSource, ",
+            false => "",
+        };
         let mut out = format!(
-            "apiVersion: secretsync.dev/v1alpha1\nkind: SecretBinding\n{}\nspec:\n  sourceRef: {{name: {}}}\n",
+            "apiVersion: secretsync.dev/v1alpha1\nkind: SecretBinding\n{}\nspec:\n  sourceRef: {{{kind}name: {}}}\n",
             metadata(&self.name, self.namespace.as_deref()),
             self.source
         );

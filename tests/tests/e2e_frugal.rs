@@ -7,46 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use secretsync_e2e::*;
-use secretsync_testkit::bao::{BaoAdmin, count_audit_requests, shared_audit_log};
 use serde_json::json;
-
-/// Reads of `paths` in the shared OpenBao's audit log.
-fn reads(audit: &std::path::Path, paths: &[String]) -> usize {
-    paths.iter().map(|p| count_audit_requests(audit, p)).sum()
-}
-
-/// Waits until every binding of `names` in `ns` is Ready=True for its generation.
-async fn all_ready(env: &TestEnv, ns: &str, names: &[String], within: Duration) -> bool {
-    let api: kube::Api<secretsync_api::SecretBinding> =
-        kube::Api::namespaced(env.client.clone(), ns);
-    wait_for(within, || async {
-        let Ok(list) = api.list(&Default::default()).await else {
-            return false;
-        };
-        names.iter().all(|n| {
-            list.items.iter().any(|b| {
-                b.metadata.name.as_deref() == Some(n.as_str())
-                    && b.status.as_ref().is_some_and(|s| {
-                        s.observed_generation == b.metadata.generation
-                            && s.conditions
-                                .iter()
-                                .any(|c| c.type_ == "Ready" && c.status == "True")
-                    })
-            })
-        })
-    })
-    .await
-    .is_ok()
-}
-
-/// The value of key `k` in Secret `name` of `ns`.
-async fn secret_value(env: &TestEnv, ns: &str, name: &str, k: &str) -> Option<String> {
-    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(env.client.clone(), ns);
-    let s = api.get_opt(name).await.ok()??;
-    let v = s.data?.remove(k)?;
-    String::from_utf8(v.0).ok()
-}
 
 const REFRESH: Duration = Duration::from_secs(5);
 
@@ -109,7 +70,7 @@ async fn without_cache_config_bindings_sharing_keys_read_each_once_per_interval(
         }
         yaml.push_str("---\n");
     }
-    let before = reads(&audit, &paths);
+    let before = audit_reads(&audit, &paths);
     let op = Operator::start(
         &env,
         &OperatorOpts {
@@ -139,11 +100,11 @@ async fn without_cache_config_bindings_sharing_keys_read_each_once_per_interval(
     }
     // The audit file is written asynchronously to answering: let it catch up.
     let cold = wait_for(Duration::from_secs(5), || async {
-        reads(&audit, &paths) - before >= 20
+        audit_reads(&audit, &paths) - before >= 20
     })
     .await
-    .map(|_| reads(&audit, &paths) - before)
-    .unwrap_or_else(|_| reads(&audit, &paths) - before);
+    .map(|_| audit_reads(&audit, &paths) - before)
+    .unwrap_or_else(|_| audit_reads(&audit, &paths) - before);
     eprintln!("cold start: {cold} reads of 20 distinct (source, key) pairs by 40 bindings");
     assert!(
         cold <= 20,
@@ -151,12 +112,12 @@ async fn without_cache_config_bindings_sharing_keys_read_each_once_per_interval(
     );
 
     // Three refresh intervals of steady state.
-    let start = reads(&audit, &paths);
+    let start = audit_reads(&audit, &paths);
     let t0 = Instant::now();
     wait_for(REFRESH * 4, || async { t0.elapsed() >= REFRESH * 3 })
         .await
         .unwrap();
-    let steady = reads(&audit, &paths) - start;
+    let steady = audit_reads(&audit, &paths) - start;
     eprintln!("steady: {steady} reads in 3 refresh intervals (20 pairs)");
     assert!(
         steady > 0,
@@ -216,7 +177,7 @@ async fn twenty_bindings_on_a_missing_key_follow_one_backoff() {
         yaml.push_str(&b.yaml());
     }
     let op = Operator::start(&env, &OperatorOpts::default()).await;
-    let before = reads(&audit, &path);
+    let before = audit_reads(&audit, &path);
     apply(&env, &yaml).await;
     for n in &names {
         wait_reason(&env, &op, n, "SecretNotFound").await;
@@ -227,7 +188,7 @@ async fn twenty_bindings_on_a_missing_key_follow_one_backoff() {
     })
     .await
     .unwrap();
-    let n = reads(&audit, &path) - before;
+    let n = audit_reads(&audit, &path) - before;
     eprintln!("{n} reads of the missing key in the first 20 s (20 bindings)");
     // Backoff steps of 4-6 s, 8-12 s, 16-24 s: at most 3 reads in 20 s, and one more if a
     // binding's first reconcile raced the first read. Per binding it would be 20 × 3.
