@@ -16,17 +16,11 @@ fn namespace(name: &str, labels: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n")
 }
 
-/// A Secret `vault-token` in `ns` holding `token`, and a ClusterSecretSource `name`
-/// reading KV v2 `mount` with it, admitting the namespaces labelled `selector`
+/// A Secret `vault-token` in `ns` holding the token of `kv`, and a ClusterSecretSource `name`
+/// reading its mount with it, admitting the namespaces labelled `selector`
 /// (`key: value`).
-fn cluster_vault_source(
-    name: &str,
-    ns: &str,
-    addr: &str,
-    mount: &str,
-    token: &str,
-    selector: &str,
-) -> String {
+fn cluster_vault_source(name: &str, ns: &str, kv: &Kv, selector: &str) -> String {
+    let (addr, mount) = (&kv.addr, &kv.mount);
     format!(
         r#"apiVersion: v1
 kind: Secret
@@ -43,8 +37,28 @@ spec:
     mount: {mount}
     auth: {{token: {{secretRef: {{namespace: {ns}, name: vault-token, key: token}}}}}}
 "#,
-        token = b64(token),
+        token = b64(&kv.token),
     )
+}
+
+/// The shared OpenBao, its audit log, and a fresh KV v2 mount named after `tag` with a
+/// token that may only read it: (admin, audit log, mount).
+async fn vault(tag: &str) -> (BaoAdmin, std::path::PathBuf, Kv) {
+    let bao = BaoAdmin::shared();
+    let (mount, token) = vault_mount_and_reader(&bao, tag).await;
+    let kv = Kv {
+        addr: bao.addr.clone(),
+        mount,
+        token,
+    };
+    (bao, shared_audit_log(), kv)
+}
+
+/// A KV v2 mount on OpenBao at `addr` and a token that may read it.
+struct Kv {
+    addr: String,
+    mount: String,
+    token: String,
 }
 
 async fn all_namespaces_operator(env: &TestEnv) -> Operator {
@@ -81,14 +95,12 @@ async fn reads_since(
 #[tokio::test]
 async fn cluster_source_admits_namespaces_by_label_and_never_reads_for_others() {
     let env = env_all_namespaces().await;
-    let bao = BaoAdmin::shared();
-    let audit = shared_audit_log();
-    let (mount, token) = vault_mount_and_reader(&bao, "e2e-cssrc").await;
-    bao.put_v2(&mount, "shop/db", json!({"password": "one"}))
+    let (bao, audit, kv) = vault("e2e-cssrc").await;
+    bao.put_v2(&kv.mount, "shop/db", json!({"password": "one"}))
         .await;
-    bao.put_v2(&mount, "other/db", json!({"password": "not-yours"}))
+    bao.put_v2(&kv.mount, "other/db", json!({"password": "not-yours"}))
         .await;
-    let refused_path = vec![format!("{mount}/data/other/db")];
+    let refused_path = vec![format!("{}/data/other/db", kv.mount)];
     let source = format!("{}-vault", env.namespace);
     let (shop_a, shop_b, other) = (
         format!("{}-shop-a", env.namespace),
@@ -103,14 +115,7 @@ async fn cluster_source_admits_namespaces_by_label_and_never_reads_for_others() 
             namespace(&shop_a, "team: shop"),
             namespace(&shop_b, "team: shop"),
             namespace(&other, ""),
-            cluster_vault_source(
-                &source,
-                &env.namespace,
-                &bao.addr,
-                &mount,
-                &token,
-                "team: shop",
-            ),
+            cluster_vault_source(&source, &env.namespace, &kv, "team: shop"),
         ]),
     )
     .await;
@@ -175,7 +180,7 @@ async fn cluster_source_admits_namespaces_by_label_and_never_reads_for_others() 
     // follows a rotation.
     apply(&env, &namespace(&shop_b, "")).await;
     wait_reason_in(&env, &op, &shop_b, "db", "SourceNotAllowed").await;
-    bao.put_v2(&mount, "shop/db", json!({"password": "two"}))
+    bao.put_v2(&kv.mount, "shop/db", json!({"password": "two"}))
         .await;
     wait_for(WAIT, || async {
         secret_value(&env, &shop_a, "db", "password")
@@ -230,19 +235,17 @@ async fn cluster_source_admits_namespaces_by_label_and_never_reads_for_others() 
 #[tokio::test]
 async fn thirty_bindings_in_three_namespaces_read_five_shared_keys_five_times() {
     let env = env_all_namespaces().await;
-    let bao = BaoAdmin::shared();
-    let audit = shared_audit_log();
-    let (mount, token) = vault_mount_and_reader(&bao, "e2e-cssrc-shared").await;
+    let (bao, audit, kv) = vault("e2e-cssrc-shared").await;
     for i in 0..5 {
         bao.put_v2(
-            &mount,
+            &kv.mount,
             &format!("shared/k{i}"),
             json!({"v": format!("v{i}")}),
         )
         .await;
     }
     let paths: Vec<String> = (0..5)
-        .map(|i| format!("{mount}/data/shared/k{i}"))
+        .map(|i| format!("{}/data/shared/k{i}", kv.mount))
         .collect();
     let source = format!("{}-vault", env.namespace);
     let namespaces: Vec<String> = (0..3).map(|i| format!("{}-t{i}", env.namespace)).collect();
@@ -253,9 +256,7 @@ async fn thirty_bindings_in_three_namespaces_read_five_shared_keys_five_times() 
     docs.push(cluster_vault_source(
         &source,
         &env.namespace,
-        &bao.addr,
-        &mount,
-        &token,
+        &kv,
         "tier: shared",
     ));
     let names: Vec<String> = (0..10).map(|n| format!("b{n}")).collect();
@@ -293,6 +294,22 @@ async fn thirty_bindings_in_three_namespaces_read_five_shared_keys_five_times() 
 /// The generated SecretBinding in namespace `ns`, if any.
 async fn generated(env: &TestEnv, ns: &str, name: &str) -> Option<SecretBinding> {
     bindings_in(env, ns).get_opt(name).await.ok()?
+}
+
+/// Waits until namespace `ns` holds neither the generated SecretBinding `name` nor its
+/// Secret `registry-pull`.
+async fn generated_removed(env: &TestEnv, ns: &str, name: &str) -> bool {
+    wait_for(WAIT, || async {
+        generated(env, ns, name).await.is_none()
+            && secrets_in(env, ns)
+                .get_opt("registry-pull")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+    })
+    .await
+    .is_ok()
 }
 
 /// Waits until the ClusterSecretBinding `name` reports itself provisioned in exactly
@@ -333,12 +350,15 @@ async fn pull_secret_synced(env: &TestEnv, ns: &str) -> bool {
 #[tokio::test]
 async fn cluster_binding_follows_the_namespaces_it_selects() {
     let env = env_all_namespaces().await;
-    let bao = BaoAdmin::shared();
-    let (mount, token) = vault_mount_and_reader(&bao, "e2e-csbind").await;
-    bao.put_v2(&mount, "registry/pull", json!({"config": "{\"auths\":{}}"}))
-        .await;
     let source = format!("{}-vault", env.namespace);
     let name = format!("{}-pull", env.namespace);
+    let (bao, _, kv) = vault("e2e-csbind").await;
+    bao.put_v2(
+        &kv.mount,
+        "registry/pull",
+        json!({"config": "{\"auths\":{}}"}),
+    )
+    .await;
     let (first, second) = (
         format!("{}-r1", env.namespace),
         format!("{}-r2", env.namespace),
@@ -362,14 +382,7 @@ spec:
         &env,
         &stream(&[
             namespace(&first, "registry: internal"),
-            cluster_vault_source(
-                &source,
-                &env.namespace,
-                &bao.addr,
-                &mount,
-                &token,
-                "registry: internal",
-            ),
+            cluster_vault_source(&source, &env.namespace, &kv, "registry: internal"),
             cluster_binding.clone(),
         ]),
     )
@@ -436,18 +449,8 @@ spec:
 
     // A namespace that stops matching loses its binding and, with it, the Secret.
     apply(&env, &namespace(&second, "")).await;
-    let removed = wait_for(WAIT, || async {
-        generated(&env, &second, &name).await.is_none()
-            && secrets_in(&env, &second)
-                .get_opt("registry-pull")
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-    })
-    .await;
     assert!(
-        removed.is_ok(),
+        generated_removed(&env, &second, &name).await,
         "the unlabelled namespace kept its binding or Secret\n{}",
         op.output()
     );
@@ -457,18 +460,8 @@ spec:
     csbs.delete(&name, &DeleteParams::default())
         .await
         .expect("deleting the ClusterSecretBinding");
-    let gone = wait_for(WAIT, || async {
-        generated(&env, &first, &name).await.is_none()
-            && secrets_in(&env, &first)
-                .get_opt("registry-pull")
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-    })
-    .await;
     assert!(
-        gone.is_ok(),
+        generated_removed(&env, &first, &name).await,
         "the generated binding or Secret outlived the ClusterSecretBinding\n{}",
         op.output()
     );

@@ -108,18 +108,34 @@ pub trait Backend: Send + Sync + 'static {
     async fn validate(&self) -> Result<(), BackendError>;
 }
 
+/// One key of a credential Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialRef<'a> {
+    /// The Secret's namespace when the reference names one (a ClusterSecretSource's);
+    /// `None` means the source's own namespace.
+    pub namespace: Option<&'a str>,
+    /// The Secret's name.
+    pub name: &'a str,
+    /// The key in its data.
+    pub key: &'a str,
+}
+
+impl<'a> From<&'a secretsync_api::SecretKeySelector> for CredentialRef<'a> {
+    fn from(s: &'a secretsync_api::SecretKeySelector) -> Self {
+        CredentialRef {
+            namespace: s.namespace.as_deref(),
+            name: &s.name,
+            key: &s.key,
+        }
+    }
+}
+
 /// Where backends get credentials that live in the cluster (Secrets, service-account
 /// tokens). `render` answers from manifests, the controller from the API server.
 #[async_trait]
 pub trait Credentials: Send + Sync {
-    /// The value of `key` in Secret `name`, in `namespace` when the reference names one
-    /// (a ClusterSecretSource's), else in the source's own namespace.
-    async fn secret_value(
-        &self,
-        namespace: Option<&str>,
-        name: &str,
-        key: &str,
-    ) -> Result<SecretValue, BackendError>;
+    /// The value the reference `at` points to.
+    async fn secret_value(&self, at: CredentialRef<'_>) -> Result<SecretValue, BackendError>;
 
     /// A Vault token from the environment (`VAULT_TOKEN`), used by `render` when a token
     /// auth Secret is not supplied. The controller never falls back.
@@ -147,14 +163,10 @@ pub struct NoCredentials;
 
 #[async_trait]
 impl Credentials for NoCredentials {
-    async fn secret_value(
-        &self,
-        _namespace: Option<&str>,
-        name: &str,
-        key: &str,
-    ) -> Result<SecretValue, BackendError> {
+    async fn secret_value(&self, at: CredentialRef<'_>) -> Result<SecretValue, BackendError> {
         Err(BackendError::invalid_config(format!(
-            "Secret {name:?} (key {key:?}) is not available"
+            "Secret {:?} (key {:?}) is not available",
+            at.name, at.key
         )))
     }
 }

@@ -19,7 +19,9 @@ use moto_support::{
 };
 use secretsync_api::{AwsAuth, AwsSecretRef, AwsSource};
 use secretsync_backends::aws::{AwsBackend, AwsOptions};
-use secretsync_backends::{Backend, BackendError, Credentials, ReadRequest, Reason, SecretValue};
+use secretsync_backends::{
+    Backend, BackendError, CredentialRef, Credentials, ReadRequest, Reason, SecretValue,
+};
 use secretsync_testkit::harness::free_port;
 use secretsync_testkit::names::unique;
 
@@ -46,12 +48,8 @@ impl MapCredentials {
 
 #[async_trait]
 impl Credentials for MapCredentials {
-    async fn secret_value(
-        &self,
-        _namespace: Option<&str>,
-        name: &str,
-        key: &str,
-    ) -> Result<SecretValue, BackendError> {
+    async fn secret_value(&self, at: CredentialRef<'_>) -> Result<SecretValue, BackendError> {
+        let (name, key) = (at.name, at.key);
         self.0
             .get(&(name.to_string(), key.to_string()))
             .map(|v| SecretValue::from(v.as_str()))

@@ -90,59 +90,54 @@ pub fn put(server: &FakeApiServer, v: &Value) -> Result<()> {
     Ok(())
 }
 
+/// The Secret in namespace `ns` holding the OpenBao dev server's root token.
+fn token_secret(ns: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": TOKEN_SECRET, "namespace": ns},
+        "data": {"token": base64::engine::general_purpose::STANDARD.encode("root")},
+    })
+}
+
+/// The `vault` block of a source reading KV v2 `secret` with the token of
+/// [`token_secret`] (`token_ns`: the namespace a cluster source must name).
+fn vault_spec(bao_addr: &str, token_ns: Option<&str>) -> Value {
+    let mut secret_ref = json!({"name": TOKEN_SECRET, "key": "token"});
+    if let Some(ns) = token_ns {
+        secret_ref["namespace"] = json!(ns);
+    }
+    json!({
+        "server": bao_addr,
+        "mount": "secret",
+        "kvVersion": 2,
+        "auth": {"token": {"secretRef": secret_ref}},
+    })
+}
+
 /// The token Secret and the SecretSource of namespace `ns`; `cache_ttl` is its
 /// `spec.cache.ttl`, `None` for a source without `spec.cache` (what users get by default).
 pub fn source_objects(ns: &str, bao_addr: &str, cache_ttl: Option<&str>) -> Vec<Value> {
-    let token = base64::engine::general_purpose::STANDARD.encode("root");
-    let mut spec = json!({
-        "vault": {
-            "server": bao_addr,
-            "mount": "secret",
-            "kvVersion": 2,
-            "auth": {"token": {"secretRef": {"name": TOKEN_SECRET, "key": "token"}}},
-        },
-    });
+    let mut spec = json!({"vault": vault_spec(bao_addr, None)});
     if let Some(ttl) = cache_ttl {
         spec["cache"] = json!({ "ttl": ttl });
     }
-    vec![
-        json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": TOKEN_SECRET, "namespace": ns},
-            "data": {"token": token},
-        }),
-        json!({
-            "apiVersion": "secretsync.dev/v1alpha1", "kind": "SecretSource",
-            "metadata": {"name": SOURCE, "namespace": ns},
-            "spec": spec,
-        }),
-    ]
+    let source = json!({
+        "apiVersion": "secretsync.dev/v1alpha1", "kind": "SecretSource",
+        "metadata": {"name": SOURCE, "namespace": ns},
+        "spec": spec,
+    });
+    vec![token_secret(ns), source]
 }
 
 /// The token Secret (in namespace `ns`) and one ClusterSecretSource admitting every
 /// namespace (an empty selector), no `spec.cache`.
 pub fn cluster_source_objects(ns: &str, bao_addr: &str) -> Vec<Value> {
-    let token = base64::engine::general_purpose::STANDARD.encode("root");
-    vec![
-        json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": TOKEN_SECRET, "namespace": ns},
-            "data": {"token": token},
-        }),
-        json!({
-            "apiVersion": "secretsync.dev/v1alpha1", "kind": "ClusterSecretSource",
-            "metadata": {"name": SOURCE},
-            "spec": {
-                "namespaceSelector": {},
-                "vault": {
-                    "server": bao_addr,
-                    "mount": "secret",
-                    "kvVersion": 2,
-                    "auth": {"token": {"secretRef": {"name": TOKEN_SECRET, "namespace": ns, "key": "token"}}},
-                },
-            },
-        }),
-    ]
+    let source = json!({
+        "apiVersion": "secretsync.dev/v1alpha1", "kind": "ClusterSecretSource",
+        "metadata": {"name": SOURCE},
+        "spec": {"namespaceSelector": {}, "vault": vault_spec(bao_addr, Some(ns))},
+    });
+    vec![token_secret(ns), source]
 }
 
 /// A binding of namespace index `i` reading the remote keys `keys` gives that namespace,

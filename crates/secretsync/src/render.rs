@@ -21,7 +21,8 @@ use secretsync_backends::cache::NoopObserver;
 use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::hash::HmacKey;
 use secretsync_backends::{
-    BackendError, BuildContext, Credentials, SecretValue, SourceCache, build_backend, resolve,
+    BackendError, BuildContext, CredentialRef, Credentials, SecretValue, SourceCache,
+    build_backend, resolve,
 };
 use secretsync_controller::cluster_binding::plan::desired_binding;
 
@@ -87,12 +88,8 @@ struct ManifestCredentials {
 
 #[async_trait]
 impl Credentials for ManifestCredentials {
-    async fn secret_value(
-        &self,
-        namespace: Option<&str>,
-        name: &str,
-        key: &str,
-    ) -> Result<SecretValue, BackendError> {
+    async fn secret_value(&self, at: CredentialRef<'_>) -> Result<SecretValue, BackendError> {
+        let (namespace, name, key) = (at.namespace, at.name, at.key);
         let Some(ns) = namespace.or(self.namespace.as_deref()).map(str::to_string) else {
             return Err(BackendError::invalid_config(format!(
                 "credential Secret {name:?} names no namespace; a ClusterSecretSource must name it"

@@ -12,7 +12,7 @@ use aws_sdk_secretsmanager::config::{
 use secretsync_api::{AwsSecretRef, AwsSource};
 
 use super::AwsOptions;
-use crate::{BackendError, Credentials, Reason};
+use crate::{BackendError, CredentialRef, Credentials, Reason};
 
 /// `RoleSessionName` of AssumeRole calls; shows up in CloudTrail as the caller.
 const STS_SESSION_NAME: &str = "secretsync";
@@ -189,9 +189,12 @@ async fn credential_string(
     r: &AwsSecretRef,
     key: &str,
 ) -> Result<String, BackendError> {
-    let ns = r.namespace.as_deref();
     let value = credentials
-        .secret_value(ns, &r.name, key)
+        .secret_value(CredentialRef {
+            namespace: r.namespace.as_deref(),
+            name: &r.name,
+            key,
+        })
         .await
         .map_err(|e| {
             let e = if e.reason == Reason::SecretNotFound {

@@ -91,11 +91,7 @@ impl AuthMethod {
     ) -> Result<SecretValue, BackendError> {
         match self {
             AuthMethod::Token { secret } => {
-                let ns = secret.namespace.as_deref();
-                match credentials
-                    .secret_value(ns, &secret.name, &secret.key)
-                    .await
-                {
+                match credentials.secret_value(secret.into()).await {
                     Ok(token) => Ok(token),
                     // `render` may supply VAULT_TOKEN instead of the Secret.
                     Err(err) => credentials.vault_token_fallback().await.ok_or(err),
@@ -112,12 +108,7 @@ impl AuthMethod {
                     .service_account_token(ns, service_account.as_deref(), audiences)
                     .await
             }
-            AuthMethod::AppRole { secret, .. } => {
-                let ns = secret.namespace.as_deref();
-                credentials
-                    .secret_value(ns, &secret.name, &secret.key)
-                    .await
-            }
+            AuthMethod::AppRole { secret, .. } => credentials.secret_value(secret.into()).await,
         }
     }
 }

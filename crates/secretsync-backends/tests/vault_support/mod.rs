@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use secretsync_api::{SecretKeySelector, VaultAppRoleAuth, VaultAuth, VaultSource, VaultTokenAuth};
-use secretsync_backends::{BackendError, Credentials, SecretValue};
+use secretsync_backends::{BackendError, CredentialRef, Credentials, SecretValue};
 use secretsync_testkit::names::required_env;
 
 pub fn bao_addr() -> String {
@@ -46,18 +46,11 @@ impl MapCredentials {
 
 #[async_trait]
 impl Credentials for MapCredentials {
-    async fn secret_value(
-        &self,
-        _namespace: Option<&str>,
-        name: &str,
-        key: &str,
-    ) -> Result<SecretValue, BackendError> {
+    async fn secret_value(&self, at: CredentialRef<'_>) -> Result<SecretValue, BackendError> {
         self.secrets
-            .get(&(name.to_string(), key.to_string()))
+            .get(&(at.name.to_string(), at.key.to_string()))
             .map(|v| SecretValue::from(v.as_str()))
-            .ok_or_else(|| {
-                BackendError::invalid_config(format!("Secret {name:?} (key {key:?}) not found"))
-            })
+            .ok_or_else(|| BackendError::invalid_config(format!("{at:?} not found")))
     }
 
     async fn vault_token_fallback(&self) -> Option<SecretValue> {

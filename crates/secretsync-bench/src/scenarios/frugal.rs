@@ -148,40 +148,34 @@ pub async fn run_heartbeat1h(b: &mut Bench, layout: Layout) -> Result<()> {
 
 /// Every namespace reads the same remote keys through its own source (no cache).
 pub async fn run_shared(b: &mut Bench, layout: Layout) -> Result<()> {
-    let layout = layout.sharing_keys();
-    println!(
-        "\n== {} bindings in {} namespaces sharing {} remote keys through separate sources: cold start, steady state",
-        layout.bindings(),
-        layout.namespaces,
-        layout.remote_keys()
-    );
-    for r in 0..world::KEYS_PER_NAMESPACE {
-        world::bao_put(
-            &b.bao_admin,
-            &world::shared_key(r),
-            &world::remote_value(r, 1),
-        )
-        .await?;
-    }
-    let run = Run {
-        scenario: SHARED,
-        name: "shared",
-        kind: SteadyKind::Shared,
-        layout,
-        flags: b.args.default_flags(),
-        window: parse_dur(&b.args.shared_steady)?,
-    };
-    let v = cold_then_steady(b, run).await?;
-    b.results.insert("shared".into(), v);
-    Ok(())
+    shared_keys_run(
+        b,
+        layout.sharing_keys(),
+        SHARED,
+        "shared",
+        "separate sources",
+    )
+    .await
 }
 
 /// The shared layout's bindings reading through one ClusterSecretSource admitting all
 /// namespaces: one cache for all, so each remote key is read once per interval.
 pub async fn run_cluster(b: &mut Bench, layout: Layout) -> Result<()> {
     let layout = layout.through_cluster_source();
+    shared_keys_run(b, layout, CLUSTER, "cluster", "one ClusterSecretSource").await
+}
+
+/// Cold start and steady state of a layout whose namespaces all read the same remote
+/// keys, `through` the sources it names.
+async fn shared_keys_run(
+    b: &mut Bench,
+    layout: Layout,
+    scenario: &'static str,
+    name: &'static str,
+    through: &str,
+) -> Result<()> {
     println!(
-        "\n== {} bindings in {} namespaces sharing {} remote keys through one ClusterSecretSource: cold start, steady state",
+        "\n== {} bindings in {} namespaces sharing {} remote keys through {through}: cold start, steady state",
         layout.bindings(),
         layout.namespaces,
         layout.remote_keys()
@@ -195,15 +189,15 @@ pub async fn run_cluster(b: &mut Bench, layout: Layout) -> Result<()> {
         .await?;
     }
     let run = Run {
-        scenario: CLUSTER,
-        name: "cluster",
+        scenario,
+        name,
         kind: SteadyKind::Shared,
         layout,
         flags: b.args.default_flags(),
         window: parse_dur(&b.args.shared_steady)?,
     };
     let v = cold_then_steady(b, run).await?;
-    b.results.insert("cluster".into(), v);
+    b.results.insert(name.into(), v);
     Ok(())
 }
 

@@ -326,6 +326,23 @@ pub fn ready_condition(
     }
 }
 
+/// `previous` with its Ready condition replaced by [`ready_condition`]'s.
+pub fn with_ready(
+    previous: &[Condition],
+    reason: ConditionReason,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let ready = ready_condition(previous, reason, message, generation, now);
+    previous
+        .iter()
+        .filter(|c| c.type_ != CONDITION_READY)
+        .cloned()
+        .chain(std::iter::once(ready))
+        .collect()
+}
+
 /// The next status. On failure the last good `dataHash`/`syncedKeys` stay (the Secret still
 /// holds that data). `restarted` belongs to the rollout reconciler and is carried over.
 pub fn next_status(

@@ -10,7 +10,7 @@ use secretsync_api::{
     LABEL_CLUSTER_BINDING, SecretBinding,
 };
 
-use crate::binding::plan::ready_condition;
+use crate::binding::plan::with_ready;
 use crate::context::NamespaceLabels;
 
 /// One write a namespace needs.
@@ -188,13 +188,7 @@ pub fn status(
             ),
         )
     };
-    let condition = ready_condition(prev_conditions, reason, &message, generation, now);
-    let mut conditions: Vec<_> = prev_conditions
-        .iter()
-        .filter(|c| c.type_ != condition.type_)
-        .cloned()
-        .collect();
-    conditions.push(condition);
+    let conditions = with_ready(prev_conditions, reason, &message, generation, now);
     ClusterSecretBindingStatus {
         observed_generation: generation,
         provisioned_count: provisioned.len() as i64,

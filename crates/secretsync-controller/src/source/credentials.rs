@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use secretsync_api::SecretSourceSpec;
-use secretsync_backends::{BackendError, Credentials, SecretValue};
+use secretsync_backends::{BackendError, CredentialRef, Credentials, SecretValue};
 
 /// Where a pod's own service-account token is mounted.
 const OWN_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -67,12 +67,8 @@ fn api_error(what: &str, e: kube::Error) -> BackendError {
 
 #[async_trait]
 impl Credentials for ApiCredentials {
-    async fn secret_value(
-        &self,
-        namespace: Option<&str>,
-        name: &str,
-        key: &str,
-    ) -> Result<SecretValue, BackendError> {
+    async fn secret_value(&self, at: CredentialRef<'_>) -> Result<SecretValue, BackendError> {
+        let (namespace, name, key) = (at.namespace, at.name, at.key);
         let ns = self.namespace_for(namespace, &format!("credential Secret {name:?}"))?;
         let what = format!("Secret {name:?} in namespace {ns:?}");
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);

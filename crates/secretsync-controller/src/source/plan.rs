@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use secretsync_api::{BackendKind, ConditionReason, SecretSourceStatus};
 use secretsync_backends::BackendError;
 
-use crate::binding::plan::ready_condition;
+use crate::binding::plan::with_ready;
 
 /// The source status for a readiness result.
 pub fn source_status(
@@ -15,25 +15,17 @@ pub fn source_status(
     now: &Time,
 ) -> SecretSourceStatus {
     let prev_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
-    let condition = match readiness {
-        Ok(()) => ready_condition(
-            prev_conditions,
+    let (reason, message) = match readiness {
+        Ok(()) => (
             ConditionReason::Valid,
-            &format!(
+            format!(
                 "{} backend configuration and credentials are valid",
                 kind.map_or("the", |k| k.as_str())
             ),
-            generation,
-            now,
         ),
-        Err(e) => ready_condition(prev_conditions, e.reason, &e.message, generation, now),
+        Err(e) => (e.reason, e.message.clone()),
     };
-    let mut conditions: Vec<_> = prev_conditions
-        .iter()
-        .filter(|c| c.type_ != condition.type_)
-        .cloned()
-        .collect();
-    conditions.push(condition);
+    let conditions = with_ready(prev_conditions, reason, &message, generation, now);
     SecretSourceStatus {
         observed_generation: generation,
         backend: kind.map(|k| k.as_str().to_string()),

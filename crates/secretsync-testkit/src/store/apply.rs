@@ -18,13 +18,7 @@ impl Inner {
         mut body: Value,
         opts: &WriteOpts,
     ) -> Result<(Value, bool), ApiError> {
-        let WriteTarget {
-            def,
-            version,
-            ns,
-            name,
-            status,
-        } = at;
+        let (def, version, ns, name, status) = at.parts();
         check_apply_config(def, version, &mut body, name, opts)?;
         let scope = scope_of(def, status);
         let mut applied = managed::scoped_config(&body, scope);

@@ -47,6 +47,13 @@ pub(crate) struct WriteTarget<'a> {
     pub status: bool,
 }
 
+impl<'a> WriteTarget<'a> {
+    /// The fields as a tuple: (resource, version, namespace, name, status).
+    pub fn parts(self) -> (&'a ResourceDef, &'a str, Option<&'a str>, &'a str, bool) {
+        (self.def, self.version, self.ns, self.name, self.status)
+    }
+}
+
 /// Options of a write.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct WriteOpts {

@@ -157,13 +157,7 @@ impl Inner {
         body: Value,
         opts: &WriteOpts,
     ) -> Result<Value, ApiError> {
-        let WriteTarget {
-            def,
-            version,
-            ns,
-            name,
-            status,
-        } = at;
+        let (def, version, ns, name, status) = at.parts();
         let old = self.existing(def, ns, name)?;
         if !body.is_object() {
             return Err(ApiError::bad_request(
@@ -195,13 +189,7 @@ impl Inner {
         body: &Value,
         opts: &WriteOpts,
     ) -> Result<Value, ApiError> {
-        let WriteTarget {
-            def,
-            version,
-            ns,
-            name,
-            status,
-        } = at;
+        let (def, version, ns, name, status) = at.parts();
         let old = self.existing(def, ns, name)?;
         let mut target = old.clone();
         match patch_type {
