@@ -25,12 +25,6 @@ fn default_refresh_interval() -> String {
     shortname = "sbind",
     category = "secretsync",
     status = "SecretBindingStatus",
-    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.sourceRef.name"}"#,
-    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target.name"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     doc = "SecretBinding maps keys of a SecretSource into one Kubernetes Secret, keeps it in sync, and can restart workloads when it rotates."
 )]
 #[serde(rename_all = "camelCase")]

@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::source::{AwsSource, CacheSpec, EnvSource, FileSource, SecretSourceSpec, VaultSource};
+use crate::source::SecretSourceSpec;
 use crate::{Condition, SecretBindingSpec, SecretSourceStatus};
 
 /// One backend connection for the whole cluster, usable by SecretBindings in the
@@ -24,15 +24,9 @@ use crate::{Condition, SecretBindingSpec, SecretSourceStatus};
     shortname = "cssrc",
     category = "secretsync",
     status = "SecretSourceStatus",
-    printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backend"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     doc = "ClusterSecretSource is one connection to a secret backend for the whole cluster, usable by SecretBindings in the namespaces it admits."
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new(
-    "[has(self.env), has(self.file), has(self.vault), has(self.aws)].filter(x, x).size() == 1"
-).message("exactly one of spec.env, spec.file, spec.vault or spec.aws must be set"))]
 #[x_kube(validation = kube::core::Rule::new(
     "has(self.namespaceSelector) || (has(self.namespaces) && size(self.namespaces) > 0)"
 ).message("at least one of spec.namespaceSelector or spec.namespaces must be set: they say which namespaces may use this source"))]
@@ -49,58 +43,26 @@ use crate::{Condition, SecretBindingSpec, SecretSourceStatus};
     "!has(self.aws) || !has(self.aws.auth) || !has(self.aws.auth.secretRef) || has(self.aws.auth.secretRef.namespace)"
 ).message("spec.aws.auth.secretRef.namespace is required in a ClusterSecretSource"))]
 pub struct ClusterSecretSourceSpec {
-    /// Namespaces whose labels match may use this source. Evaluated against the
-    /// namespace's labels at every sync: relabelling a namespace so it no longer matches
-    /// stops its bindings (`SourceNotAllowed`), their Secrets keep the last data.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace_selector: Option<LabelSelector>,
-    /// Namespaces allowed by name, in addition to those the selector matches.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000))]
-    pub namespaces: Vec<String>,
-    /// Prepended to every remote key read through this source; bindings never see it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    /// Read cache shared by every binding, in every namespace, that uses this source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<CacheSpec>,
-    /// Read environment variables of the operator process (only those allowed by its
-    /// `--env-allow` globs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<EnvSource>,
-    /// Read files below the operator's `--file-root`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<FileSource>,
-    /// Read a HashiCorp Vault or OpenBao KV engine (v1 or v2). Credential Secrets and
-    /// service accounts name their namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vault: Option<VaultSource>,
-    /// Read AWS Secrets Manager. A credential Secret names its namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aws: Option<AwsSource>,
+    /// The namespaces that may use this source. Evaluated against the namespace's labels
+    /// at every sync: relabelling a namespace so it no longer matches stops its bindings
+    /// (`SourceNotAllowed`), their Secrets keep the last data.
+    #[serde(flatten)]
+    pub admitted: NamespaceSelection,
+    /// The backend and how it is read, as in a SecretSource; every reference to a
+    /// namespaced object names its namespace.
+    #[serde(flatten)]
+    pub backend: SecretSourceSpec,
 }
 
 impl ClusterSecretSourceSpec {
     /// The backend part, as a SecretSource spec (what backends are built from).
     pub fn source_spec(&self) -> SecretSourceSpec {
-        SecretSourceSpec {
-            prefix: self.prefix.clone(),
-            cache: self.cache.clone(),
-            env: self.env.clone(),
-            file: self.file.clone(),
-            vault: self.vault.clone(),
-            aws: self.aws.clone(),
-        }
+        self.backend.clone()
     }
 
     /// Whether a namespace named `name` with `labels` may use this source.
     pub fn admits(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
-        selects(
-            self.namespace_selector.as_ref(),
-            &self.namespaces,
-            name,
-            labels,
-        )
+        self.admitted.picks(name, labels)
     }
 }
 
@@ -116,11 +78,6 @@ impl ClusterSecretSourceSpec {
     shortname = "csbind",
     category = "secretsync",
     status = "ClusterSecretBindingStatus",
-    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.bindingSpec.sourceRef.name"}"#,
-    printcolumn = r#"{"name":"Namespaces","type":"integer","jsonPath":".status.provisionedCount"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     doc = "ClusterSecretBinding keeps one SecretBinding, reading a ClusterSecretSource, in every namespace it selects."
 )]
 #[serde(rename_all = "camelCase")]
@@ -131,15 +88,10 @@ impl ClusterSecretSourceSpec {
     "has(self.bindingSpec.sourceRef.kind) && self.bindingSpec.sourceRef.kind == 'ClusterSecretSource'"
 ).message("spec.bindingSpec.sourceRef.kind must be ClusterSecretSource: a SecretSource belongs to one namespace"))]
 pub struct ClusterSecretBindingSpec {
-    /// Namespaces whose labels match get the SecretBinding.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace_selector: Option<LabelSelector>,
-    /// Namespaces that get the SecretBinding by name, in addition to those the selector
-    /// matches (a listed namespace that does not exist is reported in
-    /// `status.failedNamespaces`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000))]
-    pub namespaces: Vec<String>,
+    /// The namespaces that get the SecretBinding (a listed namespace that does not exist
+    /// is reported in `status.failedNamespaces`).
+    #[serde(flatten)]
+    pub selected: NamespaceSelection,
     /// The spec of every generated SecretBinding. Its `sourceRef` names a
     /// ClusterSecretSource.
     pub binding_spec: SecretBindingSpec,
@@ -148,12 +100,7 @@ pub struct ClusterSecretBindingSpec {
 impl ClusterSecretBindingSpec {
     /// Whether a namespace named `name` with `labels` gets the SecretBinding.
     pub fn selects(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
-        selects(
-            self.namespace_selector.as_ref(),
-            &self.namespaces,
-            name,
-            labels,
-        )
+        self.selected.picks(name, labels)
     }
 }
 
@@ -190,12 +137,29 @@ pub struct FailedNamespace {
     pub message: String,
 }
 
-/// Whether a namespace is picked by `selector` or by name in `names`.
-fn selects(
-    selector: Option<&LabelSelector>,
-    names: &[String],
-    name: &str,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    names.iter().any(|n| n == name) || selector.is_some_and(|s| crate::selector::matches(s, labels))
+/// Which namespaces a cluster kind applies to: those whose labels match
+/// `namespaceSelector`, and those named in `namespaces`. It carries no CEL rule of its
+/// own: of several flattened structs only the first one's rules reach the parent schema,
+/// so each kind states "at least one of the two" itself.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceSelection {
+    /// Namespaces whose labels match (an empty selector matches every namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Namespaces by name, in addition to those the selector matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub namespaces: Vec<String>,
+}
+
+impl NamespaceSelection {
+    /// Whether the namespace named `name` with `labels` is picked, by name or by selector.
+    pub fn picks(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.namespaces.iter().any(|n| n == name)
+            || self
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|s| crate::selector::matches(s, labels))
+    }
 }

@@ -1,7 +1,8 @@
 //! CRD generation: the YAML that `secretsync crds` prints and `crds/` holds.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    CustomResourceColumnDefinition, CustomResourceDefinition, JSONSchemaProps,
+    JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
 use kube::CustomResourceExt;
 
@@ -21,7 +22,9 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ClusterSecretBinding::crd(),
     ];
     for crd in &mut crds {
+        let columns = printer_columns(&crd.spec.names.kind);
         for version in &mut crd.spec.versions {
+            version.additional_printer_columns = Some(columns.clone());
             if let Some(schema) = version
                 .schema
                 .as_mut()
@@ -32,6 +35,46 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         }
     }
     crds
+}
+
+/// `kubectl get` columns of each kind, in one table so the kinds that show the same
+/// thing show it the same way.
+fn printer_columns(kind: &str) -> Vec<CustomResourceColumnDefinition> {
+    const READY: &str = ".status.conditions[?(@.type==\"Ready\")].status";
+    const REASON: &str = ".status.conditions[?(@.type==\"Ready\")].reason";
+    const AGE: &str = ".metadata.creationTimestamp";
+    let columns: &[(&str, &str, &str)] = match kind {
+        "SecretSource" | "ClusterSecretSource" => &[
+            ("Backend", "string", ".status.backend"),
+            ("Ready", "string", READY),
+            ("Age", "date", AGE),
+        ],
+        "SecretBinding" => &[
+            ("Source", "string", ".spec.sourceRef.name"),
+            ("Target", "string", ".spec.target.name"),
+            ("Ready", "string", READY),
+            ("Reason", "string", REASON),
+            ("Last Sync", "date", ".status.lastSyncTime"),
+            ("Age", "date", AGE),
+        ],
+        "ClusterSecretBinding" => &[
+            ("Source", "string", ".spec.bindingSpec.sourceRef.name"),
+            ("Namespaces", "integer", ".status.provisionedCount"),
+            ("Ready", "string", READY),
+            ("Reason", "string", REASON),
+            ("Age", "date", AGE),
+        ],
+        _ => &[],
+    };
+    columns
+        .iter()
+        .map(|(name, type_, path)| CustomResourceColumnDefinition {
+            name: (*name).to_string(),
+            type_: (*type_).to_string(),
+            json_path: (*path).to_string(),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// File name in `crds/` and the YAML of each CRD, in a stable order.
@@ -130,5 +173,76 @@ mod tests {
         assert_eq!(reflow("a\nb\n\n\nc\n"), "a b\n\nc");
         assert_eq!(reflow("single"), "single");
         assert_eq!(reflow(""), "");
+    }
+
+    /// The CEL messages of a CRD's `spec` and of its root.
+    fn rule_messages(kind: &str) -> Vec<String> {
+        let crd = crds()
+            .into_iter()
+            .find(|c| c.spec.names.kind == kind)
+            .expect("known kind");
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.clone())
+            .expect("schema");
+        let spec = schema.properties.as_ref().expect("properties")["spec"].clone();
+        [
+            schema.x_kubernetes_validations,
+            spec.x_kubernetes_validations,
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|r| r.message)
+        .collect()
+    }
+
+    // Specs that flatten other structs (a ClusterSecretSource's backend part) get their
+    // rules only partly from them: pin the rules every kind must carry.
+    #[test]
+    fn every_kind_carries_its_cel_rules() {
+        let has = |kind: &str, part: &str| {
+            let messages = rule_messages(kind);
+            assert!(
+                messages.iter().any(|m| m.contains(part)),
+                "{kind}: no rule mentioning {part:?} in {messages:#?}"
+            );
+        };
+        let lacks = |kind: &str, part: &str| {
+            let messages = rule_messages(kind);
+            assert!(
+                !messages.iter().any(|m| m.contains(part)),
+                "{kind}: unexpected rule mentioning {part:?}"
+            );
+        };
+        for kind in ["SecretSource", "ClusterSecretSource"] {
+            has(
+                kind,
+                "exactly one of spec.env, spec.file, spec.vault or spec.aws",
+            );
+        }
+        has(
+            "SecretSource",
+            "secretRef.namespace is only for a ClusterSecretSource",
+        );
+        lacks("SecretSource", "required in a ClusterSecretSource");
+        has(
+            "ClusterSecretSource",
+            "token.secretRef.namespace is required",
+        );
+        has(
+            "ClusterSecretSource",
+            "at least one of spec.namespaceSelector",
+        );
+        lacks("ClusterSecretSource", "is only for a ClusterSecretSource");
+        has(
+            "ClusterSecretBinding",
+            "at least one of spec.namespaceSelector",
+        );
+        has(
+            "ClusterSecretBinding",
+            "sourceRef.kind must be ClusterSecretSource",
+        );
     }
 }

@@ -20,27 +20,26 @@ use crate::constants::{
     shortname = "ssrc",
     category = "secretsync",
     status = "SecretSourceStatus",
-    printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backend"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    doc = "SecretSource is one connection to a secret backend (env, file, Vault/OpenBao or AWS Secrets Manager)."
+    doc = "SecretSource is one connection to a secret backend (env, file, Vault/OpenBao or AWS Secrets Manager).",
+    // Not on the spec: a ClusterSecretSource flattens the spec into its own, and these
+    // hold only for the namespaced kind.
+    validation = kube::core::Rule::new(
+        "!has(self.spec.vault) || !has(self.spec.vault.auth.token) || !has(self.spec.vault.auth.token.secretRef.namespace)"
+    ).message("spec.vault.auth.token.secretRef.namespace is only for a ClusterSecretSource: a SecretSource reads Secrets in its own namespace"),
+    validation = kube::core::Rule::new(
+        "!has(self.spec.vault) || !has(self.spec.vault.auth.appRole) || !has(self.spec.vault.auth.appRole.secretRef.namespace)"
+    ).message("spec.vault.auth.appRole.secretRef.namespace is only for a ClusterSecretSource: a SecretSource reads Secrets in its own namespace"),
+    validation = kube::core::Rule::new(
+        "!has(self.spec.vault) || !has(self.spec.vault.auth.kubernetes) || !has(self.spec.vault.auth.kubernetes.serviceAccountNamespace)"
+    ).message("spec.vault.auth.kubernetes.serviceAccountNamespace is only for a ClusterSecretSource: a SecretSource uses service accounts of its own namespace"),
+    validation = kube::core::Rule::new(
+        "!has(self.spec.aws) || !has(self.spec.aws.auth) || !has(self.spec.aws.auth.secretRef) || !has(self.spec.aws.auth.secretRef.namespace)"
+    ).message("spec.aws.auth.secretRef.namespace is only for a ClusterSecretSource: a SecretSource reads Secrets in its own namespace"),
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new(
     "[has(self.env), has(self.file), has(self.vault), has(self.aws)].filter(x, x).size() == 1"
 ).message("exactly one of spec.env, spec.file, spec.vault or spec.aws must be set"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "!has(self.vault) || !has(self.vault.auth.token) || !has(self.vault.auth.token.secretRef.namespace)"
-).message("spec.vault.auth.token.secretRef.namespace is only for a ClusterSecretSource: a SecretSource reads Secrets in its own namespace"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "!has(self.vault) || !has(self.vault.auth.appRole) || !has(self.vault.auth.appRole.secretRef.namespace)"
-).message("spec.vault.auth.appRole.secretRef.namespace is only for a ClusterSecretSource: a SecretSource reads Secrets in its own namespace"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "!has(self.vault) || !has(self.vault.auth.kubernetes) || !has(self.vault.auth.kubernetes.serviceAccountNamespace)"
-).message("spec.vault.auth.kubernetes.serviceAccountNamespace is only for a ClusterSecretSource: a SecretSource uses service accounts of its own namespace"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "!has(self.aws) || !has(self.aws.auth) || !has(self.aws.auth.secretRef) || !has(self.aws.auth.secretRef.namespace)"
-).message("spec.aws.auth.secretRef.namespace is only for a ClusterSecretSource: a SecretSource reads Secrets in its own namespace"))]
 pub struct SecretSourceSpec {
     /// Prepended to every remote key read through this source; bindings never see it.
     /// For example `apps/shop/` turns key `database/url` into `apps/shop/database/url`.

@@ -185,7 +185,7 @@ impl Inputs {
                 .filter(|(n, labels)| csb.spec.selects(n, labels))
                 .map(|(n, _)| n.clone())
                 .collect();
-            targets.extend(csb.spec.namespaces.iter().cloned());
+            targets.extend(csb.spec.selected.namespaces.iter().cloned());
             for ns in targets {
                 i.bindings.push(desired_binding(csb, &ns));
             }

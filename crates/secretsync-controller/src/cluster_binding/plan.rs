@@ -149,7 +149,7 @@ pub fn plan(
     }
     // A namespace listed by name that does not exist cannot be provisioned. (A generated
     // binding in a namespace that is gone went with it.)
-    for ns in &csb.spec.namespaces {
+    for ns in &csb.spec.selected.namespaces {
         if !namespaces.contains_key(ns) {
             p.failed.push(FailedNamespace {
                 namespace: ns.clone(),
@@ -202,17 +202,24 @@ pub fn status(
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-    use secretsync_api::{ClusterSecretBindingSpec, SecretBindingSpec, SourceKind, SourceRef};
+    use secretsync_api::{
+        ClusterSecretBindingSpec, NamespaceSelection, SecretBindingSpec, SourceKind, SourceRef,
+    };
 
     fn csb() -> ClusterSecretBinding {
         let mut c = ClusterSecretBinding::new(
             "pull",
             ClusterSecretBindingSpec {
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([("registry".into(), "internal".into())])),
-                    ..Default::default()
-                }),
-                namespaces: vec!["extra".into()],
+                selected: NamespaceSelection {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(
+                            "registry".into(),
+                            "internal".into(),
+                        )])),
+                        ..Default::default()
+                    }),
+                    namespaces: vec!["extra".into()],
+                },
                 binding_spec: SecretBindingSpec {
                     source_ref: SourceRef {
                         kind: SourceKind::ClusterSecretSource,
