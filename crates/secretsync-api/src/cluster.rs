@@ -75,7 +75,8 @@ pub struct ClusterSecretSourceSpec {
     /// service accounts name their namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault: Option<VaultSource>,
-    /// Read AWS Secrets Manager. A credential Secret names its namespace.
+    /// Read AWS Secrets Manager or AWS Systems Manager Parameter Store (`service`). A
+    /// credential Secret names its namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsSource>,
 }
