@@ -54,11 +54,16 @@ where
             }
         }
         // The body did not parse; its text may hold secret data, so only the status is
-        // reported.
-        SdkError::ResponseError(re) => BackendError::unavailable(format!(
-            "{op} of {what}: unexpected response from AWS (HTTP {})",
-            re.raw().status().as_u16()
-        )),
+        // reported. A refusal stays a refusal (moto, for one, answers IAM denials of JSON
+        // APIs with an XML body the SDK cannot read).
+        SdkError::ResponseError(re) => {
+            let status = re.raw().status().as_u16();
+            let message = format!("{op} of {what}: unexpected response from AWS (HTTP {status})");
+            match status {
+                401 | 403 => BackendError::access_denied(message),
+                _ => BackendError::unavailable(message),
+            }
+        }
         SdkError::ConstructionFailure(_) => BackendError::invalid_config(format!(
             "{op} of {what}: request could not be built: {}",
             error_chain(err)

@@ -69,6 +69,14 @@ impl ParameterStoreBackend {
     }
 }
 
+/// Whether a refused `DescribeParameters` still proves the credentials: a policy denial
+/// (as opposed to unknown keys or a bad signature, which have their own codes) comes only
+/// after the request was authenticated. An answer whose code could not be read proves
+/// nothing.
+fn refusal_proves_credentials(code: Option<&str>) -> bool {
+    matches!(code, Some("AccessDeniedException" | "AccessDenied"))
+}
+
 #[async_trait]
 impl Backend for ParameterStoreBackend {
     fn kind(&self) -> BackendKind {
@@ -104,7 +112,7 @@ impl Backend for ParameterStoreBackend {
             Ok(_) => Ok(()),
             // The request was authenticated; the policy just lacks DescribeParameters,
             // which no read or `find` needs.
-            Err(e) if e.code() == Some("AccessDeniedException") => {
+            Err(e) if refusal_proves_credentials(e.code()) => {
                 tracing::debug!(
                     backend = "aws",
                     operation = "DescribeParameters",
@@ -113,6 +121,25 @@ impl Backend for ParameterStoreBackend {
                 Ok(())
             }
             Err(e) => Err(map_sdk_error(&e, "DescribeParameters", SERVICE)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_policy_denial_passes_validation() {
+        assert!(refusal_proves_credentials(Some("AccessDeniedException")));
+        assert!(refusal_proves_credentials(Some("AccessDenied")));
+        for code in [
+            Some("UnrecognizedClientException"),
+            Some("InvalidSignatureException"),
+            Some("ExpiredTokenException"),
+            None,
+        ] {
+            assert!(!refusal_proves_credentials(code), "{code:?}");
         }
     }
 }

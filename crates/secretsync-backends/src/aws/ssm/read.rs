@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use aws_sdk_ssm::config::http::HttpResponse;
-use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::error::SdkError;
 use aws_sdk_ssm::operation::get_parameters::{GetParametersError, GetParametersOutput};
 use aws_sdk_ssm::types::Parameter;
 use futures::StreamExt;
@@ -248,9 +248,10 @@ impl ParameterStoreBackend {
             reason = %err.reason,
             "batch read failed"
         );
-        if e.code() == Some("AccessDeniedException") {
+        if err.reason == Reason::AccessDenied {
             // SSM refuses the whole call when the policy lacks ssm:GetParameters or denies
-            // one of the names: single reads tell the two apart, key by key.
+            // one of the names: single reads tell the two apart, key by key. (Rejected
+            // credentials fail the single reads too, and leave batching on.)
             let each = self.read_each(keys).await;
             if each.iter().all(Result::is_ok) {
                 self.batch_denied.store(true, Ordering::Relaxed);
