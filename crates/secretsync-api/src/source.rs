@@ -20,7 +20,7 @@ use crate::constants::{
     shortname = "ssrc",
     category = "secretsync",
     status = "SecretSourceStatus",
-    doc = "SecretSource is one connection to a secret backend (env, file, Vault/OpenBao or AWS Secrets Manager).",
+    doc = "SecretSource is one connection to a secret backend (env, file, Vault/OpenBao or AWS Secrets Manager / Parameter Store).",
     // Not on the spec: a ClusterSecretSource flattens the spec into its own, and these
     // hold only for the namespaced kind.
     validation = kube::core::Rule::new(
@@ -58,7 +58,7 @@ pub struct SecretSourceSpec {
     /// Read a HashiCorp Vault or OpenBao KV engine (v1 or v2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault: Option<VaultSource>,
-    /// Read AWS Secrets Manager.
+    /// Read AWS Secrets Manager or AWS Systems Manager Parameter Store (`service`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsSource>,
 }
@@ -229,10 +229,18 @@ pub struct SecretKeySelector {
     pub key: String,
 }
 
-/// AWS Secrets Manager backend.
+/// AWS backend: Secrets Manager (default) or Systems Manager Parameter Store.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AwsSource {
+    /// Which AWS service holds the values. `SecretsManager` (default): a remote key is a
+    /// secret name and `version` a version stage (`AWSPREVIOUS`) or version id.
+    /// `ParameterStore` (AWS Systems Manager): a remote key is a parameter name such as
+    /// `/shop/db/password`; String, StringList and SecureString parameters are read
+    /// (SecureString decrypted); `version` is a parameter version number (`3`) or label
+    /// (`prod`); `find` lists with `GetParametersByPath`.
+    #[serde(default)]
+    pub service: AwsService,
     /// Region, e.g. `eu-west-1`.
     pub region: String,
     /// Endpoint override (emulators, VPC endpoints).
@@ -241,6 +249,26 @@ pub struct AwsSource {
     /// Credentials. Absent: the default chain (IRSA, pod identity, environment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AwsAuth>,
+}
+
+/// The AWS service an `aws` source reads.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AwsService {
+    /// AWS Secrets Manager.
+    #[default]
+    SecretsManager,
+    /// AWS Systems Manager Parameter Store.
+    ParameterStore,
+}
+
+impl AwsService {
+    /// The service's name in messages.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            AwsService::SecretsManager => "AWS Secrets Manager",
+            AwsService::ParameterStore => "AWS Systems Manager Parameter Store",
+        }
+    }
 }
 
 /// AWS credentials.
@@ -300,7 +328,7 @@ pub enum BackendKind {
     File,
     /// Vault / OpenBao.
     Vault,
-    /// AWS Secrets Manager.
+    /// AWS Secrets Manager or Parameter Store.
     Aws,
 }
 

@@ -1,5 +1,5 @@
-//! Secret backends (env, file, Vault/OpenBao KV, AWS Secrets Manager), the shared read
-//! cache with request coalescing, key mapping, and binding resolution.
+//! Secret backends (env, file, Vault/OpenBao KV, AWS Secrets Manager and Parameter Store),
+//! the shared read cache with request coalescing, key mapping, and binding resolution.
 //!
 //! Keys passed to a [`Backend`] are relative to the source's `prefix`; each backend applies
 //! the prefix its own way (the env backend, for example, does not upper-case it).
@@ -31,7 +31,8 @@ pub use value::SecretValue;
 pub const BATCH_READS_AT_ONCE: usize = 2;
 
 /// One read: a key relative to the source prefix and an optional version
-/// (Vault KV v2 version number; AWS version stage or version id).
+/// (Vault KV v2 version number; AWS Secrets Manager version stage or version id; Parameter
+/// Store version number or label).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReadRequest {
     /// Remote key relative to the prefix.
@@ -218,9 +219,7 @@ pub async fn build_backend(
         ));
     }
     if let Some(aws) = &spec.aws {
-        return Ok(Arc::new(
-            aws::AwsBackend::connect(prefix, aws, ctx.credentials.as_ref()).await?,
-        ));
+        return aws::connect(prefix, aws, ctx.credentials.as_ref()).await;
     }
     Err(BackendError::invalid_config("no backend configured"))
 }

@@ -17,7 +17,7 @@ use moto_support::{
     ADMIN_ACCESS_KEY_ID, MotoRequestCounter, REGION, admin_client, create_binary, create_string,
     moto_endpoint, put_string, unique_prefix,
 };
-use secretsync_api::{AwsAuth, AwsSecretRef, AwsSource};
+use secretsync_api::{AwsAuth, AwsSecretRef, AwsService, AwsSource};
 use secretsync_backends::aws::{AwsBackend, AwsOptions};
 use secretsync_backends::{
     Backend, BackendError, CredentialRef, Credentials, ReadRequest, Reason, SecretValue,
@@ -75,6 +75,7 @@ fn secret_ref() -> AwsSecretRef {
 /// A source pointing at `endpoint` with static keys from [`MapCredentials::keys`].
 fn source(endpoint: &str) -> AwsSource {
     AwsSource {
+        service: AwsService::SecretsManager,
         region: REGION.to_string(),
         endpoint: Some(endpoint.to_string()),
         auth: Some(AwsAuth {

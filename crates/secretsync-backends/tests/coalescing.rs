@@ -9,7 +9,7 @@ mod vault_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secretsync_api::{AwsAuth, AwsSecretRef, AwsSource, SecretSourceSpec};
+use secretsync_api::{AwsAuth, AwsSecretRef, AwsService, AwsSource, SecretSourceSpec};
 use secretsync_backends::cache::NoopObserver;
 use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::{
@@ -166,6 +166,7 @@ async fn aws_hundred_concurrent_reads_make_one_request() {
     let spec = SecretSourceSpec {
         prefix: Some(prefix.clone()),
         aws: Some(AwsSource {
+            service: AwsService::SecretsManager,
             region: moto_support::REGION.to_string(),
             endpoint: Some(endpoint.clone()),
             // Static keys from a Secret (moto accepts any), so the test does not depend on

@@ -1,6 +1,7 @@
 //! `secretsync render` on every example whose backend the test suite has: file, env and
-//! templating offline; Vault token/AppRole against the real OpenBao server and AWS (IRSA
-//! and static keys + AssumeRole) against the real moto server started by `make test`,
+//! templating offline; Vault token/AppRole against the real OpenBao server and AWS (IRSA,
+//! static keys + AssumeRole, Parameter Store) against the real moto server started by
+//! `make test`,
 //! with the examples' server addresses pointed at them. Vault Kubernetes auth needs a
 //! cluster and is covered by the end-to-end tests instead.
 
@@ -354,4 +355,73 @@ async fn aws_examples_against_moto() {
     let s = render(&["-f", dir.path().to_str().unwrap()], &[]);
     assert_eq!(s["shop-aws"]["shop_db"], "db-pw");
     assert_eq!(s["shop-aws"]["shop_api"], "api-key");
+}
+
+/// aws-parameter-store: SecureString decrypted, a label pin, `property` on a JSON String
+/// parameter, and `find` over a path (GetParametersByPath), all through `render`.
+#[tokio::test]
+async fn aws_parameter_store_example_against_moto() {
+    use aws_sdk_ssm::types::ParameterType;
+    let endpoint = required_env("SECRETSYNC_TEST_MOTO_ENDPOINT");
+    let conf = aws_sdk_ssm::Config::builder()
+        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+        .region(aws_sdk_ssm::config::Region::new("eu-west-1"))
+        .endpoint_url(&endpoint)
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "AKIDEXAMPLES",
+            "x",
+            None,
+            None,
+            "examples",
+        ))
+        .build();
+    let ssm = aws_sdk_ssm::Client::from_conf(conf);
+    let put = |name: &'static str, kind: ParameterType, value: &'static str| {
+        let ssm = ssm.clone();
+        async move {
+            ssm.put_parameter()
+                .name(name)
+                .r#type(kind)
+                .value(value)
+                .overwrite(true)
+                .send()
+                .await
+                .unwrap()
+                .version
+        }
+    };
+    let old = put("/shop/db/password", ParameterType::SecureString, "old-pw").await;
+    put("/shop/db/password", ParameterType::SecureString, "new-pw").await;
+    // Moves the label if a previous run of this test set it.
+    ssm.label_parameter_version()
+        .name("/shop/db/password")
+        .parameter_version(old)
+        .labels("previous")
+        .send()
+        .await
+        .unwrap();
+    put(
+        "/shop/db/config",
+        ParameterType::String,
+        r#"{"username":"shop-user"}"#,
+    )
+    .await;
+    put("/shop/feature/checkout", ParameterType::String, "on").await;
+    put("/shop/feature/regions", ParameterType::StringList, "eu,us").await;
+
+    let dir = patched(
+        "examples/aws-parameter-store/aws-parameter-store.yaml",
+        "region: eu-west-1",
+        &format!("region: eu-west-1\n    endpoint: {endpoint}"),
+        &secret_manifest(
+            "aws-creds",
+            "{access-key-id: AKIDSSM, secret-access-key: x}",
+        ),
+    );
+    let s = render(&["-f", dir.path().to_str().unwrap()], &[]);
+    assert_eq!(s["shop-db"]["password"], "new-pw");
+    assert_eq!(s["shop-db"]["previous-password"], "old-pw");
+    assert_eq!(s["shop-db"]["username"], "shop-user");
+    assert_eq!(s["shop-db"]["feature_checkout"], "on");
+    assert_eq!(s["shop-db"]["feature_regions"], "eu,us");
 }

@@ -1,9 +1,8 @@
-//! Building the SDK client: validation of region, endpoint and role ARN, static keys from
-//! the credential Secret, and AssumeRole on top.
+//! Building the SDK configuration both AWS services share: validation of region, endpoint
+//! and role ARN, static keys from the credential Secret, and AssumeRole on top.
 
 use aws_config::sts::AssumeRoleProvider;
-use aws_config::{BehaviorVersion, ConfigLoader};
-use aws_sdk_secretsmanager::Client;
+use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_sdk_secretsmanager::config::retry::RetryConfig;
 use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::config::{
@@ -17,13 +16,14 @@ use crate::{BackendError, CredentialRef, Credentials, Reason};
 /// `RoleSessionName` of AssumeRole calls; shows up in CloudTrail as the caller.
 const STS_SESSION_NAME: &str = "secretsync";
 
-/// The Secrets Manager client `spec` describes. Makes no network call: credentials are
-/// resolved (and roles assumed) lazily on the first request, and cached by the SDK.
-pub(super) async fn build_client(
+/// The SDK configuration `spec` describes, for the client of `spec.service`. Makes no
+/// network call: credentials are resolved (and roles assumed) lazily on the first request,
+/// and cached by the SDK.
+pub(super) async fn load_config(
     spec: &AwsSource,
     credentials: &dyn Credentials,
     options: &AwsOptions,
-) -> Result<Client, BackendError> {
+) -> Result<SdkConfig, BackendError> {
     let region = parse_region(&spec.region)?;
     let endpoint = match spec.endpoint.as_deref().map(str::trim) {
         Some(e) if !e.is_empty() => Some(parse_endpoint(e)?),
@@ -60,24 +60,25 @@ pub(super) async fn build_client(
         }
         None => static_creds.map(SharedCredentialsProvider::new),
     };
-    let mut sm = loader();
+    let mut service = loader();
     if let Some(p) = provider {
-        sm = sm.credentials_provider(p);
+        service = service.credentials_provider(p);
     }
     if let Some(ep) = &endpoint {
-        sm = sm.endpoint_url(ep);
+        service = service.endpoint_url(ep);
     }
-    let client = Client::new(&sm.load().await);
+    let config = service.load().await;
     tracing::debug!(
         backend = "aws",
         operation = "connect",
+        service = spec.service.display_name(),
         region = %spec.region,
         endpoint = endpoint.as_deref().unwrap_or(""),
         static_credentials = auth.is_some_and(|a| a.secret_ref.is_some()),
         assume_role = role_arn.is_some(),
-        "AWS Secrets Manager client built"
+        "AWS client configured"
     );
-    Ok(client)
+    Ok(config)
 }
 
 /// A provider assuming `arn` with the static keys (or the default chain) as the base.
@@ -91,7 +92,7 @@ async fn assume_role(
         sts = sts.credentials_provider(c.clone());
     }
     // Emulators serve every service on one endpoint; an AWS-hosted override (a VPC
-    // endpoint) is Secrets Manager's only, so STS keeps its default.
+    // endpoint) is the service's own (Secrets Manager or SSM), so STS keeps its default.
     if let Some(ep) = endpoint.filter(|ep| !is_aws_hosted(ep)) {
         sts = sts.endpoint_url(ep);
     }

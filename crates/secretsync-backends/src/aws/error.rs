@@ -54,11 +54,16 @@ where
             }
         }
         // The body did not parse; its text may hold secret data, so only the status is
-        // reported.
-        SdkError::ResponseError(re) => BackendError::unavailable(format!(
-            "{op} of {what}: unexpected response from AWS Secrets Manager (HTTP {})",
-            re.raw().status().as_u16()
-        )),
+        // reported. A refusal stays a refusal (moto, for one, answers IAM denials of JSON
+        // APIs with an XML body the SDK cannot read).
+        SdkError::ResponseError(re) => {
+            let status = re.raw().status().as_u16();
+            let message = format!("{op} of {what}: unexpected response from AWS (HTTP {status})");
+            match status {
+                401 | 403 => BackendError::access_denied(message),
+                _ => BackendError::unavailable(message),
+            }
+        }
         SdkError::ConstructionFailure(_) => BackendError::invalid_config(format!(
             "{op} of {what}: request could not be built: {}",
             error_chain(err)
@@ -67,7 +72,7 @@ where
     }
 }
 
-/// Credential resolution failed before anything reached Secrets Manager.
+/// Credential resolution failed before anything reached the service.
 fn credentials_error(ce: &CredentialsError, op: &str, what: &str) -> BackendError {
     let chain = error_chain(ce);
     let transport = find_source::<ConnectorError>(ce);
@@ -116,7 +121,10 @@ pub(super) fn service_error(
 
 fn classify(code: &str, message: &str, status: Option<u16>) -> Reason {
     match code {
-        "ResourceNotFoundException" => Reason::SecretNotFound,
+        // Parameter Store: an unknown name, or a version or label the parameter lacks.
+        "ResourceNotFoundException" | "ParameterNotFound" | "ParameterVersionNotFound" => {
+            Reason::SecretNotFound
+        }
         // A secret scheduled for deletion can no longer be read: to a binding it is gone.
         // (AWS says "marked for deletion", moto "marked deleted".)
         "InvalidRequestException"
@@ -137,12 +145,16 @@ fn classify(code: &str, message: &str, status: Option<u16>) -> Reason {
         | "ExpiredTokenException"
         | "RequestExpired"
         | "DecryptionFailure"
-        | "KMSAccessDeniedException" => Reason::AccessDenied,
+        | "KMSAccessDeniedException"
+        // A SecureString whose KMS key is disabled, deleted or not usable by the caller:
+        // the value cannot be decrypted, as with a KMS refusal.
+        | "InvalidKeyId" => Reason::AccessDenied,
         "ThrottlingException"
         | "Throttling"
         | "TooManyRequestsException"
         | "RequestLimitExceeded"
         | "InternalServiceError"
+        | "InternalServerError"
         | "InternalFailure"
         | "ServiceUnavailable"
         | "ServiceUnavailableException"
@@ -151,6 +163,10 @@ fn classify(code: &str, message: &str, status: Option<u16>) -> Reason {
         "InvalidParameterException"
         | "InvalidRequestException"
         | "InvalidNextTokenException"
+        | "InvalidNextToken"
+        | "InvalidFilterKey"
+        | "InvalidFilterOption"
+        | "InvalidFilterValue"
         | "ValidationException"
         | "ValidationError" => Reason::InvalidConfig,
         _ => match status {
@@ -240,6 +256,34 @@ mod tests {
             Reason::SecretNotFound
         );
         assert_eq!(classify("", "", Some(503)), Reason::BackendUnavailable);
+        // Parameter Store codes.
+        for code in ["ParameterNotFound", "ParameterVersionNotFound"] {
+            assert_eq!(
+                classify(code, "", Some(400)),
+                Reason::SecretNotFound,
+                "{code}"
+            );
+        }
+        assert_eq!(
+            classify("AccessDeniedException", "", Some(400)),
+            Reason::AccessDenied
+        );
+        assert_eq!(
+            classify("InvalidKeyId", "", Some(400)),
+            Reason::AccessDenied
+        );
+        assert_eq!(
+            classify("InternalServerError", "", Some(500)),
+            Reason::BackendUnavailable
+        );
+        assert_eq!(
+            classify("InvalidNextToken", "", Some(400)),
+            Reason::InvalidConfig
+        );
+        assert_eq!(
+            classify("InvalidFilterKey", "", Some(400)),
+            Reason::InvalidConfig
+        );
         assert_eq!(classify("Weird", "", Some(403)), Reason::AccessDenied);
         assert_eq!(classify("Weird", "", None), Reason::BackendUnavailable);
     }

@@ -1,8 +1,9 @@
-//! AWS Secrets Manager backend.
+//! AWS backends: Secrets Manager ([`AwsBackend`]) and, with `service: ParameterStore`,
+//! Systems Manager Parameter Store ([`ParameterStoreBackend`]); [`connect`] picks one.
 //!
-//! Remote key `K` with prefix `P` is the secret named `P + K`. The SDK client (and with it
-//! the HTTP connection pool and the credential cache) is built once in [`AwsBackend::connect`]
-//! and shared by every read of the source generation.
+//! Secrets Manager: remote key `K` with prefix `P` is the secret named `P + K`. The SDK
+//! client (and with it the HTTP connection pool and the credential cache) is built once in
+//! [`AwsBackend::connect`] and shared by every read of the source generation.
 //!
 //! Credentials: `auth.secretRef` gives static keys read through [`Credentials`]; without it
 //! aws-config's default chain is used (environment, web identity / IRSA, container / pod
@@ -10,21 +11,28 @@
 //! `credentials-process` features, so profiles that rely on those cannot be used.
 //! `auth.roleArn` assumes that role (session name `secretsync`) on top of either.
 //!
-//! Layout: `client` (client and credentials), `read` (single and batched reads), `list`
-//! (listing for `find`), `error` (error mapping).
+//! Both services share the credential handling above and the error mapping.
+//!
+//! Layout: `client` (SDK configuration and credentials, shared), `error` (error mapping,
+//! shared), `read` (single and batched reads), `list` (listing for `find`), `ssm` (the
+//! Parameter Store backend).
 
 mod client;
 mod error;
 mod list;
 mod read;
+mod ssm;
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
-use secretsync_api::{AwsSource, BackendKind};
+use secretsync_api::{AwsService, AwsSource, BackendKind};
+
+pub use self::ssm::ParameterStoreBackend;
 
 use self::error::map_sdk_error;
 use crate::{Backend, BackendError, Credentials, ReadRequest, SecretValue};
@@ -60,6 +68,22 @@ impl Default for AwsOptions {
     }
 }
 
+/// The backend of `spec.service`, with default timeouts. Makes no network call.
+pub async fn connect(
+    prefix: String,
+    spec: &AwsSource,
+    credentials: &dyn Credentials,
+) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(match spec.service {
+        AwsService::SecretsManager => {
+            Arc::new(AwsBackend::connect(prefix, spec, credentials).await?)
+        }
+        AwsService::ParameterStore => {
+            Arc::new(ParameterStoreBackend::connect(prefix, spec, credentials).await?)
+        }
+    })
+}
+
 /// AWS Secrets Manager backend.
 pub struct AwsBackend {
     client: Client,
@@ -87,8 +111,14 @@ impl AwsBackend {
         credentials: &dyn Credentials,
         options: &AwsOptions,
     ) -> Result<Self, BackendError> {
+        if spec.service != AwsService::SecretsManager {
+            return Err(BackendError::invalid_config(format!(
+                "spec.aws.service is {:?}; the Secrets Manager backend cannot read it",
+                spec.service
+            )));
+        }
         Ok(AwsBackend {
-            client: client::build_client(spec, credentials, options).await?,
+            client: Client::new(&client::load_config(spec, credentials, options).await?),
             prefix,
             batch_denied: AtomicBool::new(false),
         })

@@ -6,7 +6,11 @@
 //! - [`unique_prefix`]: a fresh secret-name prefix per test, so tests share one server.
 //! - [`admin_client`]: an SDK client with dummy static credentials to create test data.
 //! - [`MotoRequestCounter`]: counts the Secrets Manager requests moto received for a set of
-//!   secret names (via moto's request recorder), e.g. to prove reads were coalesced.
+//!   secret names (via moto's request recorder), e.g. to prove reads were coalesced;
+//!   [`MotoRequestCounter::count_ssm`] does the same for Parameter Store requests.
+//! - [`ssm_admin_client`], [`put_parameter`], [`label_version`]: Parameter Store test data.
+//! - [`reset_auth`], [`iam_action`]: switch on moto's IAM checks on a server of the test's
+//!   own (never the shared one) and create users and policies while they are still off.
 #![allow(dead_code)]
 
 use aws_sdk_secretsmanager::Client;
@@ -50,6 +54,106 @@ pub fn admin_client(endpoint: &str) -> Client {
         ))
         .build();
     Client::from_conf(conf)
+}
+
+/// A Parameter Store client for creating test data (same dummy credentials).
+pub fn ssm_admin_client(endpoint: &str) -> aws_sdk_ssm::Client {
+    let conf = aws_sdk_ssm::Config::builder()
+        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+        .region(aws_sdk_ssm::config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            ADMIN_ACCESS_KEY_ID,
+            "admin-secret-key",
+            None,
+            None,
+            "secretsync-tests",
+        ))
+        .build();
+    aws_sdk_ssm::Client::from_conf(conf)
+}
+
+/// Creates or overwrites a parameter and returns its new version.
+pub async fn put_parameter(
+    client: &aws_sdk_ssm::Client,
+    name: &str,
+    kind: aws_sdk_ssm::types::ParameterType,
+    value: &str,
+) -> i64 {
+    client
+        .put_parameter()
+        .name(name)
+        .r#type(kind)
+        .value(value)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PutParameter {name}: {e:?}"))
+        .version
+}
+
+/// Attaches `label` to `version` of a parameter.
+pub async fn label_version(client: &aws_sdk_ssm::Client, name: &str, version: i64, label: &str) {
+    client
+        .label_parameter_version()
+        .name(name)
+        .parameter_version(version)
+        .labels(label)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("LabelParameterVersion {name}: {e:?}"));
+}
+
+/// Sets moto's IAM checks: the next `free_actions` requests are not checked, every later
+/// one is. Global to the server: only for a server the test started itself.
+pub async fn reset_auth(endpoint: &str, free_actions: u32) {
+    let body = http_with_body(
+        endpoint,
+        "POST",
+        "/moto-api/reset-auth",
+        &[],
+        &free_actions.to_string(),
+    )
+    .await;
+    assert!(body.contains("ok"), "moto did not reset auth: {body:?}");
+}
+
+/// One IAM query-API action (`Action=...&Version=2010-05-08`), sent while moto's checks
+/// are still off (the signature is not verified then; the credential scope routes it).
+/// Returns the XML answer.
+pub async fn iam_action(endpoint: &str, params: &[(&str, &str)]) -> String {
+    let mut body: String = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    body.push_str("&Version=2010-05-08");
+    let headers = [
+        (
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=AKIDSETUP/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
+        ),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+    ];
+    http_with_body(endpoint, "POST", "/", &headers, &body).await
+}
+
+/// The text of the first `<tag>...</tag>` in `xml`.
+pub fn xml_field(xml: &str, tag: &str) -> Option<String> {
+    let start = xml.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(xml[start..end].to_string())
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Creates a string secret and returns its version id.
@@ -128,6 +232,24 @@ impl RecordedRequest {
         ids
     }
 
+    /// The parameter names (selectors included) a Parameter Store request is about
+    /// (`Name`, `Names`, `Path`).
+    pub fn parameter_names(&self) -> Vec<String> {
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&self.body) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = Vec::new();
+        for field in ["Name", "Path"] {
+            if let Some(n) = json.get(field).and_then(|v| v.as_str()) {
+                names.push(n.to_string());
+            }
+        }
+        if let Some(list) = json.get("Names").and_then(|v| v.as_array()) {
+            names.extend(list.iter().filter_map(|v| v.as_str()).map(str::to_string));
+        }
+        names
+    }
+
     /// The access key id in the SigV4 `Authorization` header.
     pub fn access_key_id(&self) -> Option<String> {
         let auth = self.header("authorization")?;
@@ -196,6 +318,33 @@ impl MotoRequestCounter {
     /// once, however many of its ids match.
     pub async fn count(&self, operation: &str, name_prefix: &str) -> usize {
         self.matching(operation, name_prefix).await.len()
+    }
+
+    /// Recorded Parameter Store requests of `operation` (`GetParameter`, `GetParameters`,
+    /// `GetParametersByPath`, ...) about at least one parameter or path starting with
+    /// `name_prefix`.
+    pub async fn matching_ssm(&self, operation: &str, name_prefix: &str) -> Vec<RecordedRequest> {
+        self.requests()
+            .await
+            .into_iter()
+            .filter(|r| r.operation == operation)
+            .filter(|r| {
+                r.headers
+                    .iter()
+                    .any(|(k, v)| k == "x-amz-target" && v.starts_with("AmazonSSM."))
+            })
+            .filter(|r| {
+                r.parameter_names()
+                    .iter()
+                    .any(|n| n.starts_with(name_prefix))
+            })
+            .collect()
+    }
+
+    /// How many Parameter Store `operation` requests moto received about parameters
+    /// starting with `name_prefix`; a `GetParameters` call counts once.
+    pub async fn count_ssm(&self, operation: &str, name_prefix: &str) -> usize {
+        self.matching_ssm(operation, name_prefix).await.len()
     }
 
     /// `GetSecretValue` plus `BatchGetSecretValue` requests about `name_prefix`: every
@@ -278,6 +427,17 @@ fn percent_decode(s: &str) -> String {
 
 /// A minimal HTTP/1.1 request to moto's management API (no extra client dependency).
 async fn http(endpoint: &str, method: &str, path: &str) -> String {
+    http_with_body(endpoint, method, path, &[], "").await
+}
+
+/// [`http`] with extra headers and a body.
+async fn http_with_body(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> String {
     let authority = endpoint
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("moto endpoint {endpoint:?} is not http://HOST:PORT"))
@@ -285,8 +445,13 @@ async fn http(endpoint: &str, method: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(authority)
         .await
         .unwrap_or_else(|e| panic!("connecting to moto at {authority}: {e}"));
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     stream
         .write_all(request.as_bytes())
