@@ -36,26 +36,46 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
 
 /// moto (AWS emulator): creates a string secret through the Secrets Manager JSON API.
 pub async fn moto_create_secret(endpoint: &str, name: &str, value: &str) {
+    moto_call(
+        endpoint,
+        "secretsmanager.CreateSecret",
+        "secretsmanager",
+        serde_json::json!({"Name": name, "SecretString": value}),
+    )
+    .await
+}
+
+/// One call of moto's JSON protocol: `target` (`X-Amz-Target`) of `service`.
+async fn moto_call(endpoint: &str, target: &str, service: &str, body: serde_json::Value) {
     let resp = reqwest::Client::new()
         .post(format!("{}/", endpoint.trim_end_matches('/')))
         .header("Content-Type", "application/x-amz-json-1.1")
-        .header("X-Amz-Target", "secretsmanager.CreateSecret")
+        .header("X-Amz-Target", target)
         // moto takes the region and service from the credential scope; the signature is
         // not checked.
         .header(
             "Authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIDSECRETSYNCE2E/20260101/us-east-1/secretsmanager/aws4_request, SignedHeaders=host, Signature=00",
+            format!("AWS4-HMAC-SHA256 Credential=AKIDSECRETSYNCE2E/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=00"),
         )
-        .body(serde_json::json!({"Name": name, "SecretString": value}).to_string())
+        .body(body.to_string())
         .send()
         .await
-        .unwrap_or_else(|e| panic!("moto CreateSecret {name}: {e}"));
+        .unwrap_or_else(|e| panic!("moto {target}: {e}"));
     let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    assert!(
-        status.is_success(),
-        "moto CreateSecret {name}: {status} {body}"
-    );
+    let text = resp.text().await.unwrap_or_default();
+    assert!(status.is_success(), "moto {target}: {status} {text}");
+}
+
+/// moto: creates or overwrites (a new version) parameter `name` of `type_` (`String`,
+/// `StringList`, `SecureString`) through the SSM JSON API.
+pub async fn moto_put_parameter(endpoint: &str, name: &str, value: &str, type_: &str) {
+    moto_call(
+        endpoint,
+        "AmazonSSM.PutParameter",
+        "ssm",
+        serde_json::json!({"Name": name, "Value": value, "Type": type_, "Overwrite": true}),
+    )
+    .await
 }
 
 /// Standard base64 of a string (Secret `data` in test manifests).

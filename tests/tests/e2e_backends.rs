@@ -1,7 +1,8 @@
 //! End-to-end, one test per backend: the real `secretsync run` binary turns a binding into
 //! the expected Secret bytes with Ready=True/Synced. env, file (Dir, Dotenv, Yaml, Json),
-//! Vault KV v2 (token auth, Kubernetes auth against the API server's TokenReview) and AWS
-//! Secrets Manager (moto, static credentials from a Secret).
+//! Vault KV v2 (token auth, Kubernetes auth against the API server's TokenReview), AWS
+//! Secrets Manager and Parameter Store (moto, static credentials from a Secret; a
+//! Parameter Store rotation restarts a Deployment once).
 
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -414,4 +415,105 @@ async fn aws_with_static_credentials_from_a_secret() {
         ("db_creds", creds_json),
     ];
     wait_synced_own(&env, &op, "aws", &want).await;
+}
+
+/// A binding over Parameter Store (a SecureString, decrypted) syncs, and a new version of
+/// the parameter reaches the Secret and restarts the opted-in Deployment exactly once.
+#[tokio::test]
+async fn aws_parameter_store_rotation_restarts_a_deployment_once() {
+    let env = env().await;
+    let endpoint = required_env("SECRETSYNC_TEST_MOTO_ENDPOINT");
+    let prefix = format!("/{}/", unique("e2e-ssm"));
+    let name = format!("{prefix}db/password");
+    moto_put_parameter(&endpoint, &name, "before", "SecureString").await;
+    let creds = format!(
+        "{{access-key-id: {}, secret-access-key: {}}}",
+        b64("AKIDSECRETSYNCE2E"),
+        b64("e2e-secret-access-key")
+    );
+    let aws = format!(
+        "prefix: \"{prefix}\", aws: {{service: ParameterStore, region: us-east-1, endpoint: \"{endpoint}\", \
+         auth: {{secretRef: {{name: aws-creds, accessKeyIdKey: access-key-id, secretAccessKeyKey: secret-access-key}}}}}}"
+    );
+    let op = Operator::start(
+        &env,
+        &OperatorOpts {
+            args: vec!["--restart-debounce=1s".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    apply(
+        &env,
+        &stream(&[
+            secret("aws-creds", &creds),
+            source("ssm", &aws),
+            deployment_reading("api", "db", "password"),
+            binding("db", "ssm")
+                .refresh("2s")
+                .key("password", "db/password")
+                .yaml(),
+        ]),
+    )
+    .await;
+    wait_synced_own(&env, &op, "db", &[("password", "before")]).await;
+    let deployments = env
+        .api("apps/v1", "Deployment", None)
+        .await
+        .expect("Deployment API");
+    let template_annotation = |d: &kube::api::DynamicObject, key: &str| {
+        d.data["spec"]["template"]["metadata"]["annotations"][key]
+            .as_str()
+            .map(str::to_owned)
+    };
+    // The first sync records the revision without restarting anything.
+    wait_for(WAIT, || async {
+        deployments.get("api").await.is_ok_and(|d| {
+            d.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("secretsync.dev/secret-revision"))
+        })
+    })
+    .await
+    .unwrap_or_else(|_| panic!("revision never recorded\n{}", op.output()));
+    let d = deployments.get("api").await.unwrap();
+    assert_eq!(template_annotation(&d, "secretsync.dev/restartedAt"), None);
+    let generation = d.metadata.generation;
+
+    moto_put_parameter(&endpoint, &name, "after", "SecureString").await;
+    wait_synced_own(&env, &op, "db", &[("password", "after")]).await;
+    let restarted = wait_for(WAIT, || async {
+        deployments
+            .get("api")
+            .await
+            .is_ok_and(|d| template_annotation(&d, "secretsync.dev/restartedAt").is_some())
+    })
+    .await;
+    assert!(
+        restarted.is_ok(),
+        "the rotation did not restart the Deployment\n{}",
+        op.output()
+    );
+    let once = deployments.get("api").await.unwrap();
+    assert_eq!(
+        once.metadata.generation,
+        generation.map(|g| g + 1),
+        "one restart is one template change"
+    );
+    // Several refreshes later the parameter is unchanged, and so is the Deployment.
+    let t0 = std::time::Instant::now();
+    wait_for(WAIT, || async {
+        t0.elapsed() >= std::time::Duration::from_secs(6)
+    })
+    .await
+    .unwrap();
+    let later = deployments.get("api").await.unwrap();
+    assert_eq!(
+        later.metadata.generation,
+        once.metadata.generation,
+        "restarted again without a rotation\n{}",
+        op.output()
+    );
+    op.assert_calls_in_rbac_table(&env);
 }
