@@ -2,7 +2,8 @@
 //! vaultrs's endpoint functions run against, plus validation of the values that end up in
 //! URLs and headers.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use vaultrs::api::EndpointMiddleware;
@@ -90,7 +91,7 @@ pub(super) fn build_conn(spec: &secretsync_api::VaultSource) -> Result<Conn, Bac
             Some(ns.to_string())
         }
     };
-    let client = http_client(raw, &url, spec.ca_bundle.as_deref())?;
+    let client = shared_http_client(raw, &url, spec.ca_bundle.as_deref())?;
 
     // Built by hand rather than with the settings builder, which reads VAULT_* variables
     // and panics on a bad URL; only these fields are ever consulted.
@@ -137,6 +138,50 @@ fn parse_server(raw: &str) -> Result<reqwest::Url, BackendError> {
         )));
     }
     Ok(url)
+}
+
+/// What a Vault HTTP client trusts; sources that trust the same share one client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Trust {
+    /// The system roots (https without `caBundle`).
+    System,
+    /// No roots at all (plain http without `caBundle`).
+    PlainHttp,
+    /// Exactly this PEM bundle.
+    Bundle(String),
+}
+
+/// More distinct trust settings than this and the table starts over (clients in use live
+/// on in their backends); it only bounds a table that edits of `caBundle` could grow.
+const MAX_SHARED_CLIENTS: usize = 64;
+
+/// The HTTP client for `url` with `ca_bundle`, shared by every Vault source with the same
+/// trust: one connection pool per Vault server instead of one per source (100 sources on
+/// one server held 231 sockets with a client each). Tokens and namespaces travel per
+/// request, so sharing the pool shares nothing else.
+fn shared_http_client(
+    raw: &str,
+    url: &reqwest::Url,
+    ca_bundle: Option<&str>,
+) -> Result<reqwest::Client, BackendError> {
+    static CLIENTS: OnceLock<Mutex<HashMap<Trust, reqwest::Client>>> = OnceLock::new();
+    let trust = match ca_bundle.map(str::trim) {
+        Some(pem) if !pem.is_empty() => Trust::Bundle(pem.to_string()),
+        _ if url.scheme() == "http" => Trust::PlainHttp,
+        _ => Trust::System,
+    };
+    let clients = CLIENTS.get_or_init(Default::default);
+    // A panic while holding the lock cannot leave the map inconsistent (one insert).
+    let mut clients = clients.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = clients.get(&trust) {
+        return Ok(c.clone());
+    }
+    let client = http_client(raw, url, ca_bundle)?;
+    if clients.len() >= MAX_SHARED_CLIENTS {
+        clients.clear();
+    }
+    clients.insert(trust, client.clone());
+    Ok(client)
 }
 
 /// The reqwest client: timeouts, same-origin redirects, and the CA bundle as the only
