@@ -7,112 +7,36 @@
 
 mod moto_support;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use moto_support::{
-    ADMIN_ACCESS_KEY_ID, MotoRequestCounter, REGION, admin_client, create_binary, create_string,
-    moto_endpoint, put_string, unique_prefix,
+    ADMIN_ACCESS_KEY_ID, CREDS_SECRET, MapCredentials, MotoRequestCounter, admin_client,
+    assert_unavailable, closed_port_endpoint, create_binary, create_string, fast_fail,
+    moto_endpoint, put_string, secret_ref, static_keys_source, text, unique_prefix,
 };
 use secretsync_api::{AwsAuth, AwsSecretRef, AwsService, AwsSource};
-use secretsync_backends::aws::{AwsBackend, AwsOptions};
-use secretsync_backends::{
-    Backend, BackendError, CredentialRef, Credentials, ReadRequest, Reason, SecretValue,
-};
-use secretsync_testkit::harness::free_port;
+use secretsync_backends::aws::AwsBackend;
+use secretsync_backends::{Backend, BackendError, ReadRequest, Reason};
 use secretsync_testkit::names::unique;
 
-const CREDS_SECRET: &str = "aws-creds";
+/// What [`MapCredentials::keys`] pairs with each test's access key id.
+const SECRET_ACCESS_KEY: &str = "test-secret-access-key";
 
-/// `Credentials` answering from a map of (Secret name, key) → value.
-#[derive(Default)]
-struct MapCredentials(HashMap<(String, String), String>);
-
-impl MapCredentials {
-    fn with(mut self, name: &str, key: &str, value: &str) -> Self {
-        self.0
-            .insert((name.to_string(), key.to_string()), value.to_string());
-        self
-    }
-
-    /// Static keys under `aws-creds` / `access-key-id`, `secret-access-key`.
-    fn keys(access_key_id: &str) -> Self {
-        MapCredentials::default()
-            .with(CREDS_SECRET, "access-key-id", access_key_id)
-            .with(CREDS_SECRET, "secret-access-key", "test-secret-access-key")
-    }
-}
-
-#[async_trait]
-impl Credentials for MapCredentials {
-    async fn secret_value(&self, at: CredentialRef<'_>) -> Result<SecretValue, BackendError> {
-        let (name, key) = (at.name, at.key);
-        self.0
-            .get(&(name.to_string(), key.to_string()))
-            .map(|v| SecretValue::from(v.as_str()))
-            .ok_or_else(|| {
-                BackendError::new(
-                    Reason::SecretNotFound,
-                    format!("Secret {name:?} has no key {key:?}"),
-                )
-            })
-    }
-}
-
-fn secret_ref() -> AwsSecretRef {
-    AwsSecretRef {
-        name: CREDS_SECRET.to_string(),
-        namespace: None,
-        access_key_id_key: "access-key-id".to_string(),
-        secret_access_key_key: "secret-access-key".to_string(),
-        session_token_key: None,
-    }
-}
-
-/// A source pointing at `endpoint` with static keys from [`MapCredentials::keys`].
+/// A Secrets Manager source at `endpoint` with static keys from [`MapCredentials::keys`].
 fn source(endpoint: &str) -> AwsSource {
-    AwsSource {
-        service: AwsService::SecretsManager,
-        region: REGION.to_string(),
-        endpoint: Some(endpoint.to_string()),
-        auth: Some(AwsAuth {
-            secret_ref: Some(secret_ref()),
-            role_arn: None,
-        }),
-    }
+    static_keys_source(AwsService::SecretsManager, endpoint)
 }
 
 async fn backend(prefix: &str) -> AwsBackend {
     AwsBackend::connect(
         prefix.to_string(),
         &source(&moto_endpoint()),
-        &MapCredentials::keys("AKIDSECRETSYNCTEST"),
+        &MapCredentials::keys("AKIDSECRETSYNCTEST", SECRET_ACCESS_KEY),
     )
     .await
     .expect("connect")
-}
-
-/// Options that give up quickly, for unreachable endpoints.
-fn fast_fail() -> AwsOptions {
-    AwsOptions {
-        operation_timeout: Duration::from_secs(3),
-        attempt_timeout: Duration::from_secs(1),
-        connect_timeout: Duration::from_millis(500),
-        max_attempts: 2,
-        initial_backoff: Duration::from_millis(10),
-    }
-}
-
-/// An address nothing listens on: a port that was free a moment ago.
-fn closed_port_endpoint() -> String {
-    format!("http://127.0.0.1:{}", free_port().expect("free port"))
-}
-
-fn text(v: &SecretValue) -> &str {
-    v.as_str().expect("utf-8 value")
 }
 
 fn reason<T: std::fmt::Debug>(r: &Result<T, BackendError>) -> Reason {
@@ -153,19 +77,32 @@ async fn reads_string_and_binary_secrets_under_the_prefix() {
     b.validate().await.expect("validate");
 }
 
+/// Both services, through `aws::connect`: a missing key is `SecretNotFound`, and the
+/// message names the remote name.
 #[tokio::test]
-async fn missing_secret_is_secret_not_found() {
-    let prefix = unique_prefix("missing");
-    let b = backend(&prefix).await;
-    let err = b
-        .read(&ReadRequest::latest("does/not/exist"))
-        .await
-        .expect_err("missing");
-    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
-    assert!(
-        err.message.contains(&format!("{prefix}does/not/exist")),
-        "message names the secret: {err}"
-    );
+async fn missing_key_is_secret_not_found_in_both_services() {
+    let creds = MapCredentials::keys("AKIDSECRETSYNCTEST", SECRET_ACCESS_KEY);
+    for (service, prefix) in [
+        (AwsService::SecretsManager, unique_prefix("missing")),
+        (
+            AwsService::ParameterStore,
+            format!("/{}", unique_prefix("missing")),
+        ),
+    ] {
+        let spec = static_keys_source(service, &moto_endpoint());
+        let b = secretsync_backends::aws::connect(prefix.clone(), &spec, &creds)
+            .await
+            .expect("connect");
+        let err = b
+            .read(&ReadRequest::latest("does/not/exist"))
+            .await
+            .expect_err("missing");
+        assert_eq!(err.reason, Reason::SecretNotFound, "{service:?}: {err}");
+        assert!(
+            err.message.contains(&format!("{prefix}does/not/exist")),
+            "{service:?}: message names the remote name: {err}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -349,7 +286,11 @@ async fn static_credentials_come_from_the_credentials_secret() {
     let prefix = unique_prefix("static");
     create_string(&admin, &format!("{prefix}k"), "v").await;
     let access_key_id = unique("AKID").to_uppercase();
-    let creds = MapCredentials::keys(&access_key_id).with(CREDS_SECRET, "session-token", "tok");
+    let creds = MapCredentials::keys(&access_key_id, SECRET_ACCESS_KEY).with(
+        CREDS_SECRET,
+        "session-token",
+        "tok",
+    );
     let mut spec = source(&endpoint);
     if let Some(auth) = spec.auth.as_mut()
         && let Some(r) = auth.secret_ref.as_mut()
@@ -370,10 +311,14 @@ async fn static_credentials_come_from_the_credentials_secret() {
     assert_eq!(reqs[0].header("x-amz-security-token"), Some("tok"));
 
     // A missing credential Secret key is a configuration error of the source.
-    let err = AwsBackend::connect(prefix.clone(), &spec, &MapCredentials::keys("AKID"))
-        .await
-        .err()
-        .expect("missing session token key");
+    let err = AwsBackend::connect(
+        prefix.clone(),
+        &spec,
+        &MapCredentials::keys("AKID", SECRET_ACCESS_KEY),
+    )
+    .await
+    .err()
+    .expect("missing session token key");
     assert_eq!(err.reason, Reason::InvalidConfig, "{err}");
     assert!(err.message.contains("session-token"), "{err}");
 }
@@ -392,9 +337,13 @@ async fn assume_role_reads_through_the_assumed_role() {
         auth.role_arn = Some(role_arn.clone());
     }
 
-    let b = AwsBackend::connect(prefix.clone(), &spec, &MapCredentials::keys(&base_key))
-        .await
-        .expect("connect");
+    let b = AwsBackend::connect(
+        prefix.clone(),
+        &spec,
+        &MapCredentials::keys(&base_key, SECRET_ACCESS_KEY),
+    )
+    .await
+    .expect("connect");
     assert_eq!(
         text(&b.read(&ReadRequest::latest("k")).await.unwrap()),
         "through-role"
@@ -430,26 +379,13 @@ async fn assume_role_reads_through_the_assumed_role() {
 #[tokio::test]
 async fn unreachable_backend_is_backend_unavailable() {
     let endpoint = closed_port_endpoint();
-    let creds = MapCredentials::keys("AKIDSECRETSYNCTEST");
+    let creds = MapCredentials::keys("AKIDSECRETSYNCTEST", SECRET_ACCESS_KEY);
     let started = Instant::now();
     let b = AwsBackend::connect_with("p/".to_string(), &source(&endpoint), &creds, &fast_fail())
         .await
         .expect("connect makes no network call");
 
-    let err = b.read(&ReadRequest::latest("k")).await.expect_err("read");
-    assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
-    assert!(err.message.contains("p/k"), "{err}");
-    assert_eq!(reason(&b.list("").await), Reason::BackendUnavailable);
-    assert_eq!(reason(&b.validate().await), Reason::BackendUnavailable);
-    let batch = b
-        .read_batch(&[ReadRequest::latest("a"), ReadRequest::latest("b")])
-        .await;
-    assert!(
-        batch
-            .iter()
-            .all(|r| r.as_ref().err().map(|e| e.reason) == Some(Reason::BackendUnavailable)),
-        "{batch:?}"
-    );
+    assert_unavailable(&b, "p/").await;
 
     // With a role to assume, the STS call fails first: still transient.
     let mut spec = source(&endpoint);
@@ -472,7 +408,7 @@ async fn unreachable_backend_is_backend_unavailable() {
 
 #[tokio::test]
 async fn invalid_configuration_is_rejected_at_connect() {
-    let creds = MapCredentials::keys("AKIDSECRETSYNCTEST");
+    let creds = MapCredentials::keys("AKIDSECRETSYNCTEST", SECRET_ACCESS_KEY);
     let cases = [
         AwsSource {
             region: "".to_string(),
@@ -613,7 +549,7 @@ async fn canary_value_never_appears_in_errors_or_logs() {
     let down = AwsBackend::connect_with(
         prefix.clone(),
         &source(&closed_port_endpoint()),
-        &MapCredentials::keys("AKIDSECRETSYNCTEST").with(
+        &MapCredentials::keys("AKIDSECRETSYNCTEST", SECRET_ACCESS_KEY).with(
             CREDS_SECRET,
             "secret-access-key",
             &canary,

@@ -8,76 +8,29 @@
 
 mod moto_support;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use aws_sdk_ssm::types::ParameterType;
 use moto_support::{
-    MotoRequestCounter, REGION, iam_action, label_version, moto_endpoint, put_parameter,
-    reset_auth, ssm_admin_client, unique_prefix, xml_field,
+    MapCredentials, MotoRequestCounter, assert_unavailable, closed_port_endpoint, fast_fail,
+    iam_action, label_version, moto_endpoint, reset_auth, ssm_admin_client, static_keys_source,
+    text, unique_prefix, xml_field,
 };
-use secretsync_api::{AwsAuth, AwsSecretRef, AwsService, AwsSource, SecretSourceSpec};
-use secretsync_backends::aws::{AwsOptions, ParameterStoreBackend};
+use secretsync_api::{AwsService, AwsSource, SecretSourceSpec};
+use secretsync_backends::aws::ParameterStoreBackend;
 use secretsync_backends::cache::NoopObserver;
 use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::{
-    Backend, BackendError, BuildContext, CredentialRef, Credentials, ReadOptions, ReadRequest,
-    Reason, SecretValue, SourceCache, build_backend,
+    Backend, BuildContext, ReadOptions, ReadRequest, Reason, SourceCache, build_backend,
 };
-use secretsync_testkit::harness::{MotoServer, free_port};
+use secretsync_testkit::aws::put_parameter;
+use secretsync_testkit::harness::MotoServer;
 use secretsync_testkit::names::unique;
-
-const CREDS_SECRET: &str = "aws-creds";
-
-/// `Credentials` answering from a map of (Secret name, key) → value.
-#[derive(Default, Clone)]
-struct MapCredentials(HashMap<(String, String), String>);
-
-impl MapCredentials {
-    /// Static keys under `aws-creds` / `access-key-id`, `secret-access-key`.
-    fn keys(access_key_id: &str, secret_access_key: &str) -> Self {
-        let mut m = HashMap::new();
-        m.insert(
-            (CREDS_SECRET.to_string(), "access-key-id".to_string()),
-            access_key_id.to_string(),
-        );
-        m.insert(
-            (CREDS_SECRET.to_string(), "secret-access-key".to_string()),
-            secret_access_key.to_string(),
-        );
-        MapCredentials(m)
-    }
-}
-
-#[async_trait]
-impl Credentials for MapCredentials {
-    async fn secret_value(&self, at: CredentialRef<'_>) -> Result<SecretValue, BackendError> {
-        self.0
-            .get(&(at.name.to_string(), at.key.to_string()))
-            .map(|v| SecretValue::from(v.as_str()))
-            .ok_or_else(|| BackendError::not_found(at.key))
-    }
-}
 
 /// A Parameter Store source at `endpoint` with static keys from [`MapCredentials::keys`].
 fn source(endpoint: &str) -> AwsSource {
-    AwsSource {
-        service: AwsService::ParameterStore,
-        region: REGION.to_string(),
-        endpoint: Some(endpoint.to_string()),
-        auth: Some(AwsAuth {
-            secret_ref: Some(AwsSecretRef {
-                name: CREDS_SECRET.to_string(),
-                namespace: None,
-                access_key_id_key: "access-key-id".to_string(),
-                secret_access_key_key: "secret-access-key".to_string(),
-                session_token_key: None,
-            }),
-            role_arn: None,
-        }),
-    }
+    static_keys_source(AwsService::ParameterStore, endpoint)
 }
 
 /// A hierarchy no other test uses, e.g. `/secretsync-test/read-1234-abcd-0/`.
@@ -93,21 +46,6 @@ async fn backend(prefix: &str) -> ParameterStoreBackend {
     )
     .await
     .expect("connect")
-}
-
-/// Options that give up quickly, for unreachable endpoints.
-fn fast_fail() -> AwsOptions {
-    AwsOptions {
-        operation_timeout: Duration::from_secs(3),
-        attempt_timeout: Duration::from_secs(1),
-        connect_timeout: Duration::from_millis(500),
-        max_attempts: 2,
-        initial_backoff: Duration::from_millis(10),
-    }
-}
-
-fn text(v: &SecretValue) -> &str {
-    v.as_str().expect("utf-8 value")
 }
 
 fn at(key: &str, version: &str) -> ReadRequest {
@@ -241,21 +179,6 @@ async fn version_numbers_and_labels_pin_reads() {
         "{pinned:?}"
     );
     assert!(pinned.contains(&vec![format!("{name}:2")]), "{pinned:?}");
-}
-
-#[tokio::test]
-async fn missing_parameter_is_secret_not_found() {
-    let prefix = unique_path("missing");
-    let b = backend(&prefix).await;
-    let err = b
-        .read(&ReadRequest::latest("does/not/exist"))
-        .await
-        .expect_err("missing");
-    assert_eq!(err.reason, Reason::SecretNotFound, "{err}");
-    assert!(
-        err.message.contains(&format!("{prefix}does/not/exist")),
-        "message names the parameter: {err}"
-    );
 }
 
 #[tokio::test]
@@ -432,7 +355,7 @@ async fn cache_coalesces_through_build_backend() {
 
 #[tokio::test]
 async fn unreachable_endpoint_is_backend_unavailable() {
-    let endpoint = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let endpoint = closed_port_endpoint();
     let b = ParameterStoreBackend::connect_with(
         "/p/".to_string(),
         &source(&endpoint),
@@ -441,26 +364,7 @@ async fn unreachable_endpoint_is_backend_unavailable() {
     )
     .await
     .expect("connect makes no network call");
-    let err = b.read(&ReadRequest::latest("k")).await.expect_err("read");
-    assert_eq!(err.reason, Reason::BackendUnavailable, "{err}");
-    assert!(err.message.contains("/p/k"), "{err}");
-    assert_eq!(
-        b.list("").await.unwrap_err().reason,
-        Reason::BackendUnavailable
-    );
-    assert_eq!(
-        b.validate().await.unwrap_err().reason,
-        Reason::BackendUnavailable
-    );
-    let batch = b
-        .read_batch(&[ReadRequest::latest("a"), ReadRequest::latest("b")])
-        .await;
-    assert!(
-        batch
-            .iter()
-            .all(|r| r.as_ref().err().map(|e| e.reason) == Some(Reason::BackendUnavailable)),
-        "{batch:?}"
-    );
+    assert_unavailable(&b, "/p/").await;
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 //! # let _ = client; Ok(()) }
 //! ```
 
+pub mod aws;
 pub mod bao;
 mod cel;
 pub mod chart;

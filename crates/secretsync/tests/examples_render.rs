@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine as _;
+use secretsync_testkit::aws::{emulator_config, put_parameter};
 use serde_json::json;
 
 fn root() -> PathBuf {
@@ -288,20 +289,28 @@ async fn vault_examples_against_openbao() {
 }
 
 /// A Secrets Manager client of moto at `endpoint` in `region`.
-fn aws_client(endpoint: &str, region: &'static str) -> aws_sdk_secretsmanager::Client {
-    let conf = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-        .region(aws_sdk_secretsmanager::config::Region::new(region))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-            "AKIDEXAMPLES",
-            "x",
-            None,
-            None,
-            "examples",
-        ))
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(conf)
+fn aws_client(endpoint: &str, region: &str) -> aws_sdk_secretsmanager::Client {
+    aws_sdk_secretsmanager::Client::new(&emulator_config(endpoint, region, "AKIDEXAMPLES"))
+}
+
+/// Renders AWS example `example` against moto: the example's `region: R` line gains moto's
+/// endpoint, and an `aws-creds` Secret holds the static keys `access_key_id`.
+fn render_with_static_keys(
+    example: &str,
+    region: &str,
+    endpoint: &str,
+    access_key_id: &str,
+) -> serde_json::Value {
+    let dir = patched(
+        example,
+        &format!("region: {region}"),
+        &format!("region: {region}\n    endpoint: {endpoint}"),
+        &secret_manifest(
+            "aws-creds",
+            &format!("{{access-key-id: {access_key_id}, secret-access-key: x}}"),
+        ),
+    );
+    render(&["-f", dir.path().to_str().unwrap()], &[])
 }
 
 #[tokio::test]
@@ -343,16 +352,12 @@ async fn aws_examples_against_moto() {
     for (n, v) in [("shop/db", "db-pw"), ("shop/api", "api-key")] {
         let _ = us.create_secret().name(n).secret_string(v).send().await;
     }
-    let dir = patched(
+    let s = render_with_static_keys(
         "examples/aws-static-keys/aws-static-keys.yaml",
-        "region: us-east-1",
-        &format!("region: us-east-1\n    endpoint: {endpoint}"),
-        &secret_manifest(
-            "aws-creds",
-            "{access-key-id: AKIDSTATIC, secret-access-key: x}",
-        ),
+        "us-east-1",
+        &endpoint,
+        "AKIDSTATIC",
     );
-    let s = render(&["-f", dir.path().to_str().unwrap()], &[]);
     assert_eq!(s["shop-aws"]["shop_db"], "db-pw");
     assert_eq!(s["shop-aws"]["shop_api"], "api-key");
 }
@@ -363,33 +368,8 @@ async fn aws_examples_against_moto() {
 async fn aws_parameter_store_example_against_moto() {
     use aws_sdk_ssm::types::ParameterType;
     let endpoint = required_env("SECRETSYNC_TEST_MOTO_ENDPOINT");
-    let conf = aws_sdk_ssm::Config::builder()
-        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-        .region(aws_sdk_ssm::config::Region::new("eu-west-1"))
-        .endpoint_url(&endpoint)
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-            "AKIDEXAMPLES",
-            "x",
-            None,
-            None,
-            "examples",
-        ))
-        .build();
-    let ssm = aws_sdk_ssm::Client::from_conf(conf);
-    let put = |name: &'static str, kind: ParameterType, value: &'static str| {
-        let ssm = ssm.clone();
-        async move {
-            ssm.put_parameter()
-                .name(name)
-                .r#type(kind)
-                .value(value)
-                .overwrite(true)
-                .send()
-                .await
-                .unwrap()
-                .version
-        }
-    };
+    let ssm = aws_sdk_ssm::Client::new(&emulator_config(&endpoint, "eu-west-1", "AKIDEXAMPLES"));
+    let put = |name, kind, value| put_parameter(&ssm, name, kind, value);
     let old = put("/shop/db/password", ParameterType::SecureString, "old-pw").await;
     put("/shop/db/password", ParameterType::SecureString, "new-pw").await;
     // Moves the label if a previous run of this test set it.
@@ -409,16 +389,12 @@ async fn aws_parameter_store_example_against_moto() {
     put("/shop/feature/checkout", ParameterType::String, "on").await;
     put("/shop/feature/regions", ParameterType::StringList, "eu,us").await;
 
-    let dir = patched(
+    let s = render_with_static_keys(
         "examples/aws-parameter-store/aws-parameter-store.yaml",
-        "region: eu-west-1",
-        &format!("region: eu-west-1\n    endpoint: {endpoint}"),
-        &secret_manifest(
-            "aws-creds",
-            "{access-key-id: AKIDSSM, secret-access-key: x}",
-        ),
+        "eu-west-1",
+        &endpoint,
+        "AKIDSSM",
     );
-    let s = render(&["-f", dir.path().to_str().unwrap()], &[]);
     assert_eq!(s["shop-db"]["password"], "new-pw");
     assert_eq!(s["shop-db"]["previous-password"], "old-pw");
     assert_eq!(s["shop-db"]["username"], "shop-user");

@@ -8,13 +8,40 @@ use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::config::{
     Credentials as AwsCredentials, Region, SharedCredentialsProvider,
 };
-use secretsync_api::{AwsSecretRef, AwsSource};
+use secretsync_api::{AwsSecretRef, AwsService, AwsSource};
 
 use super::AwsOptions;
 use crate::{BackendError, CredentialRef, Credentials, Reason};
 
 /// `RoleSessionName` of AssumeRole calls; shows up in CloudTrail as the caller.
 const STS_SESSION_NAME: &str = "secretsync";
+
+/// The SDK client of one AWS service, which [`AwsServiceBackend`](super::AwsServiceBackend)
+/// is built around. Implemented for the Secrets Manager and the SSM client only.
+pub trait ServiceClient {
+    /// The `spec.aws.service` the client serves.
+    const SERVICE: AwsService;
+    /// What errors call the backend.
+    const BACKEND: &'static str;
+    /// The client on a loaded configuration.
+    fn from_config(config: &SdkConfig) -> Self;
+}
+
+impl ServiceClient for aws_sdk_secretsmanager::Client {
+    const SERVICE: AwsService = AwsService::SecretsManager;
+    const BACKEND: &'static str = "Secrets Manager";
+    fn from_config(config: &SdkConfig) -> Self {
+        Self::new(config)
+    }
+}
+
+impl ServiceClient for aws_sdk_ssm::Client {
+    const SERVICE: AwsService = AwsService::ParameterStore;
+    const BACKEND: &'static str = "Parameter Store";
+    fn from_config(config: &SdkConfig) -> Self {
+        Self::new(config)
+    }
+}
 
 /// The SDK configuration `spec` describes, for the client of `spec.service`. Makes no
 /// network call: credentials are resolved (and roles assumed) lazily on the first request,

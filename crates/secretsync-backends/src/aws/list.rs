@@ -1,10 +1,13 @@
-//! Listing for `find`: paged `ListSecrets` with the literal prefix as the server-side name
-//! filter, and the same prefix checked again on every returned name.
+//! Listing for `find`: `ListSecrets` with the literal prefix as the server-side name
+//! filter, and the same prefix checked again on every returned name. `validate` lists one
+//! secret.
 
+use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
 
+use super::AwsBackend;
 use super::error::map_sdk_error;
-use super::{AwsBackend, MAX_PAGES};
+use super::paging::{Listing, Page, collect_keys};
 use crate::BackendError;
 
 /// Page size of `ListSecrets` (the API maximum).
@@ -12,26 +15,16 @@ const LIST_PAGE_SIZE: i32 = 100;
 /// The `name` filter of `ListSecrets` accepts at most this many characters.
 const MAX_FILTER_LEN: usize = 512;
 
-impl AwsBackend {
-    /// Keys (relative to the prefix) starting with `under`, sorted.
-    pub(super) async fn list_keys(&self, under: &str) -> Result<Vec<String>, BackendError> {
+impl Listing for AwsBackend {
+    async fn list_keys(&self, under: &str) -> Result<Vec<String>, BackendError> {
         let wanted = format!("{}{}", self.prefix, under);
         let filter = list_filter_value(&wanted);
-        tracing::debug!(
-            backend = "aws",
-            operation = "ListSecrets",
-            key = under,
-            "listing secrets"
-        );
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        let mut pages = 0;
-        loop {
+        let page = |token: Option<String>| {
             let mut call = self
                 .client
                 .list_secrets()
                 .max_results(LIST_PAGE_SIZE)
-                .set_next_token(token.take());
+                .set_next_token(token);
             if !filter.is_empty() {
                 call = call.filters(
                     Filter::builder()
@@ -40,43 +33,47 @@ impl AwsBackend {
                         .build(),
                 );
             }
-            let out = call.send().await.map_err(|e| {
-                let err =
-                    map_sdk_error(&e, "ListSecrets", &format!("AWS secrets under {wanted:?}"));
+            async move {
+                let out = call.send().await?;
+                Ok(Page {
+                    names: out
+                        .secret_list
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|s| s.name)
+                        .collect(),
+                    next_token: out.next_token,
+                })
+            }
+        };
+        // The name filter is documented as a case-sensitive prefix match, but it only
+        // narrows (the value may have been cut, emulators differ): keep only names that
+        // really start with the literal prefix.
+        let key_of = |name: &str| {
+            name.strip_prefix(self.prefix.as_str())
+                .filter(|_| name.starts_with(&wanted))
+                .map(str::to_string)
+        };
+        let what = format!("AWS secrets under {wanted:?}");
+        collect_keys("ListSecrets", under, &what, page, key_of).await
+    }
+
+    async fn validate(&self) -> Result<(), BackendError> {
+        tracing::debug!(backend = "aws", operation = "ListSecrets", "validating");
+        match self.client.list_secrets().max_results(1).send().await {
+            Ok(_) => Ok(()),
+            // The request was authenticated; the policy just lacks ListSecrets, which only
+            // `find` needs. Reads may well be allowed.
+            Err(e) if e.code() == Some("AccessDeniedException") => {
                 tracing::debug!(
                     backend = "aws",
                     operation = "ListSecrets",
-                    key = under,
-                    reason = %err.reason,
-                    "list failed"
+                    "credentials accepted but ListSecrets is not allowed; find will fail"
                 );
-                err
-            })?;
-            // The name filter is documented as a case-sensitive prefix match, but it only
-            // narrows (the value may have been cut, emulators differ): keep only names that
-            // really start with the literal prefix.
-            keys.extend(
-                out.secret_list
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|s| s.name)
-                    .filter(|n| n.starts_with(&wanted))
-                    .filter_map(|n| n.strip_prefix(self.prefix.as_str()).map(str::to_string)),
-            );
-            token = out.next_token.filter(|t| !t.is_empty());
-            pages += 1;
-            if token.is_none() {
-                break;
+                Ok(())
             }
-            if pages >= MAX_PAGES {
-                return Err(BackendError::unavailable(format!(
-                    "ListSecrets of AWS secrets under {wanted:?} did not finish after {MAX_PAGES} pages"
-                )));
-            }
+            Err(e) => Err(map_sdk_error(&e, "ListSecrets", "AWS Secrets Manager")),
         }
-        keys.sort();
-        keys.dedup();
-        Ok(keys)
     }
 }
 

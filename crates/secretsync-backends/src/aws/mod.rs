@@ -3,7 +3,7 @@
 //!
 //! Secrets Manager: remote key `K` with prefix `P` is the secret named `P + K`. The SDK
 //! client (and with it the HTTP connection pool and the credential cache) is built once in
-//! [`AwsBackend::connect`] and shared by every read of the source generation.
+//! [`AwsServiceBackend::connect`] and shared by every read of the source generation.
 //!
 //! Credentials: `auth.secretRef` gives static keys read through [`Credentials`]; without it
 //! aws-config's default chain is used (environment, web identity / IRSA, container / pod
@@ -11,15 +11,18 @@
 //! `credentials-process` features, so profiles that rely on those cannot be used.
 //! `auth.roleArn` assumes that role (session name `secretsync`) on top of either.
 //!
-//! Both services share the credential handling above and the error mapping.
+//! Both services share the credential handling above, the error mapping, the batching of
+//! reads and the paging of listings.
 //!
-//! Layout: `client` (SDK configuration and credentials, shared), `error` (error mapping,
-//! shared), `read` (single and batched reads), `list` (listing for `find`), `ssm` (the
-//! Parameter Store backend).
+//! Layout, shared: `client` (SDK configuration and credentials), `error` (error mapping),
+//! `batch` (batched reads with single-read fallback), `paging` (listing for `find`).
+//! Secrets Manager: `read`, `list`. `ssm`: the Parameter Store backend.
 
+mod batch;
 mod client;
 mod error;
 mod list;
+mod paging;
 mod read;
 mod ssm;
 
@@ -29,12 +32,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 use secretsync_api::{AwsService, AwsSource, BackendKind};
 
 pub use self::ssm::ParameterStoreBackend;
 
-use self::error::map_sdk_error;
+use self::batch::BatchRead;
+use self::client::ServiceClient;
+use self::paging::Listing;
 use crate::{Backend, BackendError, Credentials, ReadRequest, SecretValue};
 
 /// Guards against a server that keeps handing out next-page tokens.
@@ -84,16 +88,21 @@ pub async fn connect(
     })
 }
 
-/// AWS Secrets Manager backend.
-pub struct AwsBackend {
-    client: Client,
+/// A backend of one AWS service, [`AwsBackend`] or [`ParameterStoreBackend`]. The SDK
+/// client is built once in [`connect`](Self::connect) and shared by every read of the
+/// source generation.
+pub struct AwsServiceBackend<C> {
+    client: C,
     prefix: String,
-    /// Set once `BatchGetSecretValue` was refused for lack of permission (policies often
-    /// grant only `GetSecretValue`): later batches go straight to `GetSecretValue`.
+    /// Set once the batch read was refused for lack of permission (policies often grant
+    /// only the single read): later batches go straight to single reads.
     batch_denied: AtomicBool,
 }
 
-impl AwsBackend {
+/// AWS Secrets Manager backend.
+pub type AwsBackend = AwsServiceBackend<Client>;
+
+impl<C: ServiceClient> AwsServiceBackend<C> {
     /// Builds the client with default timeouts. Makes no network call: credentials are
     /// resolved (and roles assumed) lazily on the first request, and cached by the SDK.
     pub async fn connect(
@@ -111,22 +120,33 @@ impl AwsBackend {
         credentials: &dyn Credentials,
         options: &AwsOptions,
     ) -> Result<Self, BackendError> {
-        if spec.service != AwsService::SecretsManager {
+        if spec.service != C::SERVICE {
             return Err(BackendError::invalid_config(format!(
-                "spec.aws.service is {:?}; the Secrets Manager backend cannot read it",
-                spec.service
+                "spec.aws.service is {:?}; the {} backend cannot read it",
+                spec.service,
+                C::BACKEND
             )));
         }
-        Ok(AwsBackend {
-            client: Client::new(&client::load_config(spec, credentials, options).await?),
+        Ok(AwsServiceBackend {
+            client: C::from_config(&client::load_config(spec, credentials, options).await?),
             prefix,
             batch_denied: AtomicBool::new(false),
         })
     }
 }
 
+impl<C> AwsServiceBackend<C> {
+    /// The remote name of `key`.
+    fn name(&self, key: &str) -> String {
+        format!("{}{}", self.prefix, key)
+    }
+}
+
 #[async_trait]
-impl Backend for AwsBackend {
+impl<C: Send + Sync + 'static> Backend for AwsServiceBackend<C>
+where
+    Self: BatchRead + Listing,
+{
     fn kind(&self) -> BackendKind {
         BackendKind::Aws
     }
@@ -144,20 +164,6 @@ impl Backend for AwsBackend {
     }
 
     async fn validate(&self) -> Result<(), BackendError> {
-        tracing::debug!(backend = "aws", operation = "ListSecrets", "validating");
-        match self.client.list_secrets().max_results(1).send().await {
-            Ok(_) => Ok(()),
-            // The request was authenticated; the policy just lacks ListSecrets, which only
-            // `find` needs. Reads may well be allowed.
-            Err(e) if e.code() == Some("AccessDeniedException") => {
-                tracing::debug!(
-                    backend = "aws",
-                    operation = "ListSecrets",
-                    "credentials accepted but ListSecrets is not allowed; find will fail"
-                );
-                Ok(())
-            }
-            Err(e) => Err(map_sdk_error(&e, "ListSecrets", "AWS Secrets Manager")),
-        }
+        Listing::validate(self).await
     }
 }

@@ -5,6 +5,8 @@
 //!   never pass silently without a server.
 //! - [`unique_prefix`]: a fresh secret-name prefix per test, so tests share one server.
 //! - [`admin_client`]: an SDK client with dummy static credentials to create test data.
+//! - [`MapCredentials`], [`static_keys_source`], [`fast_fail`]: backends under test with
+//!   static keys from a credential Secret.
 //! - [`MotoRequestCounter`]: counts the Secrets Manager requests moto received for a set of
 //!   secret names (via moto's request recorder), e.g. to prove reads were coalesced;
 //!   [`MotoRequestCounter::count_ssm`] does the same for Parameter Store requests.
@@ -13,9 +15,19 @@
 //!   own (never the shared one) and create users and policies while they are still off.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use base64::Engine as _;
+use secretsync_api::{AwsAuth, AwsSecretRef, AwsService, AwsSource};
+use secretsync_backends::aws::AwsOptions;
+use secretsync_backends::{
+    Backend, BackendError, CredentialRef, Credentials, ReadRequest, Reason, SecretValue,
+};
+use secretsync_testkit::aws::emulator_config;
+use secretsync_testkit::harness::free_port;
 use secretsync_testkit::names::{required_env, unique};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,6 +36,8 @@ use tokio::net::TcpStream;
 pub const MOTO_ENDPOINT_VAR: &str = "SECRETSYNC_TEST_MOTO_ENDPOINT";
 /// Region every test uses.
 pub const REGION: &str = "us-east-1";
+/// The credential Secret of [`MapCredentials::keys`].
+pub const CREDS_SECRET: &str = "aws-creds";
 /// Dummy keys of [`admin_client`] (moto accepts any credentials).
 pub const ADMIN_ACCESS_KEY_ID: &str = "AKIDSECRETSYNCADMIN";
 
@@ -41,55 +55,112 @@ pub fn unique_prefix(test: &str) -> String {
 
 /// A client for creating test data (static dummy credentials, [`REGION`]).
 pub fn admin_client(endpoint: &str) -> Client {
-    let conf = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            ADMIN_ACCESS_KEY_ID,
-            "admin-secret-key",
-            None,
-            None,
-            "secretsync-tests",
-        ))
-        .build();
-    Client::from_conf(conf)
+    Client::new(&emulator_config(endpoint, REGION, ADMIN_ACCESS_KEY_ID))
 }
 
 /// A Parameter Store client for creating test data (same dummy credentials).
 pub fn ssm_admin_client(endpoint: &str) -> aws_sdk_ssm::Client {
-    let conf = aws_sdk_ssm::Config::builder()
-        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-        .region(aws_sdk_ssm::config::Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-            ADMIN_ACCESS_KEY_ID,
-            "admin-secret-key",
-            None,
-            None,
-            "secretsync-tests",
-        ))
-        .build();
-    aws_sdk_ssm::Client::from_conf(conf)
+    aws_sdk_ssm::Client::new(&emulator_config(endpoint, REGION, ADMIN_ACCESS_KEY_ID))
 }
 
-/// Creates or overwrites a parameter and returns its new version.
-pub async fn put_parameter(
-    client: &aws_sdk_ssm::Client,
-    name: &str,
-    kind: aws_sdk_ssm::types::ParameterType,
-    value: &str,
-) -> i64 {
-    client
-        .put_parameter()
-        .name(name)
-        .r#type(kind)
-        .value(value)
-        .overwrite(true)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("PutParameter {name}: {e:?}"))
-        .version
+/// `Credentials` answering from a map of (Secret name, key) → value.
+#[derive(Default, Clone)]
+pub struct MapCredentials(HashMap<(String, String), String>);
+
+impl MapCredentials {
+    pub fn with(mut self, name: &str, key: &str, value: &str) -> Self {
+        self.0
+            .insert((name.to_string(), key.to_string()), value.to_string());
+        self
+    }
+
+    /// Static keys under [`CREDS_SECRET`] / `access-key-id`, `secret-access-key`.
+    pub fn keys(access_key_id: &str, secret_access_key: &str) -> Self {
+        MapCredentials::default()
+            .with(CREDS_SECRET, "access-key-id", access_key_id)
+            .with(CREDS_SECRET, "secret-access-key", secret_access_key)
+    }
+}
+
+#[async_trait]
+impl Credentials for MapCredentials {
+    async fn secret_value(&self, at: CredentialRef<'_>) -> Result<SecretValue, BackendError> {
+        let (name, key) = (at.name, at.key);
+        self.0
+            .get(&(name.to_string(), key.to_string()))
+            .map(|v| SecretValue::from(v.as_str()))
+            .ok_or_else(|| {
+                BackendError::new(
+                    Reason::SecretNotFound,
+                    format!("Secret {name:?} has no key {key:?}"),
+                )
+            })
+    }
+}
+
+/// The reference to the static keys of [`MapCredentials::keys`].
+pub fn secret_ref() -> AwsSecretRef {
+    AwsSecretRef {
+        name: CREDS_SECRET.to_string(),
+        namespace: None,
+        access_key_id_key: "access-key-id".to_string(),
+        secret_access_key_key: "secret-access-key".to_string(),
+        session_token_key: None,
+    }
+}
+
+/// A source of `service` at `endpoint` with static keys from [`MapCredentials::keys`].
+pub fn static_keys_source(service: AwsService, endpoint: &str) -> AwsSource {
+    AwsSource {
+        service,
+        region: REGION.to_string(),
+        endpoint: Some(endpoint.to_string()),
+        auth: Some(AwsAuth {
+            secret_ref: Some(secret_ref()),
+            role_arn: None,
+        }),
+    }
+}
+
+/// Options that give up quickly, for unreachable endpoints.
+pub fn fast_fail() -> AwsOptions {
+    AwsOptions {
+        operation_timeout: Duration::from_secs(3),
+        attempt_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_millis(500),
+        max_attempts: 2,
+        initial_backoff: Duration::from_millis(10),
+    }
+}
+
+/// An address nothing listens on: a port that was free a moment ago.
+pub fn closed_port_endpoint() -> String {
+    format!("http://127.0.0.1:{}", free_port().expect("free port"))
+}
+
+/// Every call of `b` (a backend under `prefix` whose server cannot be reached) fails as
+/// `BackendUnavailable`; a read names the remote name.
+pub async fn assert_unavailable(b: &dyn Backend, prefix: &str) {
+    let unavailable =
+        |r: Option<&BackendError>| r.map(|e| e.reason) == Some(Reason::BackendUnavailable);
+    let err = b.read(&ReadRequest::latest("k")).await.expect_err("read");
+    assert!(unavailable(Some(&err)), "{err}");
+    assert!(err.message.contains(&format!("{prefix}k")), "{err}");
+    let list = b.list("").await;
+    assert!(unavailable(list.as_ref().err()), "{list:?}");
+    let validate = b.validate().await;
+    assert!(unavailable(validate.as_ref().err()), "{validate:?}");
+    let batch = b
+        .read_batch(&[ReadRequest::latest("a"), ReadRequest::latest("b")])
+        .await;
+    assert!(
+        batch.iter().all(|r| unavailable(r.as_ref().err())),
+        "{batch:?}"
+    );
+}
+
+pub fn text(v: &SecretValue) -> &str {
+    v.as_str().expect("utf-8 value")
 }
 
 /// Attaches `label` to `version` of a parameter.
@@ -158,40 +229,33 @@ fn percent_encode(s: &str) -> String {
 
 /// Creates a string secret and returns its version id.
 pub async fn create_string(client: &Client, name: &str, value: &str) -> String {
-    let out = client
-        .create_secret()
-        .name(name)
-        .secret_string(value)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("CreateSecret {name}: {e:?}"));
-    out.version_id.expect("CreateSecret returns a version id")
+    created(client.create_secret().name(name).secret_string(value), name).await
 }
 
 /// Creates a binary secret and returns its version id.
 pub async fn create_binary(client: &Client, name: &str, value: &[u8]) -> String {
-    let out = client
-        .create_secret()
-        .name(name)
-        .secret_binary(aws_sdk_secretsmanager::primitives::Blob::new(
-            value.to_vec(),
-        ))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("CreateSecret {name}: {e:?}"));
+    let blob = aws_sdk_secretsmanager::primitives::Blob::new(value.to_vec());
+    created(client.create_secret().name(name).secret_binary(blob), name).await
+}
+
+async fn created(
+    call: aws_sdk_secretsmanager::operation::create_secret::builders::CreateSecretFluentBuilder,
+    name: &str,
+) -> String {
+    let out = call.send().await;
+    let out = out.unwrap_or_else(|e| panic!("CreateSecret {name}: {e:?}"));
     out.version_id.expect("CreateSecret returns a version id")
 }
 
 /// Stores a new current string value (the old one becomes `AWSPREVIOUS`); returns its
 /// version id.
 pub async fn put_string(client: &Client, name: &str, value: &str) -> String {
-    let out = client
+    let call = client
         .put_secret_value()
         .secret_id(name)
-        .secret_string(value)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("PutSecretValue {name}: {e:?}"));
+        .secret_string(value);
+    let out = call.send().await;
+    let out = out.unwrap_or_else(|e| panic!("PutSecretValue {name}: {e:?}"));
     out.version_id.expect("PutSecretValue returns a version id")
 }
 

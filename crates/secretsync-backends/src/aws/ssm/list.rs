@@ -1,78 +1,86 @@
-//! Listing for `find`: paged, recursive `GetParametersByPath` on the deepest hierarchy
+//! Listing for `find`: recursive `GetParametersByPath` on the deepest hierarchy
 //! level the literal prefix names, and the prefix checked again on every returned name.
+//! `validate` describes one parameter.
+
+use aws_sdk_ssm::error::ProvideErrorMetadata;
 
 use super::{ParameterStoreBackend, SERVICE};
 use crate::BackendError;
-use crate::aws::MAX_PAGES;
 use crate::aws::error::map_sdk_error;
+use crate::aws::paging::{Listing, Page, collect_keys};
 
 /// Page size of `GetParametersByPath` (the API maximum).
 const LIST_PAGE_SIZE: i32 = 10;
 
-impl ParameterStoreBackend {
-    /// Keys (relative to the prefix) starting with `under`, sorted.
-    pub(super) async fn list_keys(&self, under: &str) -> Result<Vec<String>, BackendError> {
+impl Listing for ParameterStoreBackend {
+    async fn list_keys(&self, under: &str) -> Result<Vec<String>, BackendError> {
         let wanted = format!("{}{}", self.prefix, under);
         let path = search_path(&wanted);
-        tracing::debug!(
-            backend = "aws",
-            operation = "GetParametersByPath",
-            key = under,
-            "listing parameters"
-        );
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        let mut pages = 0;
-        loop {
+        let page = |token: Option<String>| {
             // Without decryption: only names are used, so listing needs no KMS access and
             // SecureString plaintexts never reach this process.
-            let out = self
+            let call = self
                 .client
                 .get_parameters_by_path()
                 .path(&path)
                 .recursive(true)
                 .with_decryption(false)
                 .max_results(LIST_PAGE_SIZE)
-                .set_next_token(token.take())
-                .send()
-                .await
-                .map_err(|e| {
-                    let err = map_sdk_error(
-                        &e,
-                        "GetParametersByPath",
-                        &format!("SSM parameters under {wanted:?}"),
-                    );
-                    tracing::debug!(
-                        backend = "aws",
-                        operation = "GetParametersByPath",
-                        key = under,
-                        reason = %err.reason,
-                        "list failed"
-                    );
-                    err
-                })?;
-            keys.extend(
-                out.parameters
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|p| p.name)
-                    .filter_map(|n| key_of(&n, &wanted, &self.prefix)),
-            );
-            token = out.next_token.filter(|t| !t.is_empty());
-            pages += 1;
-            if token.is_none() {
-                break;
+                .set_next_token(token);
+            async move {
+                let out = call.send().await?;
+                Ok(Page {
+                    names: out
+                        .parameters
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|p| p.name)
+                        .collect(),
+                    next_token: out.next_token,
+                })
             }
-            if pages >= MAX_PAGES {
-                return Err(BackendError::unavailable(format!(
-                    "GetParametersByPath of {SERVICE} under {wanted:?} did not finish after {MAX_PAGES} pages"
-                )));
-            }
-        }
-        keys.sort();
-        keys.dedup();
-        Ok(keys)
+        };
+        let what = format!("SSM parameters under {wanted:?}");
+        let key = |name: &str| key_of(name, &wanted, &self.prefix);
+        collect_keys("GetParametersByPath", under, &what, page, key).await
     }
+
+    async fn validate(&self) -> Result<(), BackendError> {
+        // DescribeParameters returns metadata only, never a value: the cheapest signed call.
+        tracing::debug!(
+            backend = "aws",
+            operation = "DescribeParameters",
+            "validating"
+        );
+        match self
+            .client
+            .describe_parameters()
+            .max_results(1)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // The request was authenticated; the policy just lacks DescribeParameters,
+            // which no read or `find` needs.
+            Err(e) if refusal_proves_credentials(e.code()) => {
+                tracing::debug!(
+                    backend = "aws",
+                    operation = "DescribeParameters",
+                    "credentials accepted but DescribeParameters is not allowed"
+                );
+                Ok(())
+            }
+            Err(e) => Err(map_sdk_error(&e, "DescribeParameters", SERVICE)),
+        }
+    }
+}
+
+/// Whether a refused `DescribeParameters` still proves the credentials: a policy denial
+/// (as opposed to unknown keys or a bad signature, which have their own codes) comes only
+/// after the request was authenticated. An answer whose code could not be read proves
+/// nothing.
+fn refusal_proves_credentials(code: Option<&str>) -> bool {
+    matches!(code, Some("AccessDeniedException" | "AccessDenied"))
 }
 
 /// The hierarchy `GetParametersByPath` searches for names starting with `wanted`: its part
@@ -133,5 +141,19 @@ mod tests {
         assert_eq!(key_of("db", "", "").as_deref(), Some("db"));
         assert_eq!(key_of("db", "/d", "/").as_deref(), Some("db"));
         assert_eq!(key_of("/shop/", "/shop/", "/shop/"), None);
+    }
+
+    #[test]
+    fn only_a_policy_denial_passes_validation() {
+        assert!(refusal_proves_credentials(Some("AccessDeniedException")));
+        assert!(refusal_proves_credentials(Some("AccessDenied")));
+        for code in [
+            Some("UnrecognizedClientException"),
+            Some("InvalidSignatureException"),
+            Some("ExpiredTokenException"),
+            None,
+        ] {
+            assert!(!refusal_proves_credentials(code), "{code:?}");
+        }
     }
 }

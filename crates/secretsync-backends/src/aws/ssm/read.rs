@@ -1,28 +1,23 @@
-//! Reads: `GetParameter` for one key (optionally at a version or label), and batched
-//! `GetParameters` (10 names a call) for many unversioned keys, falling back to single
-//! reads where the batch cannot answer.
+//! Reads: `GetParameter` for one key (optionally at a version or label), and
+//! `GetParameters` (10 names a call) as the batch call of the shared batching
+//! (`crate::aws::batch`).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 
 use aws_sdk_ssm::config::http::HttpResponse;
 use aws_sdk_ssm::error::SdkError;
 use aws_sdk_ssm::operation::get_parameters::{GetParametersError, GetParametersOutput};
 use aws_sdk_ssm::types::Parameter;
-use futures::StreamExt;
 
 use super::ParameterStoreBackend;
+use crate::aws::batch::{BatchFailure, BatchRead, Denial, ReadResult, read_failed};
 use crate::aws::error::map_sdk_error;
 use crate::{BackendError, ReadRequest, Reason, SecretValue};
 
 /// `GetParameters` accepts at most this many names per call.
 const BATCH_LIMIT: usize = 10;
-/// How many batch calls of one `read_batch` run at once.
-const BATCH_CONCURRENCY: usize = 4;
 /// Longest parameter label SSM accepts.
 const MAX_LABEL_LEN: usize = 100;
-
-type ReadResult = Result<SecretValue, BackendError>;
 
 /// A `version` pin: a version number or a label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,13 +92,15 @@ fn no_value(name: &str) -> BackendError {
     )
 }
 
-impl ParameterStoreBackend {
-    fn name(&self, key: &str) -> String {
-        format!("{}{}", self.prefix, key)
-    }
+impl BatchRead for ParameterStoreBackend {
+    const BATCH_OPERATION: &'static str = "GetParameters";
+    // Pinned reads are not batched: GetParameters does accept selectors, but an answer is
+    // matched to its request by name, and two pins of one name would collide.
+    const BATCH_LIMIT: usize = BATCH_LIMIT;
+    const SHORT_NAME: &'static str = "SSM";
 
     /// One `GetParameter` with decryption.
-    pub(super) async fn read_one(&self, req: &ReadRequest) -> ReadResult {
+    async fn read_one(&self, req: &ReadRequest) -> ReadResult {
         let name = self.name(&req.key);
         let pin = parse_pin(req.version.as_deref())
             .map_err(|e| e.context(format!("SSM parameter {name:?}")))?;
@@ -127,97 +124,31 @@ impl ParameterStoreBackend {
                 Some(p) => parameter_value(p, &name),
                 None => Err(no_value(&name)),
             },
+            Err(e) => Err(read_failed(&e, "GetParameter", &what, req)),
+        }
+    }
+
+    async fn batch_call(&self, names: &[String]) -> Result<Vec<Option<ReadResult>>, BatchFailure> {
+        match self.get_parameters(names).await {
+            Ok(out) => Ok(batch_results(names, out)),
             Err(e) => {
-                let err = map_sdk_error(&e, "GetParameter", &what);
-                tracing::debug!(
-                    backend = "aws",
-                    operation = "GetParameter",
-                    key = %req.key,
-                    reason = %err.reason,
-                    "read failed"
-                );
-                Err(err)
+                let what = format!("{} SSM parameters", names.len());
+                let error = map_sdk_error(&e, "GetParameters", &what);
+                // SSM refuses the whole call when the policy lacks ssm:GetParameters or
+                // denies one of the names: single reads tell the two apart, key by key.
+                // (Rejected credentials fail the single reads too, and leave batching on.)
+                let denial = if error.reason == Reason::AccessDenied {
+                    Denial::Unclear
+                } else {
+                    Denial::None
+                };
+                Err(BatchFailure { error, denial })
             }
         }
     }
+}
 
-    /// Many reads; one result per request, in order.
-    pub(super) async fn read_many(&self, reqs: &[ReadRequest]) -> Vec<ReadResult> {
-        // Unversioned keys, deduplicated in first-seen order, go through GetParameters.
-        // Pinned reads go one by one: GetParameters does accept selectors, but an answer
-        // is matched to its request by name, and two pins of one name would collide.
-        let mut slot_of: HashMap<&str, usize> = HashMap::new();
-        let mut unique: Vec<&str> = Vec::new();
-        let mut versioned: Vec<usize> = Vec::new();
-        for (i, r) in reqs.iter().enumerate() {
-            if r.version.as_deref().is_some_and(|v| !v.trim().is_empty()) {
-                versioned.push(i);
-            } else if !slot_of.contains_key(r.key.as_str()) {
-                slot_of.insert(r.key.as_str(), unique.len());
-                unique.push(r.key.as_str());
-            }
-        }
-
-        let direct = futures::future::join_all(versioned.iter().map(|&i| self.read_one(&reqs[i])));
-        // Owned chunks keep the stream's closure free of borrowed arguments, which the
-        // `Send` bound of the async trait method cannot express.
-        let chunks: Vec<Vec<String>> = unique
-            .chunks(BATCH_LIMIT)
-            .map(|c| c.iter().map(|k| k.to_string()).collect())
-            .collect();
-        let batched = futures::stream::iter(chunks)
-            .map(|chunk| async move { self.read_chunk(&chunk).await })
-            .buffered(BATCH_CONCURRENCY)
-            .collect::<Vec<_>>();
-        let (direct, batched) = futures::join!(direct, batched);
-        let batched: Vec<ReadResult> = batched.into_iter().flatten().collect();
-
-        let mut direct: HashMap<usize, ReadResult> = versioned.into_iter().zip(direct).collect();
-        reqs.iter()
-            .enumerate()
-            .map(|(i, r)| match direct.remove(&i) {
-                Some(res) => res,
-                None => slot_of
-                    .get(r.key.as_str())
-                    .and_then(|&s| batched.get(s).cloned())
-                    .unwrap_or_else(|| Err(BackendError::unavailable("SSM read lost"))),
-            })
-            .collect()
-    }
-
-    /// Reads up to [`BATCH_LIMIT`] distinct unversioned keys; one result per key, in order.
-    async fn read_chunk(&self, keys: &[String]) -> Vec<ReadResult> {
-        if keys.len() < 2 || self.batch_denied.load(Ordering::Relaxed) {
-            return self.read_each(keys).await;
-        }
-        let names: Vec<String> = keys.iter().map(|k| self.name(k)).collect();
-        tracing::debug!(
-            backend = "aws",
-            operation = "GetParameters",
-            keys = keys.len(),
-            "reading parameters"
-        );
-        let out = match self.get_parameters(&names).await {
-            Ok(out) => out,
-            Err(e) => return self.after_failed_batch(keys, &names, &e).await,
-        };
-
-        let mut results = batch_results(&names, out);
-        // Whatever the answer left out (e.g. an ARN as the key, so the returned name
-        // differs) is read on its own.
-        let missing: Vec<usize> = (0..keys.len()).filter(|&i| results[i].is_none()).collect();
-        if !missing.is_empty() {
-            let missing_keys: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
-            for (i, r) in missing.into_iter().zip(self.read_each(&missing_keys).await) {
-                results[i] = Some(r);
-            }
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(BackendError::unavailable("SSM read lost"))))
-            .collect()
-    }
-
+impl ParameterStoreBackend {
     async fn get_parameters(
         &self,
         names: &[String],
@@ -228,49 +159,6 @@ impl ParameterStoreBackend {
             .with_decryption(true)
             .send()
             .await
-    }
-
-    /// The results of a chunk whose `GetParameters` call failed as a whole.
-    async fn after_failed_batch(
-        &self,
-        keys: &[String],
-        names: &[String],
-        e: &SdkError<GetParametersError, HttpResponse>,
-    ) -> Vec<ReadResult> {
-        let err = map_sdk_error(
-            e,
-            "GetParameters",
-            &format!("{} SSM parameters", names.len()),
-        );
-        tracing::debug!(
-            backend = "aws",
-            operation = "GetParameters",
-            reason = %err.reason,
-            "batch read failed"
-        );
-        if err.reason == Reason::AccessDenied {
-            // SSM refuses the whole call when the policy lacks ssm:GetParameters or denies
-            // one of the names: single reads tell the two apart, key by key. (Rejected
-            // credentials fail the single reads too, and leave batching on.)
-            let each = self.read_each(keys).await;
-            if each.iter().all(Result::is_ok) {
-                self.batch_denied.store(true, Ordering::Relaxed);
-            }
-            return each;
-        }
-        match err.reason {
-            // One invalid name must not fail its neighbours.
-            Reason::InvalidConfig | Reason::SecretNotFound => self.read_each(keys).await,
-            _ => keys.iter().map(|_| Err(err.clone())).collect(),
-        }
-    }
-
-    async fn read_each(&self, keys: &[String]) -> Vec<ReadResult> {
-        futures::future::join_all(
-            keys.iter()
-                .map(|k| async move { self.read_one(&ReadRequest::latest(k.as_str())).await }),
-        )
-        .await
     }
 }
 
