@@ -268,3 +268,20 @@ pub async fn wait_reason_in(
         ),
     }
 }
+
+/// Waits up to `within` until the audit log holds at least `at_least` more requests for
+/// `paths` than `before`; returns how many more it holds then (the log is written
+/// asynchronously to answering).
+pub async fn reads_since(
+    audit: &std::path::Path,
+    paths: &[String],
+    before: usize,
+    at_least: usize,
+    within: Duration,
+) -> usize {
+    let _ = wait_for(within, || async {
+        audit_reads(audit, paths) - before >= at_least
+    })
+    .await;
+    audit_reads(audit, paths) - before
+}

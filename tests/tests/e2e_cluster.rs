@@ -72,23 +72,6 @@ async fn all_namespaces_operator(env: &TestEnv) -> Operator {
     .await
 }
 
-/// Waits up to `within` until the audit log holds at least `at_least` more requests for
-/// `paths` than `before`; returns how many more it holds then (the log is written
-/// asynchronously to answering).
-async fn reads_since(
-    audit: &std::path::Path,
-    paths: &[String],
-    before: usize,
-    at_least: usize,
-    within: Duration,
-) -> usize {
-    let _ = wait_for(within, || async {
-        audit_reads(audit, paths) - before >= at_least
-    })
-    .await;
-    audit_reads(audit, paths) - before
-}
-
 /// Bindings in two `team=shop` namespaces sync through the cluster source; a binding in
 /// a third namespace gets SourceNotAllowed and its key is never read. Relabelling a shop
 /// namespace stops its binding (its Secret keeps the data) and labelling it back recovers it.

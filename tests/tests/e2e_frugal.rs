@@ -99,12 +99,7 @@ async fn without_cache_config_bindings_sharing_keys_read_each_once_per_interval(
         }
     }
     // The audit file is written asynchronously to answering: let it catch up.
-    let cold = wait_for(Duration::from_secs(5), || async {
-        audit_reads(&audit, &paths) - before >= 20
-    })
-    .await
-    .map(|_| audit_reads(&audit, &paths) - before)
-    .unwrap_or_else(|_| audit_reads(&audit, &paths) - before);
+    let cold = reads_since(&audit, &paths, before, 20, Duration::from_secs(5)).await;
     eprintln!("cold start: {cold} reads of 20 distinct (source, key) pairs by 40 bindings");
     assert!(
         cold <= 20,
