@@ -42,6 +42,9 @@ use crate::{Condition, SecretBindingSpec, SecretSourceStatus};
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.aws) || !has(self.aws.auth) || !has(self.aws.auth.secretRef) || has(self.aws.auth.secretRef.namespace)"
 ).message("spec.aws.auth.secretRef.namespace is required in a ClusterSecretSource"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.kubernetes) || has(self.kubernetes.namespace)"
+).message("spec.kubernetes.namespace is required in a ClusterSecretSource: it names where the Secrets are read"))]
 pub struct ClusterSecretSourceSpec {
     /// The namespaces that may use this source. Evaluated against the namespace's labels
     /// at every sync: relabelling a namespace so it no longer matches stops its bindings

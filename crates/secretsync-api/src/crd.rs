@@ -219,9 +219,13 @@ mod tests {
         for kind in ["SecretSource", "ClusterSecretSource"] {
             has(
                 kind,
-                "exactly one of spec.env, spec.file, spec.vault or spec.aws",
+                "exactly one of spec.env, spec.file, spec.vault, spec.aws or spec.kubernetes",
             );
         }
+        has(
+            "ClusterSecretSource",
+            "spec.kubernetes.namespace is required",
+        );
         has(
             "SecretSource",
             "secretRef.namespace is only for a ClusterSecretSource",

@@ -9,7 +9,8 @@ use crate::constants::{
     DEFAULT_VAULT_APPROLE_MOUNT, DEFAULT_VAULT_KUBERNETES_MOUNT, DEFAULT_VAULT_MOUNT,
 };
 
-/// Where secret values come from. Exactly one of `env`, `file`, `vault` or `aws` is set.
+/// Where secret values come from. Exactly one of `env`, `file`, `vault`, `aws` or
+/// `kubernetes` is set.
 /// Bindings in the same namespace refer to a source by name.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
@@ -20,7 +21,7 @@ use crate::constants::{
     shortname = "ssrc",
     category = "secretsync",
     status = "SecretSourceStatus",
-    doc = "SecretSource is one connection to a secret backend (env, file, Vault/OpenBao or AWS Secrets Manager / Parameter Store).",
+    doc = "SecretSource is one connection to a secret backend (env, file, Vault/OpenBao, AWS Secrets Manager / Parameter Store, or Secrets of its own namespace).",
     // Not on the spec: a ClusterSecretSource flattens the spec into its own, and these
     // hold only for the namespaced kind.
     validation = kube::core::Rule::new(
@@ -38,8 +39,8 @@ use crate::constants::{
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new(
-    "[has(self.env), has(self.file), has(self.vault), has(self.aws)].filter(x, x).size() == 1"
-).message("exactly one of spec.env, spec.file, spec.vault or spec.aws must be set"))]
+    "[has(self.env), has(self.file), has(self.vault), has(self.aws), has(self.kubernetes)].filter(x, x).size() == 1"
+).message("exactly one of spec.env, spec.file, spec.vault, spec.aws or spec.kubernetes must be set"))]
 pub struct SecretSourceSpec {
     /// Prepended to every remote key read through this source; bindings never see it.
     /// For example `apps/shop/` turns key `database/url` into `apps/shop/database/url`.
@@ -61,6 +62,25 @@ pub struct SecretSourceSpec {
     /// Read AWS Secrets Manager or AWS Systems Manager Parameter Store (`service`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsSource>,
+    /// Read Secrets through the Kubernetes API with the operator's credentials: of the
+    /// source's own namespace in a SecretSource, of any named namespace in a
+    /// ClusterSecretSource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesSource>,
+}
+
+/// Kubernetes Secrets backend. A remote key is a Secret's name; `property` picks one of
+/// its data keys, and without it the value is the JSON object of all its keys (values as
+/// UTF-8 strings). Changes of a Secret read this way reach the bindings at once, without
+/// waiting for their refresh interval.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesSource {
+    /// Namespace of the Secrets. In a SecretSource it must be the source's own namespace
+    /// (omitted = the same); in a ClusterSecretSource it is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub namespace: Option<String>,
 }
 
 /// Read cache settings.
@@ -309,7 +329,7 @@ pub struct SecretSourceStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Which backend the source uses: `env`, `file`, `vault` or `aws`.
+    /// Which backend the source uses: `env`, `file`, `vault`, `aws` or `kubernetes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// `Ready` is `True` (reason `Valid`) once the configuration and credentials were checked
@@ -330,6 +350,8 @@ pub enum BackendKind {
     Vault,
     /// AWS Secrets Manager or Parameter Store.
     Aws,
+    /// Kubernetes Secrets.
+    Kubernetes,
 }
 
 impl BackendKind {
@@ -340,6 +362,7 @@ impl BackendKind {
             BackendKind::File => "file",
             BackendKind::Vault => "vault",
             BackendKind::Aws => "aws",
+            BackendKind::Kubernetes => "kubernetes",
         }
     }
 }
@@ -358,6 +381,7 @@ impl SecretSourceSpec {
             (self.file.is_some(), BackendKind::File),
             (self.vault.is_some(), BackendKind::Vault),
             (self.aws.is_some(), BackendKind::Aws),
+            (self.kubernetes.is_some(), BackendKind::Kubernetes),
         ];
         let mut kinds = set.iter().filter(|(on, _)| *on).map(|(_, k)| *k);
         match (kinds.next(), kinds.next()) {
