@@ -309,6 +309,13 @@ impl SourceCache {
             .retain(|_, s| !matches!(s.state(), SlotState::Value { .. }));
     }
 
+    /// Forgets everything about `key` (every version): a change notice for one remote
+    /// key. A fetch in flight may have seen the old value, so later readers do not join
+    /// it; those already waiting get its result.
+    pub fn invalidate_key(&self, key: &str) {
+        self.lock().retain(|r, _| r.key != key);
+    }
+
     /// Reads one key.
     pub async fn get(&self, req: &ReadRequest, opts: ReadOptions) -> Result<Read, Failed> {
         match self.get_many(std::slice::from_ref(req), opts).await.pop() {

@@ -1,4 +1,5 @@
-//! Secret backends (env, file, Vault/OpenBao KV, AWS Secrets Manager and Parameter Store),
+//! Secret backends (env, file, Vault/OpenBao KV, AWS Secrets Manager and Parameter Store,
+//! Kubernetes Secrets),
 //! the shared read cache with request coalescing, key mapping, and binding resolution.
 //!
 //! Keys passed to a [`Backend`] are relative to the source's `prefix`; each backend applies
@@ -18,6 +19,7 @@ mod error;
 pub mod file;
 pub mod hash;
 pub mod keys;
+pub mod kubernetes;
 pub mod resolve;
 pub mod retry;
 mod value;
@@ -107,6 +109,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// One cheap call proving the configuration and credentials work.
     async fn validate(&self) -> Result<(), BackendError>;
+
+    /// The remote key (relative to the prefix) through which this backend would read the
+    /// Kubernetes Secret `namespace/secret`, if it reads Kubernetes Secrets at all: a
+    /// binding must never read the Secret it writes.
+    fn secret_key(&self, _namespace: &str, _secret: &str) -> Option<String> {
+        None
+    }
 }
 
 /// One key of a credential Secret.
@@ -181,6 +190,10 @@ pub struct BuildContext {
     pub file_root: PathBuf,
     /// Credential lookups for the source's namespace.
     pub credentials: Arc<dyn Credentials>,
+    /// The SecretSource's namespace (`None` for a ClusterSecretSource).
+    pub namespace: Option<String>,
+    /// Where the kubernetes backend reads Secrets.
+    pub cluster_secrets: Arc<dyn kubernetes::ClusterSecrets>,
 }
 
 /// Builds the backend a source spec describes. Vault logs in here, so a client and its
@@ -190,14 +203,9 @@ pub async fn build_backend(
     ctx: &BuildContext,
 ) -> Result<Arc<dyn Backend>, BackendError> {
     let prefix = spec.prefix().to_string();
-    if spec.env.is_some() as u8
-        + spec.file.is_some() as u8
-        + spec.vault.is_some() as u8
-        + spec.aws.is_some() as u8
-        != 1
-    {
+    if spec.backend_kind().is_none() {
         return Err(BackendError::invalid_config(
-            "exactly one of spec.env, spec.file, spec.vault or spec.aws must be set",
+            "exactly one of spec.env, spec.file, spec.vault, spec.aws or spec.kubernetes must be set",
         ));
     }
     if let Some(_env) = &spec.env {
@@ -220,6 +228,14 @@ pub async fn build_backend(
     }
     if let Some(aws) = &spec.aws {
         return aws::connect(prefix, aws, ctx.credentials.as_ref()).await;
+    }
+    if let Some(k8s) = &spec.kubernetes {
+        let namespace = kubernetes::source_namespace(k8s, ctx.namespace.as_deref())?;
+        return Ok(Arc::new(kubernetes::KubernetesBackend::new(
+            namespace,
+            prefix,
+            ctx.cluster_secrets.clone(),
+        )));
     }
     Err(BackendError::invalid_config("no backend configured"))
 }

@@ -40,6 +40,27 @@ fn value_of<'a>(values: &'a Values, req: &ReadRequest) -> Result<&'a SecretValue
     }
 }
 
+/// The Secret a binding writes: it must never be one of its own inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnSecret<'a> {
+    /// The binding's namespace.
+    pub namespace: &'a str,
+    /// Its target Secret's name.
+    pub name: &'a str,
+}
+
+/// Whether a binding with `spec` reads remote key `key` (through `data`, `dataFrom.extract`
+/// or a `dataFrom.find` glob that matches it): who must read again when the key changes.
+pub fn reads_key(spec: &SecretBindingSpec, key: &str) -> bool {
+    spec.data.iter().any(|d| d.remote_ref.key == key)
+        || spec.data_from.iter().any(|d| {
+            d.extract.as_ref().is_some_and(|e| e.key == key)
+                || d.find
+                    .as_ref()
+                    .is_some_and(|f| KeyGlob::new(&f.name).is_ok_and(|g| g.is_match(key)))
+        })
+}
+
 /// A binding's data as resolved, with the timing the reads imply.
 #[derive(Debug)]
 pub struct Resolution {
@@ -58,8 +79,9 @@ pub async fn resolve_with(
     spec: &SecretBindingSpec,
     cache: &SourceCache,
     opts: ReadOptions,
+    own: Option<OwnSecret<'_>>,
 ) -> Resolution {
-    let plan = match plan_reads(spec, cache).await {
+    let plan = match plan_reads(spec, cache, own).await {
         Ok(p) => p,
         Err(e) => {
             return Resolution {
@@ -105,13 +127,14 @@ pub async fn resolve(
     spec: &SecretBindingSpec,
     cache: &SourceCache,
     bypass: bool,
+    own: Option<OwnSecret<'_>>,
 ) -> Result<SecretData, BackendError> {
     let opts = if bypass {
         ReadOptions::bypass()
     } else {
         ReadOptions::within(Duration::MAX)
     };
-    resolve_with(spec, cache, opts).await.data
+    resolve_with(spec, cache, opts, own).await.data
 }
 
 /// The Secret data from the values read: dataFrom first, then explicit data, which wins
@@ -138,14 +161,33 @@ fn build(
     }
 }
 
+/// The error for a binding that names its own target Secret as an input.
+fn reads_itself(field: &str, key: &str, own: OwnSecret<'_>) -> BackendError {
+    BackendError::invalid_config(format!(
+        "{field} {key:?} is this binding's own target Secret {}/{}: a binding cannot read the Secret it writes",
+        own.namespace, own.name
+    ))
+}
+
 /// Every read the binding needs: its `data` entries, `dataFrom.extract` keys, and the keys
-/// `dataFrom.find` globs match (listed through the cache).
+/// `dataFrom.find` globs match (listed through the cache). The remote key of the binding's
+/// own target (kubernetes sources only) is refused by name and left out of `find`.
 async fn plan_reads(
     spec: &SecretBindingSpec,
     cache: &SourceCache,
+    own: Option<OwnSecret<'_>>,
 ) -> Result<Vec<Planned>, BackendError> {
+    let own_key = own.and_then(|o| cache.backend().secret_key(o.namespace, o.name));
+    let is_own = |k: &str| own_key.as_deref() == Some(k);
     let mut plan = Vec::new();
     for (index, item) in spec.data.iter().enumerate() {
+        if let Some(o) = own.filter(|_| is_own(&item.remote_ref.key)) {
+            return Err(reads_itself(
+                &format!("spec.data[{index}].remoteRef.key"),
+                &item.remote_ref.key,
+                o,
+            ));
+        }
         plan.push(Planned::Data {
             index,
             req: ReadRequest {
@@ -156,6 +198,15 @@ async fn plan_reads(
     }
     for (index, item) in spec.data_from.iter().enumerate() {
         match (&item.extract, &item.find) {
+            (Some(ext), None) if is_own(&ext.key) => {
+                if let Some(o) = own {
+                    return Err(reads_itself(
+                        &format!("spec.dataFrom[{index}].extract.key"),
+                        &ext.key,
+                        o,
+                    ));
+                }
+            }
             (Some(ext), None) => plan.push(Planned::Extract {
                 index,
                 req: ReadRequest {
@@ -170,7 +221,7 @@ async fn plan_reads(
                     .list(glob.literal_prefix())
                     .await
                     .map_err(|e| e.context(ctx()))?;
-                for key in keys.into_iter().filter(|k| glob.is_match(k)) {
+                for key in keys.into_iter().filter(|k| glob.is_match(k) && !is_own(k)) {
                     plan.push(Planned::Found {
                         index,
                         req: ReadRequest::latest(key),
@@ -385,7 +436,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let data = resolve(&spec, &cache, false).await.unwrap();
+        let data = resolve(&spec, &cache, false, None).await.unwrap();
         let keys: Vec<_> = data.keys().cloned().collect();
         assert_eq!(keys, vec!["db_host", "password", "pw", "username"]);
         assert_eq!(data["db_host"].as_str(), Some("db.internal"));
@@ -399,14 +450,14 @@ mod tests {
             )]
             .into(),
         });
-        let data = resolve(&spec, &cache, false).await.unwrap();
+        let data = resolve(&spec, &cache, false, None).await.unwrap();
         assert_eq!(data.len(), 1);
         assert_eq!(
             data["DATABASE_URL"].as_str(),
             Some("postgres://shop:s3cret@db.internal:5432/shop")
         );
         spec.target.template.as_mut().unwrap().merge_policy = MergePolicy::Merge;
-        assert_eq!(resolve(&spec, &cache, false).await.unwrap().len(), 5);
+        assert_eq!(resolve(&spec, &cache, false, None).await.unwrap().len(), 5);
     }
 
     #[tokio::test]
@@ -422,7 +473,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let err = resolve(&spec, &cache, false).await.unwrap_err();
+        let err = resolve(&spec, &cache, false, None).await.unwrap_err();
         assert_eq!(err.reason, Reason::KeyCollision, "{err}");
         assert!(err.message.contains("spec.dataFrom[0]"), "{err}");
 
@@ -430,7 +481,7 @@ mod tests {
             data: vec![item("a", "missing", None)],
             ..Default::default()
         };
-        let err = resolve(&spec, &cache, false).await.unwrap_err();
+        let err = resolve(&spec, &cache, false, None).await.unwrap_err();
         assert_eq!(err.reason, Reason::SecretNotFound);
         assert!(err.message.contains("spec.data[0]"), "{err}");
 
@@ -438,7 +489,7 @@ mod tests {
             data: vec![item("a", "db/host", Some("x"))],
             ..Default::default()
         };
-        let err = resolve(&spec, &cache, false).await.unwrap_err();
+        let err = resolve(&spec, &cache, false, None).await.unwrap_err();
         assert_eq!(err.reason, Reason::InvalidJson);
         assert!(!err.to_string().contains("db.internal"));
 
@@ -447,9 +498,109 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            resolve(&spec, &cache, false).await.unwrap_err().reason,
+            resolve(&spec, &cache, false, None)
+                .await
+                .unwrap_err()
+                .reason,
             Reason::KeyCollision
         );
+    }
+
+    /// Secrets of namespace `shop`, all named `team-*`.
+    struct ShopSecrets;
+
+    #[async_trait::async_trait]
+    impl crate::kubernetes::ClusterSecrets for ShopSecrets {
+        async fn get(
+            &self,
+            _ns: &str,
+            name: &str,
+        ) -> Result<Option<Arc<crate::kubernetes::SecretDataMap>>, BackendError> {
+            let data = [("v".to_string(), SecretValue::from(name))].into();
+            Ok(Some(Arc::new(data)))
+        }
+        async fn names(&self, _ns: &str) -> Result<Vec<String>, BackendError> {
+            Ok(vec!["team-a".into(), "team-out".into()])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_binding_never_reads_its_own_target() {
+        let backend = crate::kubernetes::KubernetesBackend::new(
+            "shop".into(),
+            "team-".into(),
+            Arc::new(ShopSecrets),
+        );
+        let cache = SourceCache::new(Arc::new(backend), Duration::ZERO, Arc::new(NoopObserver));
+        let own = Some(OwnSecret {
+            namespace: "shop",
+            name: "team-out",
+        });
+        let spec = SecretBindingSpec {
+            data: vec![item("x", "out", Some("v"))],
+            ..Default::default()
+        };
+        let e = resolve(&spec, &cache, false, own).await.unwrap_err();
+        assert_eq!(e.reason, Reason::InvalidConfig);
+        assert!(e.message.contains("spec.data[0].remoteRef.key"), "{e}");
+        assert!(e.message.contains("shop/team-out"), "{e}");
+        // Another namespace's Secret of that name is someone else's.
+        let other = Some(OwnSecret {
+            namespace: "infra",
+            name: "team-out",
+        });
+        assert!(resolve(&spec, &cache, false, other).await.is_ok());
+        let extract = SecretBindingSpec {
+            data_from: vec![DataFromItem {
+                extract: Some(RemoteRef {
+                    key: "out".into(),
+                    ..Default::default()
+                }),
+                find: None,
+            }],
+            ..Default::default()
+        };
+        let e = resolve(&extract, &cache, false, own).await.unwrap_err();
+        assert!(e.message.contains("spec.dataFrom[0].extract.key"), "{e}");
+        // `find` leaves the target out instead of failing.
+        let find = SecretBindingSpec {
+            data_from: vec![DataFromItem {
+                extract: None,
+                find: Some(FindSpec { name: "*".into() }),
+            }],
+            ..Default::default()
+        };
+        let data = resolve(&find, &cache, false, own).await.unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn which_bindings_read_a_key() {
+        let spec = SecretBindingSpec {
+            data: vec![item("x", "db", None)],
+            data_from: vec![
+                DataFromItem {
+                    extract: Some(RemoteRef {
+                        key: "ca".into(),
+                        ..Default::default()
+                    }),
+                    find: None,
+                },
+                DataFromItem {
+                    extract: None,
+                    find: Some(FindSpec {
+                        name: "app/*".into(),
+                    }),
+                },
+            ],
+            ..Default::default()
+        };
+        for k in ["db", "ca", "app/one"] {
+            assert!(reads_key(&spec, k), "{k}");
+        }
+        for k in ["dbx", "app/one/two", "other"] {
+            assert!(!reads_key(&spec, k), "{k}");
+        }
     }
 
     #[test]

@@ -173,7 +173,7 @@ fn canary_never_leaks_from_local_backends_and_resolution() {
             ("missing key", binding(vec![item("nope", None)], vec![])),
         ];
         for (what, spec) in specs {
-            let e = resolve(&spec, &cache, false).await.unwrap_err();
+            let e = resolve(&spec, &cache, false, None).await.unwrap_err();
             check(&mut seen, what, format!("{e} {e:?}"));
         }
         for tpl in [
@@ -187,7 +187,7 @@ fn canary_never_leaks_from_local_backends_and_resolution() {
                 data: [("t".to_string(), tpl.to_string())].into(),
                 ..Default::default()
             });
-            match resolve(&spec, &cache, false).await {
+            match resolve(&spec, &cache, false, None).await {
                 Err(e) => check(&mut seen, "template error", format!("{e} {e:?}")),
                 Ok(data) => check(&mut seen, "template debug", format!("{data:?}")),
             }
@@ -197,6 +197,7 @@ fn canary_never_leaks_from_local_backends_and_resolution() {
             &binding(vec![item("json", Some("user"))], vec![]),
             &cache,
             false,
+            None,
         )
         .await
         .unwrap();

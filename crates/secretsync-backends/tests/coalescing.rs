@@ -25,6 +25,8 @@ fn context(creds: vault_support::MapCredentials) -> BuildContext {
         env_allow: EnvPolicy::deny_all(),
         file_root: std::env::temp_dir(),
         credentials: Arc::new(creds),
+        namespace: None,
+        cluster_secrets: Arc::new(secretsync_backends::kubernetes::NoClusterSecrets),
     }
 }
 

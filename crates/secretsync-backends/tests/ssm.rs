@@ -317,6 +317,8 @@ async fn cache_coalesces_through_build_backend() {
         env_allow: EnvPolicy::deny_all(),
         file_root: std::env::temp_dir(),
         credentials: Arc::new(MapCredentials::keys("AKIDCOALESCE", "x")),
+        namespace: None,
+        cluster_secrets: Arc::new(secretsync_backends::kubernetes::NoClusterSecrets),
     };
     let backend = build_backend(&spec, &ctx).await.expect("build");
     let cache = Arc::new(SourceCache::new(

@@ -62,6 +62,9 @@ pub struct Ctx {
     /// The rollout reconciler's workloads and queue.
     pub rollout: RolloutState,
     states: BindingStates,
+    /// Bindings whose inputs changed (a kubernetes source's Secret): their next reconcile
+    /// reads, whatever their refresh schedule says.
+    read_requests: std::sync::Mutex<std::collections::HashSet<ObjKey>>,
 }
 
 impl Ctx {
@@ -92,7 +95,24 @@ impl Ctx {
             managed: ManagedSecrets::default(),
             rollout: RolloutState::default(),
             states: BindingStates::default(),
+            read_requests: Default::default(),
         }
+    }
+
+    /// Asks the next reconcile of binding `key` to read its inputs again.
+    pub fn request_read(&self, key: &ObjKey) {
+        self.read_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+    }
+
+    /// Whether a read was requested for `key` since the last call (clears the request).
+    pub fn take_read_request(&self, key: &ObjKey) -> bool {
+        self.read_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key)
     }
 
     /// Secrets of a namespace.
@@ -117,6 +137,7 @@ impl Ctx {
         self.update_gauge(counts);
         self.events.forget(key);
         self.binding_queue.forget(key);
+        self.take_read_request(key);
     }
 
     /// resourceVersion of a binding's Secret as this process last wrote or checked it.

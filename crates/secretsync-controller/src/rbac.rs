@@ -70,7 +70,7 @@ pub const API_ACCESS: &[Access] = &[
         resource: "secrets",
         verbs: &["get", "list", "watch", "create", "patch"],
         scope: Scope::Watched,
-        reason: "read credential Secrets, server-side apply managed Secrets (create + patch: an apply of a Secret that does not exist yet is authorized as create), watch managed Secrets (metadata only) for drift",
+        reason: "read credential Secrets, server-side apply managed Secrets (create + patch: an apply of a Secret that does not exist yet is authorized as create), watch managed Secrets (metadata only) for drift; the kubernetes backend reads the Secrets its sources name (get), lists them for find and watches their namespace (metadata only) for changes",
     },
     Access {
         group: "",

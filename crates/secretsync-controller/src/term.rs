@@ -276,6 +276,14 @@ impl Term {
         self.health.set_ready(true);
         let c = ctx.clone();
         watchers.spawn(async move { c.events.summarise_every(SUMMARY_EVERY).await });
+        if let Some(mut changes) = ctx.registry.take_secret_changes() {
+            let c = ctx.clone();
+            watchers.spawn(async move {
+                while let Some(change) = changes.recv().await {
+                    crate::source::kubernetes::route_change(&c, &change).await;
+                }
+            });
+        }
 
         let mut dispatchers = spawn_dispatchers(&ctx, &self.config, workload_lists, &stop);
         wait_true(&mut stop).await;

@@ -20,11 +20,13 @@ use secretsync_api::{
 use secretsync_backends::cache::NoopObserver;
 use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::hash::HmacKey;
+use secretsync_backends::kubernetes::{ClusterSecrets, SecretDataMap};
 use secretsync_backends::{
     BackendError, BuildContext, CredentialRef, Credentials, SecretValue, SourceCache,
     build_backend, resolve,
 };
 use secretsync_controller::cluster_binding::plan::desired_binding;
+use secretsync_controller::source::kubernetes::secret_data;
 
 /// Inputs of one render.
 pub struct RenderOptions {
@@ -119,6 +121,32 @@ impl Credentials for ManifestCredentials {
             .ok()
             .filter(|t| !t.is_empty())
             .map(SecretValue::from_string)
+    }
+}
+
+/// Secrets for the kubernetes backend, from the input files.
+struct ManifestSecrets(Arc<BTreeMap<(String, String), Secret>>);
+
+#[async_trait]
+impl ClusterSecrets for ManifestSecrets {
+    async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<SecretDataMap>>, BackendError> {
+        Ok(self
+            .0
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|s| Arc::new(secret_data(&mut s.clone()))))
+    }
+
+    async fn names(&self, namespace: &str) -> Result<Vec<String>, BackendError> {
+        Ok(self
+            .0
+            .keys()
+            .filter(|(ns, _)| ns == namespace)
+            .map(|(_, name)| name.clone())
+            .collect())
     }
 }
 
@@ -281,7 +309,12 @@ pub async fn render(opts: &RenderOptions) -> Result<RenderOutput> {
                 continue;
             }
         };
-        match resolve::resolve(&binding.spec, &cache, false).await {
+        let target = binding.target_name();
+        let own = resolve::OwnSecret {
+            namespace: &ns,
+            name: &target,
+        };
+        match resolve::resolve(&binding.spec, &cache, false, Some(own)).await {
             Ok(data) => {
                 // The same Secret object the controller server-side applies.
                 let hash = opts.hmac_key.data_hash(&data);
@@ -306,7 +339,12 @@ async fn build_cache(
     let ctx = BuildContext {
         env_allow: EnvPolicy::allow_all(),
         file_root: opts.file_root.clone(),
-        credentials: Arc::new(ManifestCredentials { namespace, secrets }),
+        cluster_secrets: Arc::new(ManifestSecrets(secrets.clone())),
+        credentials: Arc::new(ManifestCredentials {
+            namespace: namespace.clone(),
+            secrets,
+        }),
+        namespace,
     };
     let ttl = match spec.cache.as_ref().and_then(|c| c.ttl.as_deref()) {
         Some(t) => parse_duration(t)

@@ -12,7 +12,7 @@ use secretsync_api::{
     ANNOTATION_FORCE_SYNC, ClusterSecretSource, ConditionReason, FIELD_MANAGER, SecretBinding,
     SecretBindingStatus, SourceKind, parse_duration,
 };
-use secretsync_backends::resolve::{SecretData, resolve_with};
+use secretsync_backends::resolve::{OwnSecret, SecretData, resolve_with};
 use secretsync_backends::{BackendError, ReadOptions, SourceCache};
 use tokio::time::Instant;
 
@@ -154,11 +154,14 @@ async fn sync(
     let target = look_at_target(ctx, b, state, force).await?;
     let prev_status = state.status.clone().or_else(|| b.status.clone());
     let now = Instant::now();
+    // An input changed (a kubernetes source's Secret): read now, through the cache, which
+    // has already forgotten the changed key.
+    let inputs_changed = ctx.take_read_request(key);
     if !read_due(
         state.memo.as_ref(),
         b.metadata.generation,
         entry.epoch,
-        force,
+        force || inputs_changed,
         now,
     ) {
         if let Some(done) = still_intact(ctx, b, state, &target, prev_status.as_ref(), now).await? {
@@ -170,7 +173,12 @@ async fn sync(
         bypass: force,
         max_age: refresh,
     };
-    let resolved = resolve_with(&b.spec, &cache, opts).await;
+    let ns = b.namespace().unwrap_or_default();
+    let own = OwnSecret {
+        namespace: &ns,
+        name: &target.name,
+    };
+    let resolved = resolve_with(&b.spec, &cache, opts, Some(own)).await;
     let data = match resolved.data {
         Ok(d) => d,
         Err(e) => {

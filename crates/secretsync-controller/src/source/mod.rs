@@ -4,10 +4,12 @@
 //! or build changed.
 //!
 //! - [`credentials`]: lookups through the API server for the backends;
+//! - [`kubernetes`]: the Secrets kubernetes sources read, and routing their changes;
 //! - [`registry`]: the built backends and their shared caches;
 //! - [`plan`]: the status, pure.
 
 pub mod credentials;
+pub mod kubernetes;
 pub mod plan;
 pub mod registry;
 

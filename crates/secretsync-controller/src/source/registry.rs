@@ -19,6 +19,7 @@ use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::{BackendError, BuildContext, CachePolicy, SourceCache, build_backend};
 
 use super::credentials::{ApiCredentials, credential_secrets};
+use super::kubernetes::{KubeSecrets, SecretChange};
 use crate::runtime::{ObjKey, key_of};
 
 /// A source of either kind, as the registry builds it.
@@ -164,6 +165,8 @@ pub struct SourceRegistry {
     slots: Mutex<HashMap<ObjKey, Slot>>,
     epoch: AtomicU64,
     failures: Mutex<HashMap<ObjKey, u32>>,
+    kube_secrets: Arc<KubeSecrets>,
+    secret_changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<SecretChange>>>,
 }
 
 impl SourceRegistry {
@@ -174,7 +177,10 @@ impl SourceRegistry {
         file_root: PathBuf,
         observer: Arc<dyn CacheObserver>,
     ) -> Self {
+        let (kube_secrets, changes) = KubeSecrets::new(client.clone());
         SourceRegistry {
+            kube_secrets: Arc::new(kube_secrets),
+            secret_changes: Mutex::new(Some(changes)),
             client,
             env_allow,
             file_root,
@@ -183,6 +189,32 @@ impl SourceRegistry {
             epoch: AtomicU64::new(0),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Changes of Secrets kubernetes sources read (taken once, by the term).
+    pub fn take_secret_changes(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<SecretChange>> {
+        self.secret_changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// The Secrets kubernetes sources read.
+    pub fn kube_secrets(&self) -> &Arc<KubeSecrets> {
+        &self.kube_secrets
+    }
+
+    /// The current build of a source, if any (waits for a build in progress).
+    pub async fn current(&self, key: &ObjKey) -> Option<Arc<SourceEntry>> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()?;
+        slot.lock().await.clone()
     }
 
     /// Whether the current build (if any) is ready; `None` when unknown.
@@ -308,6 +340,8 @@ impl SourceRegistry {
                 self.client.clone(),
                 src.own_namespace(),
             )),
+            namespace: src.own_namespace().map(str::to_string),
+            cluster_secrets: self.kube_secrets.clone(),
         };
         let spec = src.spec();
         let ttl = spec
