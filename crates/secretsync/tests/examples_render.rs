@@ -1,7 +1,7 @@
 //! `secretsync render` on every example whose backend the test suite has: file, env and
 //! templating offline; Vault token/AppRole against the real OpenBao server and AWS (IRSA,
 //! static keys + AssumeRole, Parameter Store) against the real moto server started by
-//! `make test`,
+//! `make test`, Kubernetes Secrets from the input files,
 //! with the examples' server addresses pointed at them. Vault Kubernetes auth needs a
 //! cluster and is covered by the end-to-end tests instead.
 
@@ -156,6 +156,44 @@ spec:
     assert!(
         out.stdout.is_empty(),
         "nothing rendered for a refused binding"
+    );
+}
+
+/// kubernetes-secrets: a ClusterSecretSource copies an `infra` Secret into both admitted
+/// namespaces, and a SecretSource shapes a Secret of its own namespace, all from the Secrets
+/// given in the input files.
+#[test]
+fn kubernetes_secrets_example_reads_the_given_secrets() {
+    let docs = render_docs(&["-f", "examples/kubernetes-secrets"], &[]);
+    let mut seen: Vec<(String, String)> = docs
+        .iter()
+        .map(|d| {
+            let m = &d["metadata"];
+            (
+                m["namespace"].as_str().unwrap().to_string(),
+                m["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let want = [
+        ("payments", "registry-ca"),
+        ("shop", "orders-db-url"),
+        ("shop", "registry-ca"),
+    ]
+    .map(|(n, s)| (n.to_string(), s.to_string()));
+    assert_eq!(seen, want);
+    let s = render(&["-f", "examples/kubernetes-secrets"], &[]);
+    assert!(
+        s["registry-ca"]["ca.crt"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----"),
+        "{s}"
+    );
+    assert_eq!(
+        s["orders-db-url"]["url"],
+        "postgres://orders:example-password@orders-db.shop.svc:5432/orders"
     );
 }
 
