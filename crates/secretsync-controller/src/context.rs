@@ -76,6 +76,7 @@ impl Ctx {
         metrics: Arc<Metrics>,
         registry: SourceRegistry,
     ) -> Self {
+        let budget = config.max_restarts_per_minute;
         Ctx {
             events: Events::new(client.clone(), &config.identity),
             client,
@@ -93,7 +94,7 @@ impl Ctx {
             source_queue: Arc::default(),
             cluster_binding_queue: Arc::default(),
             managed: ManagedSecrets::default(),
-            rollout: RolloutState::default(),
+            rollout: RolloutState::new(budget),
             states: BindingStates::default(),
             read_requests: Default::default(),
         }

@@ -230,6 +230,8 @@ pub mod reasons {
     pub const ROLLOUT_RESTARTED: &str = "RolloutRestarted";
     /// A restart was deferred, e.g. the Deployment is paused (Warning, on the workload).
     pub const ROLLOUT_SKIPPED: &str = "RolloutSkipped";
+    /// A restart waits for the `--max-restarts-per-minute` budget (Normal, on the workload).
+    pub const ROLLOUT_DELAYED: &str = "RolloutDelayed";
 }
 
 impl Events {

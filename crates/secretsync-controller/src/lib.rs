@@ -57,6 +57,8 @@ pub struct Config {
     /// A binding whose status has nothing new rewrites `lastSyncTime` at most this often
     /// (zero: on every refresh).
     pub status_heartbeat: Duration,
+    /// Restarts allowed across the cluster in any 60 s window (0 = no limit).
+    pub max_restarts_per_minute: usize,
     /// Leader-election holder identity (pod name, or hostname + pid).
     pub identity: String,
 }

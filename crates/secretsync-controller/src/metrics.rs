@@ -74,6 +74,7 @@ pub struct Metrics {
     rollout_restarts: Family<KindLabel, Counter>,
     bindings: Family<ReadyLabel, Gauge>,
     watch_retries: Family<WatchLabel, Counter>,
+    restarts_queued: Gauge,
 }
 
 impl Default for Metrics {
@@ -98,6 +99,7 @@ impl Metrics {
             rollout_restarts: Family::default(),
             bindings: Family::default(),
             watch_retries: Family::default(),
+            restarts_queued: Gauge::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         macro_rules! register {
@@ -116,6 +118,8 @@ impl Metrics {
             rotations: "rotations", "Synced data changes after the first sync";
             rollout_restarts: "rollout_restarts", "Workload restarts after rotations by kind";
             bindings: "bindings", "SecretBindings by Ready status";
+            restarts_queued: "rollout_restarts_queued",
+                "Workload restarts waiting for the --max-restarts-per-minute budget";
             watch_retries: "watch_retries",
                 "Failed attempts of a watch (list or watch) by watched kind; they are retried within seconds";
         }
@@ -148,6 +152,12 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .inc();
+    }
+
+    /// Sets how many restarts wait for the restart budget.
+    pub fn set_restarts_queued(&self, n: usize) {
+        self.restarts_queued
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Records a failed watch attempt.

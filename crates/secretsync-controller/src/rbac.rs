@@ -163,6 +163,20 @@ pub const API_ACCESS: &[Access] = &[
         scope: Scope::Watched,
         reason: "restart opted-in workloads when their Secrets rotate",
     },
+    Access {
+        group: "batch",
+        resource: "cronjobs",
+        verbs: &["get", "list", "watch", "patch"],
+        scope: Scope::Watched,
+        reason: "restart opted-in CronJobs (their job template) when their triggers change",
+    },
+    Access {
+        group: "",
+        resource: "configmaps",
+        verbs: &["list", "watch"],
+        scope: Scope::Watched,
+        reason: "watch ConfigMaps labelled secretsync.dev/watch=true (label selector: no other ConfigMap is seen) as restart triggers",
+    },
 ];
 
 /// Whether `verb` on `group`/`resource` is listed in any scope.
@@ -187,5 +201,7 @@ mod tests {
         assert!(!is_listed("", "secrets", "delete"));
         assert!(is_listed("secretsync.dev", "secretbindings", "delete"));
         assert!(!is_listed("", "configmaps", "get"));
+        assert!(is_listed("", "configmaps", "watch"));
+        assert!(is_listed("batch", "cronjobs", "patch"));
     }
 }

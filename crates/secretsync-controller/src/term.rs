@@ -25,6 +25,7 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::rollout::index::WorkloadIndex;
 use crate::rollout::plan::WorkloadKind;
+use crate::rollout::triggers::{TriggerIndex, watch_selector};
 use crate::runtime::{Dispatcher, Index, InitialLists, Watch, wait_true};
 use crate::source::{SourceIndex, SourceRegistry};
 use crate::{Config, SHUTDOWN_GRACE};
@@ -187,7 +188,8 @@ fn spawn_cluster_watches(set: &mut JoinSet<()>, ctx: &Arc<Ctx>, lists: &InitialL
     );
 }
 
-/// The workload watches (metadata only) the rollout reconciler needs complete.
+/// The workload watches (metadata only) and the labelled-trigger watches the rollout
+/// reconciler needs complete.
 fn spawn_workload_watches(
     set: &mut JoinSet<()>,
     ctx: &Arc<Ctx>,
@@ -195,6 +197,8 @@ fn spawn_workload_watches(
     lists: &InitialLists,
 ) {
     use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    use k8s_openapi::api::batch::v1::CronJob;
+    use k8s_openapi::api::core::v1::ConfigMap;
     let all = watcher::Config::default;
     spawn_watch::<PartialObjectMeta<Deployment>, _>(
         set,
@@ -221,6 +225,36 @@ fn spawn_workload_watches(
         scope,
         all(),
         WorkloadIndex::<DaemonSet>::new(ctx.clone(), WorkloadKind::DaemonSet),
+        lists,
+    );
+    spawn_watch::<PartialObjectMeta<CronJob>, _>(
+        set,
+        ctx,
+        "CronJob",
+        scope,
+        all(),
+        WorkloadIndex::<CronJob>::new(ctx.clone(), WorkloadKind::CronJob),
+        lists,
+    );
+    // Labelled triggers only, so unrelated Secrets and ConfigMaps are never seen; their
+    // data is hashed and dropped (rollout/triggers.rs says why not metadata-only).
+    let labelled = || all().labels(&watch_selector());
+    spawn_watch::<Secret, _>(
+        set,
+        ctx,
+        "Secret (watch label)",
+        scope,
+        labelled(),
+        TriggerIndex::<Secret>::new(ctx.clone()),
+        lists,
+    );
+    spawn_watch::<ConfigMap, _>(
+        set,
+        ctx,
+        "ConfigMap (watch label)",
+        scope,
+        labelled(),
+        TriggerIndex::<ConfigMap>::new(ctx.clone()),
         lists,
     );
 }

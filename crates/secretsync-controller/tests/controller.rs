@@ -40,6 +40,7 @@ fn config(root: &Path, identity: &str, leader_elect: bool) -> Config {
         file_root: root.to_path_buf(),
         restart_debounce: Duration::from_secs(1),
         status_heartbeat: Duration::from_secs(600),
+        max_restarts_per_minute: 0,
         identity: identity.into(),
     }
 }

@@ -131,6 +131,18 @@ fn workload_schema() -> Value {
     }})
 }
 
+fn cronjob_schema() -> Value {
+    json!({"type": "object", "properties": {
+        "spec": {"type": "object", "properties": {
+            "jobTemplate": {"type": "object", "properties": {
+                "spec": {"type": "object", "properties": {
+                    "template": {"type": "object", "properties": {"spec": pod_spec_schema()}},
+                }},
+            }},
+        }},
+    }})
+}
+
 /// Schema of `metadata`, shared by all kinds.
 pub(crate) fn metadata_schema() -> Value {
     json!({"type": "object", "properties": {
@@ -181,7 +193,9 @@ impl Builtin {
             singular: self.kind.to_lowercase(),
             kind: self.kind.into(),
             short_names: self.short.iter().map(|s| s.to_string()).collect(),
-            categories: if ["deployments", "statefulsets", "daemonsets"].contains(&self.plural) {
+            categories: if ["deployments", "statefulsets", "daemonsets", "cronjobs"]
+                .contains(&self.plural)
+            {
                 vec!["all".into()]
             } else {
                 vec![]
@@ -213,6 +227,7 @@ pub(crate) fn builtins() -> Vec<ResourceDef> {
         Builtin { group: "apps", version: "v1", plural: "deployments", kind: "Deployment", short: &["deploy"], scope: Ns, status: true, generation: true, special: Special::None, list_schema: Some(workload_schema) },
         Builtin { group: "apps", version: "v1", plural: "statefulsets", kind: "StatefulSet", short: &["sts"], scope: Ns, status: true, generation: true, special: Special::None, list_schema: Some(workload_schema) },
         Builtin { group: "apps", version: "v1", plural: "daemonsets", kind: "DaemonSet", short: &["ds"], scope: Ns, status: true, generation: true, special: Special::None, list_schema: Some(workload_schema) },
+        Builtin { group: "batch", version: "v1", plural: "cronjobs", kind: "CronJob", short: &["cj"], scope: Ns, status: true, generation: true, special: Special::None, list_schema: Some(cronjob_schema) },
         Builtin { group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease", short: &[], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },
         Builtin { group: "rbac.authorization.k8s.io", version: "v1", plural: "roles", kind: "Role", short: &[], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },
         Builtin { group: "rbac.authorization.k8s.io", version: "v1", plural: "rolebindings", kind: "RoleBinding", short: &[], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },

@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// most this often; `0` writes it on every refresh.
     #[arg(long, env = "SECRETSYNC_STATUS_HEARTBEAT", default_value = "10m")]
     status_heartbeat: String,
+    /// Workload restarts allowed across the cluster in any 60 s window; restarts over the
+    /// budget wait in order (Event `RolloutDelayed`), none is dropped. `0`: no limit.
+    #[arg(long, env = "SECRETSYNC_MAX_RESTARTS_PER_MINUTE", default_value_t = 0)]
+    max_restarts_per_minute: usize,
     /// Log format.
     #[arg(long, env = "SECRETSYNC_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -133,6 +137,7 @@ pub fn main(args: RunArgs) -> Result<()> {
         file_root: args.file_root,
         restart_debounce,
         status_heartbeat,
+        max_restarts_per_minute: args.max_restarts_per_minute,
         identity: identity(),
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -1,7 +1,11 @@
-//! The rollout reconciler: restarts opted-in Deployments, StatefulSets and DaemonSets when
-//! managed Secrets they depend on rotate, exactly once per change, debounced.
+//! The rollout reconciler: restarts opted-in Deployments, StatefulSets, DaemonSets and
+//! CronJobs when managed Secrets, or Secrets and ConfigMaps labelled
+//! `secretsync.dev/watch: "true"`, that they depend on change, exactly once per change,
+//! debounced, within the cluster-wide restart budget.
 //!
 //! - [`plan`]: the decisions (opt-in, dependencies, revision, debounce), pure;
+//! - [`budget`]: `--max-restarts-per-minute`, pure;
+//! - [`triggers`]: the labelled Secrets and ConfigMaps (their data HMACs only);
 //! - [`state`]: what is remembered per opted-in workload;
 //! - [`index`]: fed by the metadata-only workload watches;
 //! - [`reconcile`]: fetches the one workload being decided, writes the decision.
@@ -11,10 +15,12 @@
 //! fetched when a decision is due. What the managed Secrets hold comes from
 //! [`crate::managed`].
 
+pub mod budget;
 pub mod index;
 pub mod plan;
 pub mod reconcile;
 pub mod state;
+pub mod triggers;
 
 pub use reconcile::reconcile;
 pub use state::{RolloutState, WorkloadKey};

@@ -49,6 +49,68 @@ pub fn opt_in(annotations: Option<&BTreeMap<String, String>>) -> Option<OptIn> {
     }
 }
 
+/// How a ConfigMap is named among a workload's triggers (and in the opt-in list): Secrets
+/// by their name, ConfigMaps as `configmap/NAME`.
+pub const CONFIGMAP_PREFIX: &str = "configmap/";
+
+/// The trigger name of ConfigMap `name`.
+pub fn configmap_trigger(name: &str) -> String {
+    format!("{CONFIGMAP_PREFIX}{name}")
+}
+
+/// Every Secret and ConfigMap a pod spec references, as trigger names (see
+/// [`CONFIGMAP_PREFIX`]): [`referenced_secrets`] plus env `configMapKeyRef`,
+/// `envFrom.configMapRef`, `configMap` volumes and projected volume `configMap` sources.
+pub fn referenced_objects(spec: &PodSpec) -> BTreeSet<String> {
+    let mut out = referenced_secrets(spec);
+    let mut cm = |name: &str| {
+        if !name.is_empty() {
+            out.insert(configmap_trigger(name));
+        }
+    };
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| (&c.env, &c.env_from))
+        .chain(spec.containers.iter().map(|c| (&c.env, &c.env_from)))
+        .chain(
+            spec.ephemeral_containers
+                .iter()
+                .flatten()
+                .map(|c| (&c.env, &c.env_from)),
+        );
+    for (env, env_from) in containers {
+        for e in env.iter().flatten() {
+            if let Some(r) = e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.config_map_key_ref.as_ref())
+            {
+                cm(&r.name);
+            }
+        }
+        for f in env_from.iter().flatten() {
+            if let Some(r) = &f.config_map_ref {
+                cm(&r.name);
+            }
+        }
+    }
+    for v in spec.volumes.iter().flatten() {
+        if let Some(c) = &v.config_map {
+            cm(&c.name);
+        }
+        if let Some(p) = &v.projected {
+            for src in p.sources.iter().flatten() {
+                if let Some(c) = &src.config_map {
+                    cm(&c.name);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Every Secret name a pod spec references: env `secretKeyRef`, `envFrom.secretRef`,
 /// `secret` volumes and projected volume `secret` sources, across init, regular and
 /// ephemeral containers.
@@ -98,15 +160,16 @@ pub fn referenced_secrets(spec: &PodSpec) -> BTreeSet<String> {
     out
 }
 
-/// The Secrets a workload depends on: those it selects (opt-in mode) that are managed and
-/// whose binding allows restarts. `restartable` maps such Secret names to their data hash.
+/// The triggers a workload depends on: those it selects (opt-in mode) that can restart
+/// it. `restartable` maps trigger names (managed Secrets whose binding allows restarts,
+/// labelled Secrets, `configmap/NAME` for labelled ConfigMaps) to their data HMAC.
 pub fn dependencies<'a>(
     opt: &OptIn,
     pod: Option<&PodSpec>,
     restartable: &'a BTreeMap<String, String>,
 ) -> BTreeMap<&'a str, &'a str> {
     let wanted: BTreeSet<String> = match opt {
-        OptIn::Auto => pod.map(referenced_secrets).unwrap_or_default(),
+        OptIn::Auto => pod.map(referenced_objects).unwrap_or_default(),
         OptIn::Explicit(names) => names.clone(),
     };
     restartable
@@ -125,6 +188,9 @@ pub enum WorkloadKind {
     StatefulSet,
     /// apps/v1 DaemonSet.
     DaemonSet,
+    /// batch/v1 CronJob: a restart changes its job template, so the next Jobs start with
+    /// the new values (running Jobs are left alone).
+    CronJob,
 }
 
 impl WorkloadKind {
@@ -134,6 +200,23 @@ impl WorkloadKind {
             WorkloadKind::Deployment => "Deployment",
             WorkloadKind::StatefulSet => "StatefulSet",
             WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::CronJob => "CronJob",
+        }
+    }
+
+    /// The `apiVersion` of the kind.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            WorkloadKind::CronJob => "batch/v1",
+            _ => "apps/v1",
+        }
+    }
+
+    /// JSON pointer of the pod template's `spec`.
+    pub fn pod_spec_pointer(self) -> &'static str {
+        match self {
+            WorkloadKind::CronJob => "/spec/jobTemplate/spec/template/spec",
+            _ => "/spec/template/spec",
         }
     }
 }
@@ -316,18 +399,29 @@ pub fn record_patch(resource_version: &str, revision: &str) -> serde_json::Value
 }
 
 /// The one restart patch: pod-template `restartedAt` plus the new revision, conditional
-/// on `resource_version` so two operator processes can never both restart.
+/// on `resource_version` so two operator processes can never both restart. A CronJob's
+/// pod template sits in its job template.
 pub fn restart_patch(
+    kind: WorkloadKind,
     resource_version: &str,
     revision: &str,
     at_rfc3339: &str,
 ) -> serde_json::Value {
+    let template = serde_json::json!({
+        "metadata": {"annotations": {ANNOTATION_RESTARTED_AT: at_rfc3339}}
+    });
+    let spec = match kind {
+        WorkloadKind::CronJob => {
+            serde_json::json!({"jobTemplate": {"spec": {"template": template}}})
+        }
+        _ => serde_json::json!({"template": template}),
+    };
     serde_json::json!({
         "metadata": {
             "resourceVersion": resource_version,
             "annotations": {ANNOTATION_SECRET_REVISION: revision},
         },
-        "spec": {"template": {"metadata": {"annotations": {ANNOTATION_RESTARTED_AT: at_rfc3339}}}},
+        "spec": spec,
     })
 }
 

@@ -13,9 +13,10 @@ use kube::{Api, ResourceExt};
 use secretsync_api::{FIELD_MANAGER, SecretBinding};
 use tokio::time::Instant;
 
+use super::budget::Grant;
 use super::plan::{
     Decision, OptIn, Plan, WorkloadKind, WorkloadState, decide, dependencies, opt_in, record_patch,
-    referenced_secrets, restart_patch, restarted_list, rotated,
+    referenced_objects, restart_patch, restarted_list, rotated,
 };
 use super::state::{Tracked, WorkloadKey};
 use crate::context::Ctx;
@@ -32,16 +33,18 @@ const STATUS_ATTEMPTS: usize = 5;
 /// The API resource of a workload kind.
 pub fn api_resource(kind: WorkloadKind) -> ApiResource {
     use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    use k8s_openapi::api::batch::v1::CronJob;
     match kind {
         WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
         WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
         WorkloadKind::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
+        WorkloadKind::CronJob => ApiResource::erase::<CronJob>(&()),
     }
 }
 
 fn reference(key: &WorkloadKey, obj: &DynamicObject) -> ObjectReference {
     ObjectReference {
-        api_version: Some("apps/v1".to_string()),
+        api_version: Some(key.kind.api_version().to_string()),
         kind: Some(key.kind.as_str().to_string()),
         namespace: Some(key.namespace.clone()),
         name: Some(key.name.clone()),
@@ -88,22 +91,29 @@ struct Observed {
     annotations: BTreeMap<String, String>,
     mode: OptIn,
     paused: bool,
-    /// Secret name → data hash of the managed Secrets it depends on.
+    /// Trigger name → data hash of the managed Secrets, labelled Secrets and labelled
+    /// ConfigMaps (`configmap/NAME`) it depends on.
     deps: BTreeMap<String, String>,
     refs: Option<(Option<i64>, BTreeSet<String>)>,
 }
 
-/// Managed Secrets of `ns` whose binding allows restarts: name → data hash. A Secret
-/// whose binding is unknown (e.g. an orphaned Secret) counts, as `rollout.restart`
-/// defaults to true; it cannot rotate without its binding anyway.
+/// The triggers of `ns` that may restart workloads: trigger name → data hash. Managed
+/// Secrets whose binding allows restarts (a Secret whose binding is unknown, e.g. an
+/// orphaned one, counts, as `rollout.restart` defaults to true; it cannot rotate without
+/// its binding anyway), then labelled Secrets and ConfigMaps. A managed Secret that also
+/// carries the watch label counts once, as managed: its binding's `rollout.restart` rules.
 fn restartable(ctx: &Ctx, ns: &str) -> BTreeMap<String, String> {
-    ctx.managed.hashes(ns, |binding| {
+    let managed = ctx.managed.hashes(ns, |binding| {
         binding.is_none_or(|b| {
             ctx.bindings
                 .get(&ObjKey::new(ns, b))
                 .is_none_or(|b| b.spec.rollout.restart)
         })
-    })
+    });
+    let mut out = ctx.rollout.triggers.hashes(ns);
+    out.retain(|name, _| ctx.managed.resource_version(ns, name).is_none());
+    out.extend(managed);
+    out
 }
 
 /// Fetches the workload; `None` when it is gone or no longer opted in (then forgotten).
@@ -123,7 +133,7 @@ async fn observe(
     };
     let pod: Option<PodSpec> = obj
         .data
-        .pointer("/spec/template/spec")
+        .pointer(key.kind.pod_spec_pointer())
         .and_then(|v| serde_json::from_value(v.clone()).ok());
     let paused = key.kind == WorkloadKind::Deployment
         && obj.data.pointer("/spec/paused").and_then(|v| v.as_bool()) == Some(true);
@@ -135,7 +145,7 @@ async fn observe(
     let refs = (mode == OptIn::Auto).then(|| {
         (
             obj.metadata.generation,
-            pod.as_ref().map(referenced_secrets).unwrap_or_default(),
+            pod.as_ref().map(referenced_objects).unwrap_or_default(),
         )
     });
     Ok(Some(Observed {
@@ -188,6 +198,10 @@ async fn reconcile_tracked(
         .resource_version
         .clone()
         .unwrap_or_default();
+    if !matches!(plan.decision, Decision::Restart { .. }) {
+        let waiting = ctx.rollout.leave_budget(key);
+        ctx.metrics.set_restarts_queued(waiting);
+    }
     match plan.decision {
         Decision::Nothing => {
             ctx.rollout.update(key, |t| {
@@ -206,9 +220,22 @@ async fn reconcile_tracked(
             skip_paused(ctx, key, &tracked, &seen, revision).await;
             Ok(Reconciled::done(R::Paused))
         }
-        Decision::Restart { revision } => {
-            restart(ctx, key, &api, &tracked, &seen, &rv, revision).await
-        }
+        Decision::Restart { revision } => match ctx.rollout.ask_budget(key) {
+            Grant::Now => {
+                ctx.metrics
+                    .set_restarts_queued(ctx.rollout.budget_waiting());
+                restart(ctx, key, &api, &tracked, &seen, &rv, revision).await
+            }
+            Grant::Wait { until, first } => {
+                ctx.metrics
+                    .set_restarts_queued(ctx.rollout.budget_waiting());
+                let wait = until.saturating_duration_since(std::time::Instant::now());
+                if first {
+                    delayed(ctx, key, &seen, wait).await;
+                }
+                Ok(Reconciled::after(R::Pending, wait))
+            }
+        },
     }
 }
 
@@ -278,6 +305,25 @@ async fn skip_paused(
     ctx.rollout.update(key, |t| t.skipped = Some(revision));
 }
 
+/// A restart over the budget: one Normal event when it starts waiting.
+async fn delayed(ctx: &Ctx, key: &WorkloadKey, seen: &Observed, wait: Duration) {
+    tracing::info!(workload = %key, wait_ms = wait.as_millis() as u64, "restart waits for the --max-restarts-per-minute budget");
+    ctx.events
+        .publish_action(
+            &event_key(key),
+            &reference(key, &seen.obj),
+            false,
+            reasons::ROLLOUT_DELAYED,
+            "Restart",
+            format!(
+                "Restart delayed by --max-restarts-per-minute {}: about {} s; it happens once, in its turn",
+                ctx.config.max_restarts_per_minute,
+                wait.as_secs().max(1)
+            ),
+        )
+        .await;
+}
+
 /// The restart: one conditional patch, an event, and the restart listed in each rotated
 /// Secret's binding.
 async fn restart(
@@ -290,7 +336,7 @@ async fn restart(
     revision: String,
 ) -> Result<Reconciled, kube::Error> {
     let at = Time(Timestamp::now());
-    let body = restart_patch(rv, &revision, &at.0.to_string());
+    let body = restart_patch(key.kind, rv, &revision, &at.0.to_string());
     match api
         .patch(&key.name, &patch_params(), &Patch::Merge(&body))
         .await
@@ -323,7 +369,10 @@ async fn restart(
             false,
             reasons::ROLLOUT_RESTARTED,
             "Restart",
-            format!("Restarted after rotation of Secrets {}", names.join(", ")),
+            format!(
+                "Restarted after a change of {} (Secrets by name, ConfigMaps as configmap/NAME)",
+                names.join(", ")
+            ),
         )
         .await;
     let bindings: BTreeSet<String> = names

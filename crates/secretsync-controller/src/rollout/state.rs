@@ -69,6 +69,10 @@ pub type StatusWriter = Arc<tokio::sync::Mutex<()>>;
 pub struct RolloutState {
     /// Workloads to look at.
     pub queue: Arc<Queue<WorkloadKey>>,
+    /// Labelled Secrets and ConfigMaps: their data HMACs.
+    pub triggers: super::triggers::Triggers,
+    /// The cluster-wide restart budget.
+    pub budget: Mutex<super::budget::Budget<WorkloadKey>>,
     /// Opted-in workloads only.
     workloads: Mutex<HashMap<WorkloadKey, Tracked>>,
     /// One lock per binding whose `status.restarted` is being written: restarts of many
@@ -83,7 +87,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl RolloutState {
-    /// Queues the tracked workloads of `ns` that may depend on Secret `secret`.
+    /// A state with a budget of `max_restarts_per_minute` (0 = unlimited).
+    pub fn new(max_restarts_per_minute: usize) -> Self {
+        RolloutState {
+            budget: Mutex::new(super::budget::Budget::new(max_restarts_per_minute)),
+            ..Default::default()
+        }
+    }
+
+    /// Asks the budget for a restart of `key` now.
+    pub fn ask_budget(&self, key: &WorkloadKey) -> super::budget::Grant {
+        lock(&self.budget).ask(key, std::time::Instant::now())
+    }
+
+    /// A workload no longer waits for the budget; returns how many still do.
+    pub fn leave_budget(&self, key: &WorkloadKey) -> usize {
+        let mut b = lock(&self.budget);
+        b.forget(key);
+        b.waiting()
+    }
+
+    /// Workloads waiting for the budget.
+    pub fn budget_waiting(&self) -> usize {
+        lock(&self.budget).waiting()
+    }
+
+    /// Queues the tracked workloads of `ns` that may depend on trigger `secret` (a Secret
+    /// name, or `configmap/NAME`).
     pub fn wake_for_secret(&self, ns: &str, secret: &str) {
         let keys: Vec<WorkloadKey> = lock(&self.workloads)
             .iter()
@@ -155,6 +185,7 @@ impl RolloutState {
         if lock(&self.workloads).remove(key).is_some() {
             self.queue.forget(key);
         }
+        lock(&self.budget).forget(key);
     }
 
     /// After a relist of one kind: forgets the workloads of `scope` it did not return.

@@ -68,6 +68,7 @@ impl Rig {
             file_root: files.path().to_path_buf(),
             restart_debounce: debounce,
             status_heartbeat: heartbeat,
+            max_restarts_per_minute: 0,
             identity: "rig".into(),
         });
         let metrics = Arc::new(Metrics::new());

@@ -332,7 +332,12 @@ fn patches_are_conditional() {
         "rev"
     );
     assert!(r.get("spec").is_none(), "recording never restarts");
-    let p = restart_patch("42", "rev", "2026-01-01T00:00:00Z");
+    let p = restart_patch(
+        WorkloadKind::Deployment,
+        "42",
+        "rev",
+        "2026-01-01T00:00:00Z",
+    );
     assert_eq!(p["metadata"]["resourceVersion"], "42");
     assert_eq!(
         p["metadata"]["annotations"][ANNOTATION_SECRET_REVISION],
@@ -342,6 +347,109 @@ fn patches_are_conditional() {
         p["spec"]["template"]["metadata"]["annotations"][ANNOTATION_RESTARTED_AT],
         "2026-01-01T00:00:00Z"
     );
+}
+
+#[test]
+fn a_cron_job_restarts_through_its_job_template() {
+    let p = restart_patch(WorkloadKind::CronJob, "7", "rev", "2026-01-01T00:00:00Z");
+    assert_eq!(
+        p["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["annotations"]
+            [ANNOTATION_RESTARTED_AT],
+        "2026-01-01T00:00:00Z"
+    );
+    assert!(p["spec"].get("template").is_none());
+    assert_eq!(
+        WorkloadKind::CronJob.pod_spec_pointer(),
+        "/spec/jobTemplate/spec/template/spec"
+    );
+}
+
+#[test]
+fn config_maps_are_triggers_by_prefix() {
+    use k8s_openapi::api::core::v1::{
+        ConfigMapEnvSource, ConfigMapKeySelector, ConfigMapProjection, ConfigMapVolumeSource,
+    };
+    let mut spec = pod();
+    spec.containers.push(Container {
+        name: "cm".into(),
+        env: Some(vec![EnvVar {
+            name: "A".into(),
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: "env-cm".into(),
+                    key: "a".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: "from-cm".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    volumes.push(Volume {
+        name: "c".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: "vol-cm".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    volumes.push(Volume {
+        name: "pc".into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                config_map: Some(ConfigMapProjection {
+                    name: "proj-cm".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let refs: Vec<String> = referenced_objects(&spec).into_iter().collect();
+    assert_eq!(
+        refs,
+        vec![
+            "configmap/env-cm",
+            "configmap/from-cm",
+            "configmap/proj-cm",
+            "configmap/vol-cm",
+            "env-secret",
+            "init-secret",
+            "proj-secret",
+            "vol-secret"
+        ]
+    );
+    // A ConfigMap and a Secret of one name are different triggers.
+    let restartable: BTreeMap<String, String> = [
+        ("configmap/vol-cm".to_string(), "h1".to_string()),
+        ("vol-cm".to_string(), "h2".to_string()),
+    ]
+    .into();
+    let deps = dependencies(&OptIn::Auto, Some(&spec), &restartable);
+    assert_eq!(
+        deps.keys().copied().collect::<Vec<_>>(),
+        ["configmap/vol-cm"]
+    );
+    let explicit = opt_in(Some(
+        &[(
+            ANNOTATION_RESTART_ON_ROTATION.to_string(),
+            "configmap/vol-cm, vol-cm".to_string(),
+        )]
+        .into(),
+    ))
+    .unwrap();
+    assert_eq!(dependencies(&explicit, None, &restartable).len(), 2);
 }
 
 #[test]
