@@ -405,6 +405,8 @@ pub fn render_templates(
     render_with(&Templates::new(data), templates)
 }
 
+/// Renders each of `templates` (Secret key → template) through `env`; the keys must be
+/// valid Secret keys.
 fn render_with(
     env: &Templates,
     templates: &BTreeMap<String, String>,

@@ -121,7 +121,8 @@ fn environment() -> Environment<'static> {
     env.add_filter("b64decode", b64decode);
     env.add_filter("fromjson", fromjson);
     env.add_filter("sha256", sha256);
-    // The built-ins also as functions, so both spellings work for every name in the list.
+    // Every name also as a function (minijinja's built-ins are filters only), so both
+    // spellings work for each of them.
     env.add_function("b64encode", b64encode);
     env.add_function("b64decode", b64decode);
     env.add_function("fromjson", fromjson);
