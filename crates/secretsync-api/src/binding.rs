@@ -120,7 +120,8 @@ pub struct TargetSpec {
     /// deleted. `Orphan`: create the Secret without owner; it outlives the binding.
     #[serde(default)]
     pub creation_policy: CreationPolicy,
-    /// Renders the Secret's keys from the resolved values.
+    /// Renders the Secret's keys (and, optionally, extra labels and annotations) from the
+    /// resolved values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<TemplateSpec>,
 }
@@ -159,10 +160,42 @@ pub struct TemplateSpec {
     #[serde(default)]
     pub merge_policy: MergePolicy,
     /// Secret key → minijinja template. Variables are the resolved keys, e.g.
-    /// `postgres://{{ username }}:{{ password }}@db:5432/shop`.
+    /// `postgres://{{ username }}:{{ password }}@db:5432/shop`. Besides minijinja's
+    /// built-in filters there are `b64encode`, `b64decode`, `fromjson`, `tojson`, `sha256`,
+    /// `trim`, `upper`, `lower` and `indent`. Values that are not UTF-8 can only be used
+    /// through `b64encode` (or `sha256`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "crate::schema::string_map")]
     pub data: BTreeMap<String, String>,
+    /// Labels and annotations whose values are templates, with the same variables as
+    /// `data`. They are added to the Secret's metadata (over `target.labels` and
+    /// `target.annotations` of the same name). Metadata is readable by anyone who may list
+    /// Secrets: render fingerprints or versions into it, not secret values.
+    #[serde(default, skip_serializing_if = "TemplateMetadata::is_empty")]
+    pub metadata: TemplateMetadata,
+}
+
+/// Templated metadata of the Secret.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    /// Label key → template of its value. The rendered value must be a valid label value
+    /// (at most 63 characters of alphanumerics, `-`, `_` and `.`, starting and ending
+    /// alphanumeric, or empty).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::schema::string_map")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotation key → template of its value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::schema::string_map")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl TemplateMetadata {
+    /// Whether no label or annotation is templated.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.annotations.is_empty()
+    }
 }
 
 /// What a template does with the resolved keys.
@@ -186,6 +219,11 @@ pub struct DataItem {
     pub secret_key: String,
     /// The remote value.
     pub remote_ref: RemoteRef,
+    /// When true, a remote key (or property) that does not exist leaves this Secret key
+    /// out instead of failing the binding; `status.missingKeys` lists it, and it is synced
+    /// at the first refresh that finds it. Other errors still fail the binding.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 /// A remote key of the source.
@@ -200,6 +238,44 @@ pub struct RemoteRef {
     /// Vault KV v2 version number, or AWS version stage (`AWSPREVIOUS`) or version id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// How the value is decoded before use (after `property` is picked; with `extract`,
+    /// each field): `None` (default), `Base64`, `Base64URL`, or `Auto` (base64 or
+    /// base64url when the value decodes cleanly, else the value as it is).
+    #[serde(default, skip_serializing_if = "DecodingStrategy::is_none")]
+    pub decoding_strategy: DecodingStrategy,
+}
+
+/// How a remote value is decoded before it goes into the Secret (or a template).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DecodingStrategy {
+    /// The value as the backend returned it.
+    #[default]
+    None,
+    /// Standard base64 (`+`, `/`; padding optional; line breaks ignored).
+    Base64,
+    /// URL-safe base64 (`-`, `_`; padding optional; line breaks ignored).
+    #[serde(rename = "Base64URL")]
+    Base64Url,
+    /// Base64 or URL-safe base64 when the whole value decodes cleanly, else the value as
+    /// it is. A plain value that happens to be valid base64 (`test`) is decoded too.
+    Auto,
+}
+
+impl DecodingStrategy {
+    /// Whether this is `None` (no decoding).
+    pub fn is_none(&self) -> bool {
+        *self == DecodingStrategy::None
+    }
+
+    /// The strategy's name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodingStrategy::None => "None",
+            DecodingStrategy::Base64 => "Base64",
+            DecodingStrategy::Base64Url => "Base64URL",
+            DecodingStrategy::Auto => "Auto",
+        }
+    }
 }
 
 /// Many keys at once; exactly one of `extract` or `find`.
@@ -224,6 +300,10 @@ pub struct FindSpec {
     /// Glob (`*`, `?`, `[..]`) matched against whole remote keys (relative to the source's
     /// prefix); `*` does not cross `/`, `**` does.
     pub name: String,
+    /// How each found value is decoded: `None` (default), `Base64`, `Base64URL` or `Auto`,
+    /// as in `remoteRef.decodingStrategy`.
+    #[serde(default, skip_serializing_if = "DecodingStrategy::is_none")]
+    pub decoding_strategy: DecodingStrategy,
 }
 
 fn default_true() -> bool {
@@ -274,6 +354,10 @@ pub struct SecretBindingStatus {
     /// Keys of the synced Secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub synced_keys: Vec<String>,
+    /// Remote keys of `optional` `spec.data` entries that were not found at the last sync
+    /// (`KEY`, or `KEY#PROPERTY` when only the property is missing), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_keys: Vec<String>,
     /// Workloads restarted at the last rotation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restarted: Vec<RestartRecord>,

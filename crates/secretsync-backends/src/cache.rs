@@ -17,8 +17,9 @@
 //!
 //! Failures are remembered per key with exponential backoff ([`crate::retry::backoff`]):
 //! until a failed key's retry time, reads get the remembered error without a backend call,
-//! so fifty bindings on one missing key cost one read per backoff step, not fifty. A bypass
-//! (force-sync) always reads.
+//! so fifty bindings on one missing key cost one read per backoff step, not fifty. A
+//! "not found" is also an answer (an optional key is left out on it), so it is not reused
+//! longer than a value would be either. A bypass (force-sync) always reads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +31,7 @@ use futures::future::{BoxFuture, Shared};
 use secretsync_api::BackendKind;
 
 use crate::retry::{BACKOFF_MAX, backoff, random_unit};
-use crate::{Backend, BackendError, ReadRequest, SecretValue};
+use crate::{Backend, BackendError, ReadRequest, Reason, SecretValue};
 
 /// Receives per-request measurements (the controller turns them into metrics).
 pub trait CacheObserver: Send + Sync {
@@ -139,6 +140,8 @@ pub struct Failed {
     pub error: BackendError,
     /// Before this, reads of the key get this failure again without a backend call.
     pub retry_at: Instant,
+    /// When the backend answered with the failure.
+    pub failed_at: Instant,
 }
 
 #[derive(Clone)]
@@ -179,6 +182,7 @@ impl Slot {
             Some(Ok(done)) => SlotState::Value { at: done.at },
             Some(Err(e)) => SlotState::Failed {
                 retry_at: self.retry_at(e.at),
+                not_found_at: (e.error.reason == Reason::SecretNotFound).then_some(e.at),
             },
         }
     }
@@ -188,8 +192,14 @@ impl Slot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
     InFlight,
-    Value { at: Instant },
-    Failed { retry_at: Instant },
+    Value {
+        at: Instant,
+    },
+    /// `not_found_at`: the failure is "not found", answered then.
+    Failed {
+        retry_at: Instant,
+        not_found_at: Option<Instant>,
+    },
 }
 
 /// Whether a read can be answered from `state` (`true`) or needs a fetch.
@@ -206,7 +216,14 @@ fn reusable(
         Some(SlotState::Value { at }) => {
             now.saturating_duration_since(at) < reuse_limit(policy, opts)
         }
-        Some(SlotState::Failed { retry_at }) => now < retry_at,
+        Some(SlotState::Failed {
+            retry_at,
+            not_found_at,
+        }) => {
+            now < retry_at
+                && not_found_at
+                    .is_none_or(|at| now.saturating_duration_since(at) < reuse_limit(policy, opts))
+        }
     }
 }
 
@@ -223,7 +240,7 @@ fn worth_keeping(slot: &Slot, now: Instant) -> bool {
     match slot.state() {
         SlotState::InFlight => true,
         SlotState::Value { at } => now.saturating_duration_since(at) < slot.keep_for,
-        SlotState::Failed { retry_at } => now < retry_at + BACKOFF_MAX,
+        SlotState::Failed { retry_at, .. } => now < retry_at + BACKOFF_MAX,
     }
 }
 
@@ -324,6 +341,7 @@ impl SourceCache {
             None => Err(Failed {
                 error: BackendError::unavailable("empty batch result"),
                 retry_at: Instant::now(),
+                failed_at: Instant::now(),
             }),
         }
     }
@@ -420,6 +438,7 @@ impl SourceCache {
                 }),
                 Err(e) => Err(Failed {
                     retry_at: slot.retry_at(e.at),
+                    failed_at: e.at,
                     error: e.error,
                 }),
             })
@@ -710,7 +729,12 @@ mod tests {
             now
         ));
         assert!(!reusable(value(ago(10)), ttl, within, now));
-        let failed = |retry_at| Some(SlotState::Failed { retry_at });
+        let failed = |retry_at| {
+            Some(SlotState::Failed {
+                retry_at,
+                not_found_at: None,
+            })
+        };
         assert!(reusable(
             failed(now + Duration::from_secs(1)),
             per_key,
@@ -722,6 +746,27 @@ mod tests {
             failed(now + MINUTE),
             ttl,
             ReadOptions::bypass(),
+            now
+        ));
+        // "Not found" is an answer: reused within its backoff only while younger than a
+        // value may be (so an optional key that appears is synced at the next refresh).
+        let not_found = |at, retry_at| {
+            Some(SlotState::Failed {
+                retry_at,
+                not_found_at: Some(at),
+            })
+        };
+        let later = now + Duration::from_secs(300);
+        assert!(reusable(not_found(ago(59), later), per_key, within, now));
+        assert!(!reusable(not_found(ago(60), later), per_key, within, now));
+        assert!(!reusable(not_found(ago(1), now), per_key, within, now));
+        assert!(reusable(not_found(ago(9), later), ttl, within, now));
+        assert!(!reusable(not_found(ago(10), later), ttl, within, now));
+        // Other failures wait out their backoff whatever the reader's interval.
+        assert!(reusable(
+            failed(later),
+            per_key,
+            ReadOptions::within(Duration::ZERO),
             now
         ));
     }

@@ -13,6 +13,7 @@ use secretsync_api::{BackendKind, SecretSourceSpec};
 
 pub mod aws;
 pub mod cache;
+pub mod decode;
 pub mod dotenv;
 pub mod env;
 mod error;
@@ -22,6 +23,7 @@ pub mod keys;
 pub mod kubernetes;
 pub mod resolve;
 pub mod retry;
+pub mod template;
 mod value;
 pub mod vault;
 

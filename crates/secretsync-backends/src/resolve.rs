@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use secretsync_api::{MergePolicy, SecretBindingSpec};
-use zeroize::Zeroizing;
+use secretsync_api::{DecodingStrategy, MergePolicy, SecretBindingSpec};
 
+use crate::decode::decode;
 use crate::keys::{KeyGlob, extract_all, extract_property, insert_sanitized, is_valid_secret_key};
+use crate::template::{TemplatedMetadata, Templates};
 use crate::{BackendError, ReadOptions, ReadRequest, Reason, SecretValue, SourceCache};
 
 /// The Secret data a binding resolves to.
@@ -66,6 +67,13 @@ pub fn reads_key(spec: &SecretBindingSpec, key: &str) -> bool {
 pub struct Resolution {
     /// The Secret data, or the first failure (naming the field and key at fault).
     pub data: Result<SecretData, BackendError>,
+    /// Labels and annotations rendered from `target.template.metadata` (empty when `data`
+    /// is an error).
+    pub metadata: TemplatedMetadata,
+    /// Remote keys of `optional` data entries that were not found, sorted: `KEY`, or
+    /// `KEY#PROPERTY` when the key exists without that property (empty when `data` is an
+    /// error).
+    pub missing_keys: Vec<String>,
     /// When the oldest value used was fetched from the backend (`None` if none was read).
     pub oldest_read: Option<Instant>,
     /// When the failed keys are retried: the latest retry time among them (`None` if no
@@ -84,11 +92,7 @@ pub async fn resolve_with(
     let plan = match plan_reads(spec, cache, own).await {
         Ok(p) => p,
         Err(e) => {
-            return Resolution {
-                data: Err(e),
-                oldest_read: None,
-                retry_at: None,
-            };
+            return Resolution::failed(e);
         }
     };
     let unique: Vec<ReadRequest> = plan
@@ -110,14 +114,43 @@ pub async fn resolve_with(
             }
             Err(failed) => {
                 retry_at = Some(retry_at.map_or(failed.retry_at, |t| t.max(failed.retry_at)));
+                // "Not found" is an answer like a value (an optional key is left out on
+                // it): the next refresh must come no later than its age allows, so the
+                // key is asked again and synced if it appeared.
+                if failed.error.reason == Reason::SecretNotFound {
+                    oldest_read =
+                        Some(oldest_read.map_or(failed.failed_at, |o| o.min(failed.failed_at)));
+                }
                 (req, Err(failed.error))
             }
         })
         .collect();
-    Resolution {
-        data: build(spec, &plan, &values),
-        oldest_read,
-        retry_at,
+    match build(spec, &plan, &values) {
+        Ok(built) => Resolution {
+            data: Ok(built.data),
+            metadata: built.metadata,
+            missing_keys: built.missing,
+            oldest_read,
+            retry_at,
+        },
+        Err(e) => Resolution {
+            oldest_read,
+            retry_at,
+            ..Resolution::failed(e)
+        },
+    }
+}
+
+impl Resolution {
+    /// A failure before anything was read.
+    fn failed(e: BackendError) -> Self {
+        Resolution {
+            data: Err(e),
+            metadata: TemplatedMetadata::default(),
+            missing_keys: Vec::new(),
+            oldest_read: None,
+            retry_at: None,
+        }
     }
 }
 
@@ -137,28 +170,58 @@ pub async fn resolve(
     resolve_with(spec, cache, opts, own).await.data
 }
 
+/// What [`build`] makes of the values read.
+struct Built {
+    data: SecretData,
+    metadata: TemplatedMetadata,
+    missing: Vec<String>,
+}
+
 /// The Secret data from the values read: dataFrom first, then explicit data, which wins
-/// over dataFrom for the same key, then the template.
+/// over dataFrom for the same key, then the templates.
 fn build(
     spec: &SecretBindingSpec,
     plan: &[Planned],
     values: &Values,
-) -> Result<SecretData, BackendError> {
-    let mut data = data_from(plan, values)?;
-    explicit_data(spec, plan, values, &mut data)?;
-    match &spec.target.template {
-        Some(t) => {
-            let rendered = render_templates(&t.data, &data)?;
-            Ok(match t.merge_policy {
-                MergePolicy::Replace => rendered,
-                MergePolicy::Merge => {
-                    data.extend(rendered);
-                    data
-                }
-            })
+) -> Result<Built, BackendError> {
+    let mut data = data_from(spec, plan, values)?;
+    let missing = explicit_data(spec, plan, values, &mut data)?;
+    let Some(t) = &spec.target.template else {
+        return Ok(Built {
+            data,
+            metadata: TemplatedMetadata::default(),
+            missing,
+        });
+    };
+    let templates = Templates::new(&data);
+    let metadata = templates.render_metadata(&t.metadata)?;
+    // A template with only metadata leaves the data as resolved.
+    if !t.data.is_empty() {
+        let rendered = render_with(&templates, &t.data)?;
+        match t.merge_policy {
+            MergePolicy::Replace => data = rendered,
+            MergePolicy::Merge => data.extend(rendered),
         }
-        None => Ok(data),
     }
+    Ok(Built {
+        data,
+        metadata,
+        missing,
+    })
+}
+
+/// `value` decoded as `strategy` says; the error names `ctx` and the strategy.
+fn decoded(
+    value: &SecretValue,
+    strategy: DecodingStrategy,
+    ctx: &str,
+) -> Result<SecretValue, BackendError> {
+    decode(strategy, value).map_err(|e| {
+        BackendError::invalid_config(format!(
+            "{ctx}: decodingStrategy {}: {e}",
+            strategy.as_str()
+        ))
+    })
 }
 
 /// The error for a binding that names its own target Secret as an input.
@@ -239,15 +302,24 @@ async fn plan_reads(
 }
 
 /// The keys `dataFrom` contributes: every field of extracted values, every found key,
-/// sanitised, collisions refused.
-fn data_from(plan: &[Planned], values: &Values) -> Result<SecretData, BackendError> {
+/// decoded, sanitised, collisions refused.
+fn data_from(
+    spec: &SecretBindingSpec,
+    plan: &[Planned],
+    values: &Values,
+) -> Result<SecretData, BackendError> {
     let mut from: BTreeMap<String, (String, SecretValue)> = BTreeMap::new();
     for p in plan {
         match p {
             Planned::Extract { index, req } => {
                 let ctx = format!("spec.dataFrom[{index}].extract (remote key {:?})", req.key);
+                let strategy = spec.data_from[*index]
+                    .extract
+                    .as_ref()
+                    .map_or(DecodingStrategy::None, |e| e.decoding_strategy);
                 let v = value_of(values, req).map_err(|e| e.context(&ctx))?;
                 for (field, fv) in extract_all(v, &req.key).map_err(|e| e.context(&ctx))? {
+                    let fv = decoded(&fv, strategy, &format!("{ctx}, field {field:?}"))?;
                     let origin = format!("{}:{field}", req.key);
                     insert_sanitized(&mut from, &field, &origin, fv)
                         .map_err(|e| e.context(&ctx))?;
@@ -255,9 +327,13 @@ fn data_from(plan: &[Planned], values: &Values) -> Result<SecretData, BackendErr
             }
             Planned::Found { index, req } => {
                 let ctx = format!("spec.dataFrom[{index}].find (remote key {:?})", req.key);
+                let strategy = spec.data_from[*index]
+                    .find
+                    .as_ref()
+                    .map_or(DecodingStrategy::None, |f| f.decoding_strategy);
                 let v = value_of(values, req).map_err(|e| e.context(&ctx))?;
-                insert_sanitized(&mut from, &req.key, &req.key, v.clone())
-                    .map_err(|e| e.context(&ctx))?;
+                let v = decoded(v, strategy, &ctx)?;
+                insert_sanitized(&mut from, &req.key, &req.key, v).map_err(|e| e.context(&ctx))?;
             }
             Planned::Data { .. } => {}
         }
@@ -265,14 +341,16 @@ fn data_from(plan: &[Planned], values: &Values) -> Result<SecretData, BackendErr
     Ok(from.into_iter().map(|(k, (_, v))| (k, v)).collect())
 }
 
-/// Adds the explicit `data` entries (each key once, `property` picked), over `dataFrom`.
+/// Adds the explicit `data` entries (each key once, `property` picked, decoded), over
+/// `dataFrom`. Returns the optional entries' remote keys that were not found, sorted.
 fn explicit_data(
     spec: &SecretBindingSpec,
     plan: &[Planned],
     values: &Values,
     data: &mut SecretData,
-) -> Result<(), BackendError> {
+) -> Result<Vec<String>, BackendError> {
     let mut explicit = BTreeSet::new();
+    let mut missing = BTreeSet::new();
     for p in plan {
         let Planned::Data { index, req } = p else {
             continue;
@@ -293,14 +371,30 @@ fn explicit_data(
                 format!("{ctx}: secretKey is used by more than one spec.data entry"),
             ));
         }
-        let v = value_of(values, req).map_err(|e| e.context(&ctx))?;
+        let not_found = |e: &BackendError| item.optional && e.reason == Reason::SecretNotFound;
+        let v = match value_of(values, req) {
+            Ok(v) => v,
+            Err(e) if not_found(&e) => {
+                missing.insert(req.key.clone());
+                continue;
+            }
+            Err(e) => return Err(e.context(&ctx)),
+        };
         let v = match &item.remote_ref.property {
-            Some(prop) => extract_property(v, &req.key, prop).map_err(|e| e.context(&ctx))?,
+            Some(prop) => match extract_property(v, &req.key, prop) {
+                Ok(v) => v,
+                Err(e) if not_found(&e) => {
+                    missing.insert(format!("{}#{prop}", req.key));
+                    continue;
+                }
+                Err(e) => return Err(e.context(&ctx)),
+            },
             None => v.clone(),
         };
+        let v = decoded(&v, item.remote_ref.decoding_strategy, &ctx)?;
         data.insert(item.secret_key.clone(), v);
     }
-    Ok(())
+    Ok(missing.into_iter().collect())
 }
 
 /// Renders `spec.target.template.data` with the resolved keys as variables.
@@ -308,17 +402,15 @@ pub fn render_templates(
     templates: &BTreeMap<String, String>,
     data: &SecretData,
 ) -> Result<SecretData, BackendError> {
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    // Values that are not UTF-8 cannot be templated; referencing them is an undefined error.
-    let ctx: BTreeMap<&str, Zeroizing<String>> = data
-        .iter()
-        .filter_map(|(k, v)| {
-            v.as_str()
-                .map(|s| (k.as_str(), Zeroizing::new(s.to_string())))
-        })
-        .collect();
-    let ctx_view: BTreeMap<&str, &str> = ctx.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    render_with(&Templates::new(data), templates)
+}
+
+/// Renders each of `templates` (Secret key → template) through `env`; the keys must be
+/// valid Secret keys.
+fn render_with(
+    env: &Templates,
+    templates: &BTreeMap<String, String>,
+) -> Result<SecretData, BackendError> {
     let mut out = SecretData::new();
     for (key, src) in templates {
         if !is_valid_secret_key(key) {
@@ -326,37 +418,10 @@ pub fn render_templates(
                 "spec.target.template.data key {key:?} is not a valid Secret key"
             )));
         }
-        let rendered = env.render_str(src, &ctx_view).map_err(|e| {
-            BackendError::new(
-                Reason::InvalidTemplate,
-                format!(
-                    "spec.target.template.data[{key:?}]: {}",
-                    describe_template_error(&e)
-                ),
-            )
-        })?;
+        let rendered = env.render(&format!("spec.target.template.data[{key:?}]"), src)?;
         out.insert(key.clone(), SecretValue::from_string(rendered));
     }
     Ok(out)
-}
-
-/// A template error description that cannot contain values: the detail text is kept only
-/// for kinds whose detail is about the template itself (syntax, names).
-fn describe_template_error(e: &minijinja::Error) -> String {
-    use minijinja::ErrorKind as K;
-    let line = e.line().map(|l| format!(" (line {l})")).unwrap_or_default();
-    let detail = match e.kind() {
-        K::SyntaxError
-        | K::UndefinedError
-        | K::UnknownFilter
-        | K::UnknownFunction
-        | K::UnknownTest
-        | K::UnknownMethod
-        | K::TooManyArguments
-        | K::MissingArgument => e.detail().map(|d| format!(": {d}")).unwrap_or_default(),
-        _ => String::new(),
-    };
-    format!("{}{detail}{line}", e.kind())
 }
 
 #[cfg(test)]
@@ -365,8 +430,8 @@ mod tests {
     use crate::cache::NoopObserver;
     use crate::{Backend, file::FileBackend};
     use secretsync_api::{
-        DataFromItem, DataItem, FileFormat, FileSource, FindSpec, RemoteRef, SecretBindingSpec,
-        TemplateSpec,
+        DataFromItem, DataItem, DecodingStrategy, FileFormat, FileSource, FindSpec, RemoteRef,
+        SecretBindingSpec, TemplateSpec,
     };
     use std::sync::Arc;
     use std::time::Duration;
@@ -392,8 +457,9 @@ mod tests {
             remote_ref: RemoteRef {
                 key: key.into(),
                 property: property.map(Into::into),
-                version: None,
+                ..Default::default()
             },
+            optional: false,
         }
     }
 
@@ -431,6 +497,7 @@ mod tests {
                     extract: None,
                     find: Some(FindSpec {
                         name: "db/h*".into(),
+                        ..Default::default()
                     }),
                 },
             ],
@@ -444,6 +511,7 @@ mod tests {
 
         spec.target.template = Some(TemplateSpec {
             merge_policy: MergePolicy::Replace,
+            metadata: Default::default(),
             data: [(
                 "DATABASE_URL".to_string(),
                 "postgres://{{ username }}:{{ password }}@{{ db_host }}:5432/shop".to_string(),
@@ -469,6 +537,7 @@ mod tests {
                 extract: None,
                 find: Some(FindSpec {
                     name: "db?port".into(),
+                    ..Default::default()
                 }),
             }],
             ..Default::default()
@@ -566,7 +635,10 @@ mod tests {
         let find = SecretBindingSpec {
             data_from: vec![DataFromItem {
                 extract: None,
-                find: Some(FindSpec { name: "*".into() }),
+                find: Some(FindSpec {
+                    name: "*".into(),
+                    ..Default::default()
+                }),
             }],
             ..Default::default()
         };
@@ -590,6 +662,7 @@ mod tests {
                     extract: None,
                     find: Some(FindSpec {
                         name: "app/*".into(),
+                        ..Default::default()
                     }),
                 },
             ],
@@ -601,6 +674,255 @@ mod tests {
         for k in ["dbx", "app/one/two", "other"] {
             assert!(!reads_key(&spec, k), "{k}");
         }
+    }
+
+    fn with_strategy(mut d: DataItem, s: DecodingStrategy) -> DataItem {
+        d.remote_ref.decoding_strategy = s;
+        d
+    }
+
+    fn optional(mut d: DataItem) -> DataItem {
+        d.optional = true;
+        d
+    }
+
+    async fn resolved(spec: &SecretBindingSpec, cache: &SourceCache) -> Resolution {
+        resolve_with(spec, cache, ReadOptions::within(Duration::MAX), None).await
+    }
+
+    #[tokio::test]
+    async fn values_are_decoded_as_each_entry_says() {
+        let (root, dir) = fixture();
+        std::fs::write(dir.join("b64"), "aGk=").unwrap();
+        std::fs::write(dir.join("b64url"), "_wA-").unwrap();
+        std::fs::write(dir.join("bundle"), r#"{"crt":"Y2VydA==","key":"a2V5"}"#).unwrap();
+        std::fs::create_dir_all(dir.join("enc")).unwrap();
+        std::fs::write(dir.join("enc/one"), "b25l").unwrap();
+        std::fs::write(dir.join("enc/two"), "dHdv").unwrap();
+        let cache = cache_over(&dir, root.path());
+        let spec = SecretBindingSpec {
+            data: vec![
+                with_strategy(item("hi", "b64", None), DecodingStrategy::Base64),
+                with_strategy(item("bin", "b64url", None), DecodingStrategy::Base64Url),
+                with_strategy(item("auto", "b64", None), DecodingStrategy::Auto),
+                with_strategy(item("plain", "db/host", None), DecodingStrategy::Auto),
+                item("raw", "b64", None),
+                with_strategy(
+                    item("crt_only", "bundle", Some("crt")),
+                    DecodingStrategy::Base64,
+                ),
+            ],
+            data_from: vec![
+                DataFromItem {
+                    extract: Some(RemoteRef {
+                        key: "bundle".into(),
+                        decoding_strategy: DecodingStrategy::Base64,
+                        ..Default::default()
+                    }),
+                    find: None,
+                },
+                DataFromItem {
+                    extract: None,
+                    find: Some(FindSpec {
+                        name: "enc/*".into(),
+                        decoding_strategy: DecodingStrategy::Base64,
+                    }),
+                },
+            ],
+            ..Default::default()
+        };
+        let data = resolve(&spec, &cache, false, None).await.unwrap();
+        let bytes = |k: &str| data[k].as_bytes().to_vec();
+        assert_eq!(bytes("hi"), b"hi");
+        assert_eq!(
+            bytes("bin"),
+            [0xff, 0x00, 0x3e],
+            "binary reaches the data unchanged"
+        );
+        assert_eq!(bytes("auto"), b"hi");
+        assert_eq!(bytes("plain"), b"db.internal");
+        assert_eq!(bytes("raw"), b"aGk=");
+        assert_eq!(bytes("crt_only"), b"cert");
+        assert_eq!(bytes("crt"), b"cert");
+        assert_eq!(bytes("key"), b"key");
+        assert_eq!(bytes("enc_one"), b"one");
+        assert_eq!(bytes("enc_two"), b"two");
+    }
+
+    #[tokio::test]
+    async fn values_that_do_not_decode_name_the_field_not_the_value() {
+        let (root, dir) = fixture();
+        std::fs::write(dir.join("junk"), "CANARY not base64!").unwrap();
+        std::fs::write(dir.join("bundle"), r#"{"ok":"aGk=","bad":"CANARY!"}"#).unwrap();
+        let cache = cache_over(&dir, root.path());
+        let spec = SecretBindingSpec {
+            data: vec![with_strategy(
+                item("x", "junk", None),
+                DecodingStrategy::Base64,
+            )],
+            ..Default::default()
+        };
+        let e = resolve(&spec, &cache, false, None).await.unwrap_err();
+        assert_eq!(e.reason, Reason::InvalidConfig);
+        assert!(
+            e.message
+                .contains(r#"spec.data[0] (secretKey "x", remote key "junk")"#),
+            "{e}"
+        );
+        assert!(e.message.contains("decodingStrategy Base64"), "{e}");
+        assert!(!format!("{e} {e:?}").contains("CANARY"), "{e}");
+        let spec = SecretBindingSpec {
+            data_from: vec![DataFromItem {
+                extract: Some(RemoteRef {
+                    key: "bundle".into(),
+                    decoding_strategy: DecodingStrategy::Base64Url,
+                    ..Default::default()
+                }),
+                find: None,
+            }],
+            ..Default::default()
+        };
+        let e = resolve(&spec, &cache, false, None).await.unwrap_err();
+        assert!(e.message.contains("spec.dataFrom[0].extract"), "{e}");
+        assert!(e.message.contains(r#"field "bad""#), "{e}");
+        assert!(e.message.contains("URL-safe base64"), "{e}");
+        assert!(!format!("{e} {e:?}").contains("CANARY"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn binary_values_pass_through_and_templates_need_b64encode() {
+        let (root, dir) = fixture();
+        std::fs::write(dir.join("bin"), [0xff, 0x00, 0xfe]).unwrap();
+        let cache = cache_over(&dir, root.path());
+        let template = |merge_policy, src: &str| TemplateSpec {
+            merge_policy,
+            data: [("out".to_string(), src.to_string())].into(),
+            metadata: Default::default(),
+        };
+        let mut spec = SecretBindingSpec {
+            data: vec![item("bin", "bin", None), item("host", "db/host", None)],
+            ..Default::default()
+        };
+        spec.target.template = Some(template(MergePolicy::Merge, "{{ bin | b64encode }}"));
+        let data = resolve(&spec, &cache, false, None).await.unwrap();
+        assert_eq!(data["bin"].as_bytes(), [0xff, 0x00, 0xfe]);
+        assert_eq!(data["out"].as_str(), Some("/wD+"));
+        spec.target.template = Some(template(MergePolicy::Replace, "{{ host }}:{{ bin }}"));
+        let e = resolve(&spec, &cache, false, None).await.unwrap_err();
+        assert_eq!(e.reason, Reason::InvalidTemplate);
+        assert!(
+            e.message.contains(r#"spec.target.template.data["out"]"#),
+            "{e}"
+        );
+        assert!(e.message.contains("b64encode"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn optional_keys_are_left_out_listed_and_picked_up_later() {
+        let (root, dir) = fixture();
+        let cache = cache_over(&dir, root.path());
+        let spec = SecretBindingSpec {
+            data: vec![
+                item("host", "db/host", None),
+                optional(item("ca", "tls/ca", None)),
+                optional(item("pw2", "db/creds", Some("nope"))),
+                optional(item("user", "db/creds", Some("username"))),
+            ],
+            ..Default::default()
+        };
+        let r = resolved(&spec, &cache).await;
+        let data = r.data.unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["host", "user"]);
+        assert_eq!(r.missing_keys, ["db/creds#nope", "tls/ca"]);
+        assert!(r.oldest_read.is_some());
+
+        // Created later: the next read finds it.
+        std::fs::create_dir_all(dir.join("tls")).unwrap();
+        std::fs::write(dir.join("tls/ca"), "ca-pem").unwrap();
+        let r = resolved(&spec, &cache).await;
+        assert_eq!(r.data.unwrap()["ca"].as_str(), Some("ca-pem"));
+        assert_eq!(r.missing_keys, ["db/creds#nope"]);
+
+        // Only "not found" is forgiven.
+        for (bad, reason) in [
+            (
+                optional(item("x", "../outside", None)),
+                Reason::AccessDenied,
+            ),
+            (
+                optional(item("x", "db/host", Some("p"))),
+                Reason::InvalidJson,
+            ),
+        ] {
+            let spec = SecretBindingSpec {
+                data: vec![bad],
+                ..Default::default()
+            };
+            let r = resolved(&spec, &cache).await;
+            assert_eq!(r.data.unwrap_err().reason, reason);
+            assert!(r.missing_keys.is_empty());
+        }
+        // A template may test for a missing optional key.
+        let mut spec = SecretBindingSpec {
+            data: vec![optional(item("ca2", "tls/none", None))],
+            ..Default::default()
+        };
+        spec.target.template = Some(TemplateSpec {
+            data: [(
+                "has".to_string(),
+                "{% if ca2 is defined %}yes{% else %}no{% endif %}/{{ ca2 | default('none') }}"
+                    .to_string(),
+            )]
+            .into(),
+            ..Default::default()
+        });
+        let r = resolved(&spec, &cache).await;
+        assert_eq!(r.data.unwrap()["has"].as_str(), Some("no/none"));
+        assert_eq!(r.missing_keys, ["tls/none"]);
+    }
+
+    #[tokio::test]
+    async fn templated_metadata_comes_with_the_data() {
+        let (root, dir) = fixture();
+        let cache = cache_over(&dir, root.path());
+        let mut spec = SecretBindingSpec {
+            data_from: vec![DataFromItem {
+                extract: Some(RemoteRef {
+                    key: "db/creds".into(),
+                    ..Default::default()
+                }),
+                find: None,
+            }],
+            ..Default::default()
+        };
+        spec.target.template = Some(TemplateSpec {
+            metadata: secretsync_api::TemplateMetadata {
+                labels: [("user".to_string(), "{{ username }}".to_string())].into(),
+                annotations: [(
+                    "example.com/pw-sha256".to_string(),
+                    "{{ password | sha256 }}".to_string(),
+                )]
+                .into(),
+            },
+            ..Default::default()
+        });
+        let r = resolved(&spec, &cache).await;
+        // Metadata alone leaves the data as resolved.
+        assert_eq!(
+            r.data.unwrap().keys().collect::<Vec<_>>(),
+            ["password", "username"]
+        );
+        assert_eq!(r.metadata.labels["user"], "shop");
+        assert_eq!(r.metadata.annotations["example.com/pw-sha256"].len(), 64);
+        // An invalid rendered label fails like any template, and carries no metadata.
+        if let Some(t) = spec.target.template.as_mut() {
+            t.metadata
+                .labels
+                .insert("bad".into(), "{{ username }} x".into());
+        }
+        let r = resolved(&spec, &cache).await;
+        assert_eq!(r.data.unwrap_err().reason, Reason::InvalidTemplate);
+        assert!(r.metadata.labels.is_empty());
     }
 
     #[test]

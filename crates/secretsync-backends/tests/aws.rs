@@ -578,3 +578,73 @@ async fn canary_value_never_appears_in_errors_or_logs() {
     );
     assert!(!logged.contains("CANARY"), "logs leak the value:\n{logged}");
 }
+
+/// Bytes end to end through a binding: a `SecretBinary` and a base64 `SecretString` decoded
+/// by `decodingStrategy` reach the resolved data byte for byte; a template passes the
+/// binary through `b64encode` and fails with InvalidTemplate when it writes it out raw.
+#[tokio::test]
+async fn binary_values_reach_the_binding_data_unchanged() {
+    use secretsync_api::{
+        DataItem, DecodingStrategy, MergePolicy, RemoteRef, SecretBindingSpec, TemplateSpec,
+    };
+    use secretsync_backends::SourceCache;
+    use secretsync_backends::cache::NoopObserver;
+    use secretsync_backends::resolve::resolve;
+
+    let endpoint = moto_endpoint();
+    let admin = admin_client(&endpoint);
+    let prefix = unique_prefix("bytes");
+    let binary = [0u8, 159, 146, 150, 255, b'\n'];
+    create_binary(&admin, &format!("{prefix}keystore"), &binary).await;
+    // The same bytes stored as base64 text, as many tools do.
+    create_string(&admin, &format!("{prefix}keystore-b64"), "AJ+Slv8K").await;
+    let cache = SourceCache::new(
+        Arc::new(backend(&prefix).await),
+        Duration::ZERO,
+        Arc::new(NoopObserver),
+    );
+    let entry = |secret_key: &str, key: &str, decoding_strategy| DataItem {
+        secret_key: secret_key.into(),
+        remote_ref: RemoteRef {
+            key: key.into(),
+            decoding_strategy,
+            ..Default::default()
+        },
+        optional: false,
+    };
+    let mut spec = SecretBindingSpec {
+        data: vec![
+            entry("raw", "keystore", DecodingStrategy::None),
+            entry("decoded", "keystore-b64", DecodingStrategy::Base64),
+        ],
+        ..Default::default()
+    };
+    let data = resolve(&spec, &cache, false, None).await.unwrap();
+    assert_eq!(data["raw"].as_bytes(), &binary);
+    assert_eq!(data["decoded"].as_bytes(), &binary);
+
+    let template = |src: &str| {
+        Some(TemplateSpec {
+            merge_policy: MergePolicy::Merge,
+            data: [("keystore.b64".to_string(), src.to_string())].into(),
+            ..Default::default()
+        })
+    };
+    spec.target.template = template("{{ raw | b64encode }}");
+    let data = resolve(&spec, &cache, false, None).await.unwrap();
+    assert_eq!(data["keystore.b64"].as_str(), Some("AJ+Slv8K"));
+    assert_eq!(
+        data["raw"].as_bytes(),
+        &binary,
+        "Merge keeps the bytes as read"
+    );
+
+    spec.target.template = template("{{ raw }}");
+    let err = resolve(&spec, &cache, false, None).await.unwrap_err();
+    assert_eq!(err.reason, Reason::InvalidTemplate, "{err}");
+    assert!(
+        err.message
+            .contains(r#"spec.target.template.data["keystore.b64"]"#),
+        "{err}"
+    );
+}

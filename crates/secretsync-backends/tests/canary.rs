@@ -54,8 +54,9 @@ fn item(key: &str, property: Option<&str>) -> DataItem {
         remote_ref: RemoteRef {
             key: key.into(),
             property: property.map(Into::into),
-            version: None,
+            ..Default::default()
         },
+        optional: false,
     }
 }
 
@@ -166,7 +167,10 @@ fn canary_never_leaks_from_local_backends_and_resolution() {
                     vec![],
                     vec![DataFromItem {
                         extract: None,
-                        find: Some(FindSpec { name: "a?b".into() }),
+                        find: Some(FindSpec {
+                            name: "a?b".into(),
+                            ..Default::default()
+                        }),
                     }],
                 ),
             ),
@@ -215,4 +219,152 @@ fn canary_never_leaks_from_local_backends_and_resolution() {
         !logs.contains(CANARY),
         "a log line leaked the canary: {logs}"
     );
+}
+
+/// The error paths of data shaping (decoding, template functions, binary values, templated
+/// labels) and the Debug of a resolution with templated metadata carry no value.
+#[tokio::test]
+async fn canary_never_leaks_from_shaping() {
+    use secretsync_api::{DecodingStrategy, TemplateMetadata};
+    use secretsync_backends::ReadOptions;
+    use secretsync_backends::resolve::resolve_with;
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("plain"), CANARY).unwrap();
+    std::fs::write(dir.join("json"), format!(r#"{{"user":"{CANARY}"}}"#)).unwrap();
+    let mut binary = CANARY.as_bytes().to_vec();
+    binary.push(0xff);
+    std::fs::write(dir.join("binary"), binary).unwrap();
+    let backend: Arc<dyn Backend> = Arc::new(
+        FileBackend::new(
+            String::new(),
+            &FileSource {
+                path: dir.display().to_string(),
+                format: FileFormat::Dir,
+            },
+            root.path(),
+        )
+        .unwrap(),
+    );
+    let cache = SourceCache::new(backend, Duration::ZERO, Arc::new(NoopObserver));
+    let opts = ReadOptions::within(Duration::MAX);
+    let mut seen = Vec::new();
+
+    let decoding = |key: &str, s: DecodingStrategy| {
+        let mut i = item(key, None);
+        i.remote_ref.decoding_strategy = s;
+        binding(vec![i], vec![])
+    };
+    let mut specs = vec![
+        (
+            "Base64 of non-base64",
+            decoding("plain", DecodingStrategy::Base64),
+        ),
+        (
+            "Base64URL of non-base64",
+            decoding("plain", DecodingStrategy::Base64Url),
+        ),
+        (
+            "extract field not base64",
+            binding(
+                vec![],
+                vec![DataFromItem {
+                    extract: Some(RemoteRef {
+                        key: "json".into(),
+                        decoding_strategy: DecodingStrategy::Base64,
+                        ..Default::default()
+                    }),
+                    find: None,
+                }],
+            ),
+        ),
+        (
+            "find value not base64",
+            binding(
+                vec![],
+                vec![DataFromItem {
+                    extract: None,
+                    find: Some(FindSpec {
+                        name: "plai?".into(),
+                        decoding_strategy: DecodingStrategy::Base64,
+                    }),
+                }],
+            ),
+        ),
+    ];
+    for (what, tpl) in [
+        ("b64decode of non-base64", "{{ out | b64decode }}"),
+        ("fromjson of non-JSON", "{{ out | fromjson }}"),
+        ("tojson then int", "{{ out | tojson | int }}"),
+        ("sha256 of a number", "{{ 1 | sha256 }}"),
+    ] {
+        let mut spec = binding(vec![item("plain", None)], vec![]);
+        spec.target.template = Some(TemplateSpec {
+            data: [("t".to_string(), tpl.to_string())].into(),
+            ..Default::default()
+        });
+        specs.push((what, spec));
+    }
+    for (what, tpl) in [
+        ("binary written out", "{{ out }}"),
+        ("binary concatenated", "{{ out ~ '' }}"),
+        ("binary through upper", "{{ out | upper }}"),
+    ] {
+        let mut spec = binding(vec![item("binary", None)], vec![]);
+        spec.target.template = Some(TemplateSpec {
+            data: [("t".to_string(), tpl.to_string())].into(),
+            ..Default::default()
+        });
+        specs.push((what, spec));
+    }
+    let mut label = binding(vec![item("plain", None)], vec![]);
+    label.target.template = Some(TemplateSpec {
+        metadata: TemplateMetadata {
+            labels: [("l".to_string(), "{{ out }}!".to_string())].into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    specs.push(("invalid label value", label));
+    for (what, spec) in specs {
+        let r = resolve_with(&spec, &cache, opts, None).await;
+        check(&mut seen, what, format!("{r:?}"));
+        let e = r.data.expect_err(what);
+        check(&mut seen, what, format!("{e} {e:?}"));
+    }
+
+    // Success: binary passed through b64encode, an annotation holding the value, an
+    // optional key missing. Debug of the whole resolution shows none of it.
+    let named = |secret_key: &str, key: &str, optional: bool| DataItem {
+        secret_key: secret_key.into(),
+        remote_ref: RemoteRef {
+            key: key.into(),
+            ..Default::default()
+        },
+        optional,
+    };
+    let mut spec = binding(
+        vec![
+            named("bin", "binary", false),
+            named("p", "plain", false),
+            named("gone", "nope", true),
+        ],
+        vec![],
+    );
+    spec.target.template = Some(TemplateSpec {
+        data: [("enc".to_string(), "{{ bin | b64encode }}".to_string())].into(),
+        metadata: TemplateMetadata {
+            annotations: [("a".to_string(), "{{ p }}".to_string())].into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let r = resolve_with(&spec, &cache, opts, None).await;
+    assert_eq!(r.missing_keys, ["nope"]);
+    assert_eq!(r.metadata.annotations["a"], CANARY);
+    check(&mut seen, "resolution Debug", format!("{r:?}"));
+    assert!(r.data.is_ok());
+    assert!(seen.len() >= 22, "too few paths driven: {seen:?}");
 }

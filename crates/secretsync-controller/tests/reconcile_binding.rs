@@ -383,3 +383,138 @@ async fn a_deleted_binding_is_forgotten() {
         .await;
     assert!(rig.ctx.binding_state(&key).memo.is_none());
 }
+
+/// A binding on source `files` with `spec` (YAML lines indented under `spec:`).
+fn shaped_binding(rig: &Rig, spec: &str) -> ObjKey {
+    rig.binding(&format!(
+        "apiVersion: secretsync.dev/v1alpha1\nkind: SecretBinding\nmetadata: {{name: app, namespace: {NS}}}\nspec:\n  sourceRef: {{name: files}}\n  refreshInterval: 1h\n{spec}"
+    ))
+}
+
+/// The cache forgets what it read of `key`, as once the refresh interval has passed.
+async fn forget(rig: &Rig, key: &str) {
+    let src = rig.ctx.sources.get(&rig::source_key("files")).unwrap();
+    if let Ok(cache) = &rig
+        .ctx
+        .registry
+        .get(AnySource::Namespaced(&src))
+        .await
+        .cache
+    {
+        cache.invalidate_key(key);
+    }
+}
+
+/// An optional key that does not exist is left out, the binding is Synced and
+/// `status.missingKeys` names it; once it exists, the next refresh writes it and clears the
+/// list. Templated labels reach the Secret.
+#[tokio::test]
+async fn optional_keys_are_listed_while_missing_and_synced_once_they_appear() {
+    let rig = Rig::new(Duration::from_secs(1)).await;
+    rig.file_source("files", "app.env", ENV);
+    let key = shaped_binding(
+        &rig,
+        r#"  target:
+    template:
+      mergePolicy: Merge
+      data:
+        DATABASE_URL: "postgres://{{ username }}@db/{{ ca | default('no-ca') }}"
+      metadata:
+        labels:
+          db-user: "{{ username }}"
+  data:
+    - {secretKey: username, remoteRef: {key: DB_USER}}
+    - {secretKey: ca, remoteRef: {key: DB_CA}, optional: true}
+"#,
+    );
+    synced(&rig, &key).await;
+    assert_eq!(rig.ready(&key).1, "Synced");
+    let status = rig.reload_binding(&key).status.unwrap();
+    assert_eq!(status.missing_keys, ["DB_CA"]);
+    assert_eq!(status.synced_keys, ["DATABASE_URL", "username"]);
+    let data = rig.secret_data("app");
+    assert_eq!(data["DATABASE_URL"], "postgres://shop@db/no-ca");
+    assert!(!data.contains_key("ca"));
+    let s = rig.secret("app").unwrap();
+    assert_eq!(s["metadata"]["labels"]["db-user"], "shop");
+    assert_eq!(s["metadata"]["labels"]["secretsync.dev/managed"], "true");
+
+    // Someone adds the key; at the next refresh it is synced.
+    rig.file("app.env", &format!("{ENV}DB_CA=ca-pem\n"));
+    refresh_due(&rig, &key).await;
+    forget(&rig, "DB_CA").await;
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Written, "{r:?}");
+    let data = rig.secret_data("app");
+    assert_eq!(data["ca"], "ca-pem");
+    assert_eq!(data["DATABASE_URL"], "postgres://shop@db/ca-pem");
+    let status = rig.reload_binding(&key).status.unwrap();
+    assert!(status.missing_keys.is_empty(), "{status:?}");
+}
+
+/// A templated label that changes while the Secret's data does not still rewrites the
+/// Secret: what the binding remembers as verified includes the rendered metadata.
+#[tokio::test]
+async fn a_templated_label_change_alone_rewrites_the_secret() {
+    let rig = Rig::new(Duration::from_secs(1)).await;
+    rig.file_source("files", "app.env", ENV);
+    let key = shaped_binding(
+        &rig,
+        r#"  target:
+    template:
+      data:
+        fixed: "same data"
+      metadata:
+        labels:
+          db-user: "{{ username }}"
+  data:
+    - {secretKey: username, remoteRef: {key: DB_USER}}
+"#,
+    );
+    synced(&rig, &key).await;
+    let hash = rig.reload_binding(&key).status.unwrap().data_hash;
+    rig.file("app.env", "DB_USER=orders\nDB_PASSWORD=pw-1\n");
+    refresh_due(&rig, &key).await;
+    let r = reconcile(&rig.ctx, &key).await;
+    assert_eq!(r.result, ReconcileResult::Written, "{r:?}");
+    let s = rig.secret("app").unwrap();
+    assert_eq!(s["metadata"]["labels"]["db-user"], "orders");
+    assert_eq!(rig.reload_binding(&key).status.unwrap().data_hash, hash);
+}
+
+/// A template error in templated metadata is InvalidTemplate naming the label, and the
+/// Secret is not touched.
+#[tokio::test]
+async fn an_invalid_rendered_label_fails_without_touching_the_secret() {
+    let rig = Rig::new(Duration::from_secs(1)).await;
+    rig.file_source("files", "app.env", ENV);
+    let key = shaped_binding(
+        &rig,
+        r#"  target:
+    template:
+      metadata:
+        labels:
+          pw: "{{ password }}!"
+  data:
+    - {secretKey: password, remoteRef: {key: DB_PASSWORD}}
+"#,
+    );
+    rig.reconciles(
+        reconcile(&rig.ctx, &key),
+        ReconcileResult::Error,
+        &[
+            ("get secrets", 1),
+            ("patch secretbindings/status", 1),
+            ("create events", 1),
+        ],
+    )
+    .await;
+    let (status, reason, message) = rig.ready(&key);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "InvalidTemplate")
+    );
+    assert!(message.contains(r#"metadata.labels["pw"]"#), "{message}");
+    assert!(!message.contains("pw-1"), "{message}");
+    assert!(rig.secret("app").is_none());
+}

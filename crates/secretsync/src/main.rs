@@ -123,6 +123,9 @@ async fn run_render(args: RenderArgs) -> Result<()> {
     };
     let out = render::render(&opts).await?;
     print!("{}", render::to_yaml(&out.secrets)?);
+    for n in &out.notes {
+        eprintln!("note: {n}");
+    }
     for e in &out.errors {
         eprintln!("error: {e}");
     }

@@ -22,7 +22,7 @@ use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::hash::HmacKey;
 use secretsync_backends::kubernetes::{ClusterSecrets, SecretDataMap};
 use secretsync_backends::{
-    BackendError, BuildContext, CredentialRef, Credentials, SecretValue, SourceCache,
+    BackendError, BuildContext, CredentialRef, Credentials, ReadOptions, SecretValue, SourceCache,
     build_backend, resolve,
 };
 use secretsync_controller::cluster_binding::plan::desired_binding;
@@ -46,6 +46,8 @@ pub struct RenderOutput {
     pub secrets: Vec<Secret>,
     /// `namespace/name: error` for every binding that failed.
     pub errors: Vec<String>,
+    /// `namespace/name: …` for bindings that rendered without some optional keys.
+    pub notes: Vec<String>,
 }
 
 fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -283,6 +285,7 @@ pub async fn render(opts: &RenderOptions) -> Result<RenderOutput> {
     let mut out = RenderOutput {
         secrets: Vec::new(),
         errors: Vec::new(),
+        notes: Vec::new(),
     };
     for binding in &inputs.bindings {
         let ns = binding.metadata.namespace.clone().unwrap_or_default();
@@ -314,15 +317,32 @@ pub async fn render(opts: &RenderOptions) -> Result<RenderOutput> {
             namespace: &ns,
             name: &target,
         };
-        match resolve::resolve(&binding.spec, &cache, false, Some(own)).await {
+        let resolved = resolve::resolve_with(
+            &binding.spec,
+            &cache,
+            ReadOptions::within(Duration::MAX),
+            Some(own),
+        )
+        .await;
+        match resolved.data {
             Ok(data) => {
                 // The same Secret object the controller server-side applies.
                 let hash = opts.hmac_key.data_hash(&data);
-                let desired = secretsync_controller::binding::plan::desired_secret(binding, &hash);
+                let desired = secretsync_controller::binding::plan::desired_secret(
+                    binding,
+                    &hash,
+                    &resolved.metadata,
+                );
                 out.secrets
                     .push(secretsync_controller::binding::plan::apply_object(
                         &desired, &data,
                     ));
+                if !resolved.missing_keys.is_empty() {
+                    out.notes.push(format!(
+                        "SecretBinding {ns}/{name}: optional keys not found (left out): {}",
+                        resolved.missing_keys.join(", ")
+                    ));
+                }
             }
             Err(e) => out.errors.push(format!("SecretBinding {ns}/{name}: {e}")),
         }

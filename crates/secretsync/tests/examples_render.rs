@@ -1,5 +1,6 @@
-//! `secretsync render` on every example whose backend the test suite has: file, env and
-//! templating offline; Vault token/AppRole against the real OpenBao server and AWS (IRSA,
+//! `secretsync render` on every example whose backend the test suite has: file, env,
+//! templating and the data-shaping examples (dockerconfigjson, tls-bundle, json-config)
+//! offline; Vault token/AppRole against the real OpenBao server and AWS (IRSA,
 //! static keys + AssumeRole, Parameter Store) against the real moto server started by
 //! `make test`, Kubernetes Secrets from the input files,
 //! with the examples' server addresses pointed at them. Vault Kubernetes auth needs a
@@ -438,4 +439,109 @@ async fn aws_parameter_store_example_against_moto() {
     assert_eq!(s["shop-db"]["username"], "shop-user");
     assert_eq!(s["shop-db"]["feature_checkout"], "on");
     assert_eq!(s["shop-db"]["feature_regions"], "eu,us");
+}
+
+/// The bytes behind a Secret manifest's `data` entry.
+fn data_bytes(secret: &serde_json::Value, key: &str) -> Vec<u8> {
+    let b64 = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no data key {key:?} in {secret}"));
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+/// Renders one example folder, reading files below its `root/`: the one Secret printed,
+/// and what render wrote on stderr.
+fn render_example(example: &str) -> (serde_json::Value, String) {
+    let dir = format!("examples/{example}/");
+    let root_dir = format!("examples/{example}/root");
+    let out = Command::new(env!("CARGO_BIN_EXE_secretsync"))
+        .args(["render", "-f", &dir, "--file-root", &root_dir])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "render {example} failed: {stderr}");
+    let mut docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect();
+    assert_eq!(docs.len(), 1, "{example}: one Secret expected");
+    (docs.remove(0), stderr)
+}
+
+/// `.dockerconfigjson` from a user name and password: valid JSON, `auth` is base64 of
+/// `user:password`, the Secret has the image-pull type and only that key.
+#[test]
+fn dockerconfigjson_example() {
+    let (s, _) = render_example("dockerconfigjson");
+    assert_eq!(s["type"], "kubernetes.io/dockerconfigjson");
+    assert_eq!(s["data"].as_object().unwrap().len(), 1);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&data_bytes(&s, ".dockerconfigjson")).unwrap();
+    let login = &cfg["auths"]["registry.example.com"];
+    assert_eq!(login["username"], "shop-ci");
+    assert_eq!(login["password"], "demo-registry-password");
+    let auth = base64::engine::general_purpose::STANDARD
+        .decode(login["auth"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(auth, b"shop-ci:demo-registry-password");
+}
+
+/// A kubernetes.io/tls Secret from a base64 PEM bundle: decoded fields, leaf then chain
+/// in `tls.crt`, the key in `tls.key`, and the templated fingerprint annotation.
+#[test]
+fn tls_bundle_example() {
+    let (s, _) = render_example("tls-bundle");
+    assert_eq!(s["type"], "kubernetes.io/tls");
+    let keys: Vec<&String> = s["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["tls.crt", "tls.key"]);
+    let crt = String::from_utf8(data_bytes(&s, "tls.crt")).unwrap();
+    assert!(crt.starts_with("-----BEGIN CERTIFICATE-----\n"), "{crt}");
+    assert_eq!(
+        crt.matches("-----BEGIN CERTIFICATE-----").count(),
+        2,
+        "{crt}"
+    );
+    let key = String::from_utf8(data_bytes(&s, "tls.key")).unwrap();
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{key}");
+    let fingerprint = s["metadata"]["annotations"]["shop.example/certificate-sha256"]
+        .as_str()
+        .unwrap();
+    assert_eq!(fingerprint.len(), 64);
+    assert!(fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
+    // The operator's own marks are still there.
+    assert_eq!(s["metadata"]["labels"]["secretsync.dev/managed"], "true");
+}
+
+/// A JSON config file from several keys, with an optional key that does not exist yet:
+/// the Secret renders without it (the template's default fills in) and render notes it.
+#[test]
+fn json_config_example() {
+    let (s, stderr) = render_example("json-config");
+    let keys: Vec<&String> = s["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["config.json"]);
+    let cfg: serde_json::Value = serde_json::from_slice(&data_bytes(&s, "config.json")).unwrap();
+    assert_eq!(
+        cfg,
+        json!({
+            "database": {
+                "host": "postgres.shop.svc",
+                "port": 5432,
+                "user": "shop",
+                "password": "demo-json-password"
+            },
+            "payments": {"apiKey": "demo-payment-key"},
+            "newCheckout": false
+        })
+    );
+    let version = s["metadata"]["labels"]["shop.example/config-version"]
+        .as_str()
+        .unwrap();
+    assert_eq!(version.len(), 12);
+    assert!(
+        stderr.contains("optional keys not found (left out): new_checkout"),
+        "{stderr}"
+    );
 }

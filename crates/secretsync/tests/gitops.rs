@@ -66,6 +66,7 @@ fn health_checks_follow_ready_and_observed_generation() {
     let synced = || Outcome::Synced {
         keys: vec!["password".into()],
         hash: "h".into(),
+        missing: vec![],
         read: true,
     };
     let failed = Outcome::Failed {

@@ -262,6 +262,7 @@ mod tests {
             &Outcome::Synced {
                 keys: vec![],
                 hash: "h".into(),
+                missing: vec![],
                 read: true,
             },
             &now,

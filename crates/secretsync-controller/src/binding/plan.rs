@@ -17,6 +17,7 @@ use secretsync_api::{
 use secretsync_backends::SecretValue;
 use secretsync_backends::hash::HmacKey;
 use secretsync_backends::resolve::SecretData;
+use secretsync_backends::template::TemplatedMetadata;
 use tokio::time::Instant;
 
 use crate::runtime::backoff::jittered;
@@ -86,12 +87,20 @@ pub struct DesiredSecret {
     pub owner: Option<OwnerReference>,
 }
 
-/// What a binding's Secret must look like for data hash `hash`.
-pub fn desired_secret(binding: &SecretBinding, hash: &str) -> DesiredSecret {
+/// What a binding's Secret must look like for data hash `hash` and the labels and
+/// annotations its template rendered: `target.labels`/`annotations`, then the templated
+/// ones over them, then ours over both (a binding cannot unmark its own Secret).
+pub fn desired_secret(
+    binding: &SecretBinding,
+    hash: &str,
+    templated: &TemplatedMetadata,
+) -> DesiredSecret {
     let target = &binding.spec.target;
     let mut labels = target.labels.clone();
+    labels.extend(templated.labels.clone());
     labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
     let mut annotations = target.annotations.clone();
+    annotations.extend(templated.annotations.clone());
     annotations.insert(ANNOTATION_BINDING.to_string(), binding.name_any());
     annotations.insert(ANNOTATION_DATA_HASH.to_string(), hash.to_string());
     let policy = target.creation_policy;
@@ -281,6 +290,8 @@ pub enum Outcome {
         keys: Vec<String>,
         /// HMAC of the data.
         hash: String,
+        /// Remote keys of optional entries that were not found, sorted.
+        missing: Vec<String>,
         /// The backend was read in this reconcile (sets `lastSyncTime`).
         read: bool,
     },
@@ -343,7 +354,7 @@ pub fn with_ready(
         .collect()
 }
 
-/// The next status. On failure the last good `dataHash`/`syncedKeys` stay (the Secret still
+/// The next status. On failure the last good `dataHash`/`syncedKeys`/`missingKeys` stay (the Secret still
 /// holds that data). `restarted` belongs to the rollout reconciler and is carried over.
 pub fn next_status(
     previous: Option<&SecretBindingStatus>,
@@ -365,10 +376,16 @@ pub fn next_status(
         last_rotation_time: prev.last_rotation_time.clone(),
         data_hash: prev.data_hash.clone(),
         synced_keys: prev.synced_keys.clone(),
+        missing_keys: prev.missing_keys.clone(),
         restarted: prev.restarted.clone(),
     };
     match outcome {
-        Outcome::Synced { keys, hash, read } => {
+        Outcome::Synced {
+            keys,
+            hash,
+            missing,
+            read,
+        } => {
             conditions.push(ready_condition(
                 &prev.conditions,
                 ConditionReason::Synced,
@@ -384,6 +401,7 @@ pub fn next_status(
             }
             next.data_hash = Some(hash.clone());
             next.synced_keys = keys.clone();
+            next.missing_keys = missing.clone();
         }
         Outcome::Failed { reason, message } => {
             conditions.push(ready_condition(

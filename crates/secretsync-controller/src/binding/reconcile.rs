@@ -13,6 +13,7 @@ use secretsync_api::{
     SecretBindingStatus, SourceKind, parse_duration,
 };
 use secretsync_backends::resolve::{OwnSecret, SecretData, resolve_with};
+use secretsync_backends::template::TemplatedMetadata;
 use secretsync_backends::{BackendError, ReadOptions, SourceCache};
 use tokio::time::Instant;
 
@@ -100,35 +101,50 @@ fn api_retry(ctx: &Ctx, key: &ObjKey, mut state: BindingState) -> Reconciled {
 /// The target Secret as far as this reconcile knows it.
 struct Target {
     name: String,
-    /// The data hash it is known to hold without reading it (see [`Verified`]).
-    verified_hash: Option<String>,
+    /// What it is known to hold without reading it (see [`Verified`]).
+    verified: Option<Verified>,
     /// The Secret as just read, when it had to be read (`None` also when absent).
     secret: Option<Secret>,
 }
 
+/// What the binding wants the Secret to hold: data hashing to `hash` under `keys`, and the
+/// labels and annotations its template rendered.
+struct Wanted<'a> {
+    hash: &'a str,
+    keys: &'a [String],
+    metadata: &'a TemplatedMetadata,
+}
+
 impl Target {
-    /// Whether the Secret holds what the binding wants for `hash`.
-    fn holds(&self, ctx: &Ctx, b: &SecretBinding, hash: &str, keys: &[String]) -> bool {
-        match (&self.verified_hash, &self.secret) {
-            (Some(v), _) => v == hash,
-            (None, Some(s)) => conforms(s, &desired_secret(b, hash), &ctx.hmac, hash, keys),
+    /// Whether the Secret holds what the binding wants.
+    fn holds(&self, ctx: &Ctx, b: &SecretBinding, w: &Wanted<'_>) -> bool {
+        match (&self.verified, &self.secret) {
+            (Some(v), _) => v.holds(w.hash, w.metadata),
+            (None, Some(s)) => conforms(
+                s,
+                &desired_secret(b, w.hash, w.metadata),
+                &ctx.hmac,
+                w.hash,
+                w.keys,
+            ),
             (None, None) => false,
         }
     }
 
-    /// What may be remembered after finding the Secret holding `hash`.
+    /// What may be remembered after finding the Secret holding what is wanted.
     fn verified(
         &self,
         b: &SecretBinding,
-        hash: &str,
+        w: &Wanted<'_>,
         current: Option<Verified>,
     ) -> Option<Verified> {
-        match self.verified_hash {
+        match self.verified {
             Some(_) => current,
             None => Verified::at(
                 self.secret.as_ref().and_then(|s| s.resource_version()),
                 b.metadata.generation,
-                hash,
+                w.hash,
+                w.metadata,
             ),
         }
     }
@@ -188,7 +204,12 @@ async fn sync(
     };
     let hash = ctx.hmac.data_hash(&data);
     let keys: Vec<String> = data.keys().cloned().collect();
-    let written = write_secret(ctx, key, b, state, &target, data, &hash, &keys).await?;
+    let wanted = Wanted {
+        hash: &hash,
+        keys: &keys,
+        metadata: &resolved.metadata,
+    };
+    let written = write_secret(ctx, key, b, state, &target, data, &wanted).await?;
     let rotated = is_rotation(
         prev_status.as_ref().and_then(|s| s.data_hash.as_deref()),
         &hash,
@@ -197,6 +218,7 @@ async fn sync(
     let outcome = Outcome::Synced {
         keys,
         hash,
+        missing: resolved.missing_keys,
         read: true,
     };
     status::write(ctx, b, state, &outcome, force).await?;
@@ -213,6 +235,7 @@ async fn sync(
         next_refresh: next,
         failed: false,
     });
+    state.metadata = resolved.metadata;
     state.failures = 0;
     state.force_seen = force_value;
     tracing::debug!(binding = %key, elapsed_ms = started.elapsed().as_millis() as u64, written, rotated, "synced");
@@ -304,16 +327,16 @@ async fn look_at_target(
     let ns = b.namespace().unwrap_or_default();
     let name = b.target_name();
     let watched_rv = ctx.managed.resource_version(&ns, &name);
-    let verified_hash = Verified::still_valid(
+    let verified = Verified::still_valid(
         state.verified.as_ref(),
         b.metadata.generation,
         watched_rv.as_deref(),
         force,
     );
-    if verified_hash.is_some() {
+    if verified.is_some() {
         return Ok(Target {
             name,
-            verified_hash,
+            verified,
             secret: None,
         });
     }
@@ -328,7 +351,7 @@ async fn look_at_target(
     match check {
         TargetCheck::Ok => Ok(Target {
             name,
-            verified_hash: None,
+            verified: None,
             secret,
         }),
         TargetCheck::Conflict(m) => Err(Stop::Failed(ConditionReason::TargetConflict, m)),
@@ -346,16 +369,33 @@ async fn still_intact(
     prev_status: Option<&SecretBindingStatus>,
     now: Instant,
 ) -> Result<Option<Reconciled>, Stop> {
-    let (keys, hash) = prev_status
-        .map(|s| (s.synced_keys.clone(), s.data_hash.clone()))
+    let (keys, hash, missing) = prev_status
+        .map(|s| {
+            (
+                s.synced_keys.clone(),
+                s.data_hash.clone(),
+                s.missing_keys.clone(),
+            )
+        })
         .unwrap_or_default();
-    let Some(hash) = hash.filter(|h| target.holds(ctx, b, h, &keys)) else {
+    // The metadata of the last read: nothing was read since (a read is due otherwise).
+    let metadata = state.metadata.clone();
+    let Some(hash) = hash else {
         return Ok(None);
     };
-    state.verified = target.verified(b, &hash, state.verified.take());
+    let wanted = Wanted {
+        hash: &hash,
+        keys: &keys,
+        metadata: &metadata,
+    };
+    if !target.holds(ctx, b, &wanted) {
+        return Ok(None);
+    }
+    state.verified = target.verified(b, &wanted, state.verified.take());
     let outcome = Outcome::Synced {
         keys,
         hash,
+        missing,
         read: false,
     };
     status::write(ctx, b, state, &outcome, false).await?;
@@ -372,8 +412,7 @@ async fn still_intact(
     }))
 }
 
-/// Applies the Secret unless it already holds `hash`; returns whether it wrote.
-#[allow(clippy::too_many_arguments)]
+/// Applies the Secret unless it already holds what is wanted; returns whether it wrote.
 async fn write_secret(
     ctx: &Ctx,
     key: &ObjKey,
@@ -381,14 +420,13 @@ async fn write_secret(
     state: &mut BindingState,
     target: &Target,
     data: SecretData,
-    hash: &str,
-    keys: &[String],
+    w: &Wanted<'_>,
 ) -> Result<bool, Stop> {
-    if target.holds(ctx, b, hash, keys) {
-        state.verified = target.verified(b, hash, state.verified.take());
+    if target.holds(ctx, b, w) {
+        state.verified = target.verified(b, w, state.verified.take());
         return Ok(false);
     }
-    let body = apply_object(&desired_secret(b, hash), &data);
+    let body = apply_object(&desired_secret(b, w.hash, w.metadata), &data);
     drop(data);
     // Until the apply succeeds nothing about the Secret is known for sure (and the watch
     // event of a write whose answer was lost must count as drift).
@@ -397,8 +435,13 @@ async fn write_secret(
     let api = ctx.secrets(&b.namespace().unwrap_or_default());
     match api.patch(&target.name, &pp, &Patch::Apply(&body)).await {
         Ok(applied) => {
-            state.verified = Verified::at(applied.resource_version(), b.metadata.generation, hash);
-            tracing::info!(binding = %key, secret = %target.name, keys = keys.len(), "applied Secret");
+            state.verified = Verified::at(
+                applied.resource_version(),
+                b.metadata.generation,
+                w.hash,
+                w.metadata,
+            );
+            tracing::info!(binding = %key, secret = %target.name, keys = w.keys.len(), "applied Secret");
             Ok(true)
         }
         // The API server is unavailable (or shedding load): retried like any API failure,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use secretsync_api::SecretBindingStatus;
+use secretsync_backends::template::TemplatedMetadata;
 
 use super::plan::ReadMemo;
 use crate::runtime::ObjKey;
@@ -14,6 +15,9 @@ use crate::runtime::ObjKey;
 pub struct BindingState {
     /// Last backend read.
     pub memo: Option<ReadMemo>,
+    /// The labels and annotations the template rendered at the last read: what the Secret
+    /// must carry until the next read (set together with `memo`).
+    pub metadata: TemplatedMetadata,
     /// Last force-sync annotation value acted on.
     pub force_seen: Option<String>,
     /// Consecutive failures (backoff exponent).
@@ -39,29 +43,43 @@ pub struct Verified {
     pub generation: Option<i64>,
     /// The data hash it carries.
     pub hash: String,
+    /// The templated labels and annotations it carries (they can change with the values
+    /// while the data hash stays).
+    pub metadata: TemplatedMetadata,
 }
 
 impl Verified {
     /// What a Secret at `secret_rv` is known to hold, if the API server gave a version.
-    pub fn at(secret_rv: Option<String>, generation: Option<i64>, hash: &str) -> Option<Self> {
+    pub fn at(
+        secret_rv: Option<String>,
+        generation: Option<i64>,
+        hash: &str,
+        metadata: &TemplatedMetadata,
+    ) -> Option<Self> {
         secret_rv.map(|secret_rv| Verified {
             secret_rv,
             generation,
             hash: hash.to_string(),
+            metadata: metadata.clone(),
         })
     }
 
-    /// The data hash, if the Secret is still as verified: same binding generation, the
-    /// watch shows the same resourceVersion, and no forced sync asks for a full check.
+    /// The record, if the Secret is still as verified: same binding generation, the watch
+    /// shows the same resourceVersion, and no forced sync asks for a full check.
     pub fn still_valid(
         this: Option<&Verified>,
         generation: Option<i64>,
         watched_rv: Option<&str>,
         force: bool,
-    ) -> Option<String> {
+    ) -> Option<Verified> {
         let v = this?;
         (!force && v.generation == generation && watched_rv == Some(v.secret_rv.as_str()))
-            .then(|| v.hash.clone())
+            .then(|| v.clone())
+    }
+
+    /// Whether the Secret as verified holds data `hash` with `metadata`.
+    pub fn holds(&self, hash: &str, metadata: &TemplatedMetadata) -> bool {
+        self.hash == hash && self.metadata == *metadata
     }
 }
 
@@ -145,6 +163,7 @@ mod tests {
             secret_rv: "41".into(),
             generation: Some(2),
             hash: "h1".into(),
+            metadata: TemplatedMetadata::default(),
         }
     }
 
@@ -152,9 +171,17 @@ mod tests {
     fn verified_secret_is_trusted_only_while_nothing_moved() {
         let v = v();
         assert_eq!(
-            Verified::still_valid(Some(&v), Some(2), Some("41"), false).as_deref(),
-            Some("h1")
+            Verified::still_valid(Some(&v), Some(2), Some("41"), false).as_ref(),
+            Some(&v)
         );
+        let none = TemplatedMetadata::default();
+        assert!(v.holds("h1", &none) && !v.holds("h2", &none));
+        // Same data, other rendered labels: not what the Secret carries.
+        let relabelled = TemplatedMetadata {
+            labels: [("version".to_string(), "2".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(!v.holds("h1", &relabelled));
         // Never checked, or the watch has not seen the Secret (deleted, unlabelled, relisted).
         assert_eq!(
             Verified::still_valid(None, Some(2), Some("41"), false),

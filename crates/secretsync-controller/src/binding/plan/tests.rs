@@ -21,6 +21,10 @@ fn data(pairs: &[(&str, &str)]) -> SecretData {
         .collect()
 }
 
+fn no_meta() -> TemplatedMetadata {
+    TemplatedMetadata::default()
+}
+
 fn key() -> HmacKey {
     HmacKey::new(vec![9; 32])
 }
@@ -33,7 +37,7 @@ fn keys(d: &SecretData) -> Vec<String> {
 fn apply_object_for_each_policy() {
     let d = data(&[("password", "pw"), ("user", "u")]);
     let b = binding(CreationPolicy::Owner);
-    let s = apply_object(&desired_secret(&b, "h1"), &d);
+    let s = apply_object(&desired_secret(&b, "h1", &no_meta()), &d);
     assert_eq!(s.metadata.name.as_deref(), Some("shop-db"));
     assert_eq!(s.labels()[LABEL_MANAGED], "true");
     assert_eq!(s.labels()["team"], "a");
@@ -52,9 +56,15 @@ fn apply_object_for_each_policy() {
     assert_eq!(json["data"]["password"], "cHc=");
     assert!(!json.to_string().contains("null"));
 
-    let s = apply_object(&desired_secret(&binding(CreationPolicy::Orphan), "h"), &d);
+    let s = apply_object(
+        &desired_secret(&binding(CreationPolicy::Orphan), "h", &no_meta()),
+        &d,
+    );
     assert!(s.metadata.owner_references.is_none());
-    let s = apply_object(&desired_secret(&binding(CreationPolicy::Merge), "h"), &d);
+    let s = apply_object(
+        &desired_secret(&binding(CreationPolicy::Merge), "h", &no_meta()),
+        &d,
+    );
     assert!(s.metadata.owner_references.is_none());
     assert!(s.type_.is_none());
 
@@ -67,9 +77,46 @@ fn apply_object_for_each_policy() {
 }
 
 #[test]
+fn templated_metadata_joins_the_static_and_ours_win() {
+    let mut b = binding(CreationPolicy::Owner);
+    b.spec
+        .target
+        .annotations
+        .insert("note".into(), "static".into());
+    let templated = TemplatedMetadata {
+        labels: [
+            ("team".to_string(), "b".to_string()),
+            ("version".to_string(), "v2".to_string()),
+            (LABEL_MANAGED.to_string(), "false".to_string()),
+        ]
+        .into(),
+        annotations: [
+            ("note".to_string(), "rendered".to_string()),
+            (ANNOTATION_DATA_HASH.to_string(), "forged".to_string()),
+        ]
+        .into(),
+    };
+    let d = desired_secret(&b, "h1", &templated);
+    assert_eq!(d.labels["team"], "b", "templated over target.labels");
+    assert_eq!(d.labels["version"], "v2");
+    assert_eq!(d.labels[LABEL_MANAGED], "true", "ours over templated");
+    assert_eq!(d.annotations["note"], "rendered");
+    assert_eq!(d.annotations[ANNOTATION_DATA_HASH], "h1");
+    // A Secret written without the templated metadata does not conform.
+    let hm = key();
+    let data = data(&[("a", "1")]);
+    let hash = hm.data_hash(&data);
+    let plain = apply_object(&desired_secret(&b, &hash, &no_meta()), &data);
+    let wanted = desired_secret(&b, &hash, &templated);
+    assert!(!conforms(&plain, &wanted, &hm, &hash, &keys(&data)));
+    let written = apply_object(&wanted, &data);
+    assert!(conforms(&written, &wanted, &hm, &hash, &keys(&data)));
+}
+
+#[test]
 fn target_checks() {
     let b = binding(CreationPolicy::Owner);
-    let ours = apply_object(&desired_secret(&b, "h"), &data(&[]));
+    let ours = apply_object(&desired_secret(&b, "h", &no_meta()), &data(&[]));
     let foreign = Secret {
         metadata: ObjectMeta {
             name: Some("shop-db".into()),
@@ -80,7 +127,7 @@ fn target_checks() {
     let other_binding = {
         let mut o = binding(CreationPolicy::Orphan);
         o.metadata.name = Some("other".into());
-        apply_object(&desired_secret(&o, "h"), &data(&[]))
+        apply_object(&desired_secret(&o, "h", &no_meta()), &data(&[]))
     };
     let chk = |p, s| check_target(p, s, "shop-db", "shop-db", "uid-1");
     assert_eq!(chk(CreationPolicy::Owner, None), TargetCheck::Ok);
@@ -100,7 +147,7 @@ fn target_checks() {
     assert_eq!(chk(CreationPolicy::Merge, Some(&foreign)), TargetCheck::Ok);
     // An Orphan Secret written by this binding (no owner ref) is still ours.
     let orphan = apply_object(
-        &desired_secret(&binding(CreationPolicy::Orphan), "h"),
+        &desired_secret(&binding(CreationPolicy::Orphan), "h", &no_meta()),
         &data(&[]),
     );
     assert_eq!(chk(CreationPolicy::Owner, Some(&orphan)), TargetCheck::Ok);
@@ -112,7 +159,7 @@ fn conformance_detects_drift() {
     let b = binding(CreationPolicy::Owner);
     let d = data(&[("a", "1"), ("b", "2")]);
     let hash = hm.data_hash(&d);
-    let desired = desired_secret(&b, &hash);
+    let desired = desired_secret(&b, &hash, &no_meta());
     let good = apply_object(&desired, &d);
     assert!(conforms(&good, &desired, &hm, &hash, &keys(&d)));
 
@@ -245,6 +292,7 @@ fn status_transitions() {
     let synced = |hash: &str, read| Outcome::Synced {
         keys: vec!["a".into(), "b".into()],
         hash: hash.into(),
+        missing: vec![],
         read,
     };
     let s1 = next_status(None, Some(1), &synced("h1", true), &t(100));
@@ -285,6 +333,25 @@ fn status_transitions() {
     assert_eq!(s5.last_sync_time, Some(t(400)));
     let s6 = next_status(Some(&s5), Some(1), &failed, &t(600));
     assert_eq!(s6, s5, "repeated failure writes nothing");
+
+    // Missing optional keys are listed while missing, kept through a failure, and gone
+    // once found.
+    let with_missing = Outcome::Synced {
+        keys: vec!["a".into()],
+        hash: "h3".into(),
+        missing: vec!["ca".into(), "db#tls".into()],
+        read: true,
+    };
+    let s7 = next_status(Some(&s6), Some(1), &with_missing, &t(700));
+    assert_eq!(s7.missing_keys, ["ca", "db#tls"]);
+    let s8 = next_status(Some(&s7), Some(1), &failed, &t(800));
+    assert_eq!(s8.missing_keys, s7.missing_keys);
+    let s9 = next_status(Some(&s8), Some(1), &synced("h4", true), &t(900));
+    assert!(s9.missing_keys.is_empty());
+    assert!(
+        !serde_json::to_string(&s9).unwrap().contains("missingKeys"),
+        "an empty list is left out, so the apply drops the field"
+    );
     assert_eq!(ready_of(Some(&s6)), Some(false));
     assert_eq!(keys_message(1), "1 key");
 }
@@ -296,6 +363,7 @@ fn never_synced_goes_first() {
     let ok = Outcome::Synced {
         keys: vec![],
         hash: "h".into(),
+        missing: vec![],
         read: true,
     };
     b.status = Some(next_status(None, Some(2), &ok, &t(1)));
@@ -308,7 +376,10 @@ fn never_synced_goes_first() {
 fn secret_hash_of_subset() {
     let hm = key();
     let d = data(&[("a", "1")]);
-    let s = apply_object(&desired_secret(&binding(CreationPolicy::Owner), "h"), &d);
+    let s = apply_object(
+        &desired_secret(&binding(CreationPolicy::Owner), "h", &no_meta()),
+        &d,
+    );
     assert_eq!(
         secret_data_hash(&hm, &s, &["a".into()]),
         Some(hm.data_hash(&d))
@@ -321,6 +392,7 @@ fn heartbeat_holds_back_a_lone_last_sync_time() {
     let synced = |hash: &str| Outcome::Synced {
         keys: vec!["a".into()],
         hash: hash.into(),
+        missing: vec![],
         read: true,
     };
     let beat = Duration::from_secs(600);
