@@ -501,6 +501,44 @@ pub(crate) fn check_rule(rule: &str, value: &Value) -> Result<bool, CelError> {
     )?)
 }
 
+/// The fields of `self.metadata` (or `oldSelf.metadata`) a rule selects other than `name`
+/// and `generateName`, each with the line and column (1-based) of the `.` before it, as a
+/// CEL compiler reports it. At the root of a CRD's schema metadata exposes only those two.
+pub(crate) fn hidden_metadata_fields(rule: &str) -> Vec<(String, usize, usize)> {
+    let Some(toks) = lex(rule) else {
+        return Vec::new();
+    };
+    let chars: Vec<char> = rule.chars().collect();
+    let mut out = Vec::new();
+    for (i, w) in toks.windows(5).enumerate() {
+        let [
+            (Tok::Ident(root), _),
+            (Tok::Punct("."), _),
+            (Tok::Ident(meta), _),
+            (Tok::Punct("."), dot),
+            (Tok::Ident(field), _),
+        ] = w
+        else {
+            continue;
+        };
+        // `self.metadata.all(...)` calls a macro on metadata rather than selecting a field
+        let call = matches!(toks.get(i + 5), Some((Tok::Punct("("), _)));
+        if (root != "self" && root != "oldSelf")
+            || meta != "metadata"
+            || call
+            || field == "name"
+            || field == "generateName"
+        {
+            continue;
+        }
+        let before = &chars[..*dot];
+        let line = 1 + before.iter().filter(|c| **c == '\n').count();
+        let line_start = before.iter().rposition(|c| *c == '\n').map_or(0, |i| i + 1);
+        out.push((field.clone(), line, dot - line_start + 1));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,5 +639,31 @@ mod tests {
             Err(CelError::Runtime(_))
         ));
         assert_eq!(evaluate("variables.none", &a), Err(CelError::Unsupported));
+    }
+
+    #[test]
+    fn hidden_metadata_fields_are_found_with_their_position() {
+        assert_eq!(
+            hidden_metadata_fields("self.metadata.namespace == 'x'"),
+            [("namespace".to_owned(), 1, 14)]
+        );
+        assert_eq!(
+            hidden_metadata_fields(
+                "size(self.metadata.namespace + '/' + self.metadata.name) <= 255"
+            ),
+            [("namespace".to_owned(), 1, 19)]
+        );
+        assert_eq!(
+            hidden_metadata_fields("self.spec.x == 1 &&\n  has(oldSelf.metadata.labels)"),
+            [("labels".to_owned(), 2, 23)]
+        );
+        for fine in [
+            "self.metadata.name == 'x'",
+            "self.metadata.generateName.startsWith('a')",
+            "self.spec.metadata.namespace == 'x'",
+            "'self.metadata.namespace' == self.spec.x",
+        ] {
+            assert!(hidden_metadata_fields(fine).is_empty(), "{fine}");
+        }
     }
 }

@@ -179,21 +179,23 @@ fn strict_fields(schema: &Value, obj: &Value) -> Result<(), ApiError> {
     )))
 }
 
-/// What is wrong with a CustomResourceDefinition (its name must be `plural.group`).
+/// What is wrong with a CustomResourceDefinition: rules a real server's CEL compiler
+/// refuses, a name other than `plural.group`.
 fn crd_causes(obj: &Value, name: &str) -> Vec<Cause> {
     match resources::from_crd(obj) {
         Ok(rd) => {
+            let mut causes = validation::crd_rule_causes(obj);
             let want = format!("{}.{}", rd.plural, rd.group);
-            if name == want {
-                return Vec::new();
+            if name != want {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message: format!(
+                        "Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"
+                    ),
+                    field: "metadata.name".into(),
+                });
             }
-            vec![Cause {
-                reason: "FieldValueInvalid".into(),
-                message: format!(
-                    "Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"
-                ),
-                field: "metadata.name".into(),
-            }]
+            causes
         }
         Err(e) => {
             let (field, msg) = e.split_once(": ").unwrap_or(("spec", e.as_str()));
