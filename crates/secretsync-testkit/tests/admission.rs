@@ -1,7 +1,7 @@
 //! ValidatingAdmissionPolicies: the fake serves them and enforces the chart's policy, which
 //! keeps a SecretSource's `spec.kubernetes.namespace` in the source's own namespace. The
 //! policy is rendered from the chart by Helm's engine (the test venv, as for every chart
-//! test).
+//! test), and the end-to-end environment installs it as the chart ships it.
 
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -10,8 +10,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{GroupVersionKind, Status};
 use kube::discovery::Discovery;
-use secretsync_testkit::FakeApiServer;
 use secretsync_testkit::chart::{self, Rendered};
+use secretsync_testkit::{FakeApiServer, TestEnv, WatchScope};
 use serde_json::{Value, json};
 use support::{api_err, setup};
 
@@ -325,4 +325,19 @@ fn the_chart_renders_the_policy_unless_disabled() {
         let errors: Vec<_> = messages.iter().filter(|m| m.severity >= 3).collect();
         assert!(errors.is_empty(), "helm lint with {values}: {errors:?}");
     }
+}
+
+#[tokio::test]
+async fn the_test_environment_installs_the_policy_with_the_operator() {
+    let env = TestEnv::start().await.unwrap();
+    let identity = env
+        .operator_identity(WatchScope::Namespace, &json!({}))
+        .await
+        .unwrap();
+    let name = format!("{}-secretsync-source-namespace", identity.release);
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(env.client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(env.client.clone());
+    assert!(policies.get_opt(&name).await.unwrap().is_some());
+    let binding = bindings.get(&name).await.unwrap();
+    assert_eq!(binding.spec.policy_name, name);
 }
