@@ -1,8 +1,11 @@
 //! A tiny evaluator for the subset of CEL used by `x-kubernetes-validations` rules in
-//! simple CRDs: literals, `self` field access, `has()`, `size()`, comparisons, `&&`, `||`,
-//! `!`, list literals, `.matches()`, `.startsWith()`, `.endsWith()`, `.contains()`,
-//! `.size()` and the `filter`/`all`/`exists`/`exists_one` macros. Anything else is
-//! reported as unsupported and the rule is skipped (never a false rejection).
+//! simple CRDs and by ValidatingAdmissionPolicies: literals, variables and field access,
+//! `has()`, `size()`, comparisons, `&&`, `||`, `!`, `? :`, list literals, `.matches()`,
+//! `.startsWith()`, `.endsWith()`, `.contains()`, `.size()` and the
+//! `filter`/`all`/`exists`/`exists_one` macros. Anything else is reported as
+//! [`CelError::Unsupported`] and the caller skips the expression (never a false
+//! rejection). Errors real CEL raises too (a missing field, an index out of range) are
+//! [`CelError::Runtime`]: an admission policy's `failurePolicy` decides about those.
 
 use std::collections::HashMap;
 
@@ -16,15 +19,18 @@ enum Tok {
     Punct(&'static str),
 }
 
-fn lex(src: &str) -> Option<Vec<Tok>> {
+/// The tokens of `src`, each with the index of its first character.
+fn lex(src: &str) -> Option<Vec<(Tok, usize)>> {
     let chars: Vec<char> = src.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
     const PUNCT: &[&str] = &[
         "==", "!=", "<=", ">=", "&&", "||", "(", ")", "[", "]", ",", ".", "!", "<", ">", "-", "+",
+        "?", ":",
     ];
     while i < chars.len() {
         let c = chars[i];
+        let start = i;
         if c.is_whitespace() {
             i += 1;
         } else if c == '\'' || c == '"' {
@@ -53,24 +59,22 @@ fn lex(src: &str) -> Option<Vec<Tok>> {
                 return None;
             }
             i += 1;
-            out.push(Tok::Str(s));
+            out.push((Tok::Str(s), start));
         } else if c.is_ascii_digit() {
-            let start = i;
             while i < chars.len() && chars[i].is_ascii_digit() {
                 i += 1;
             }
             let n: String = chars[start..i].iter().collect();
-            out.push(Tok::Int(n.parse().ok()?));
+            out.push((Tok::Int(n.parse().ok()?), start));
         } else if c.is_alphabetic() || c == '_' {
-            let start = i;
             while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
                 i += 1;
             }
-            out.push(Tok::Ident(chars[start..i].iter().collect()));
+            out.push((Tok::Ident(chars[start..i].iter().collect()), start));
         } else {
             let rest: String = chars[i..chars.len().min(i + 2)].iter().collect();
             let p = PUNCT.iter().find(|p| rest.starts_with(**p))?;
-            out.push(Tok::Punct(p));
+            out.push((Tok::Punct(p), start));
             i += p.len();
         }
     }
@@ -88,6 +92,7 @@ enum Expr {
     Not(Box<Expr>),
     Neg(Box<Expr>),
     Bin(&'static str, Box<Expr>, Box<Expr>),
+    Cond(Box<Expr>, Box<Expr>, Box<Expr>),
 }
 
 struct Parser {
@@ -111,6 +116,16 @@ impl Parser {
         self.eat(p).then_some(())
     }
     fn expr(&mut self) -> Option<Expr> {
+        let c = self.or()?;
+        if !self.eat("?") {
+            return Some(c);
+        }
+        let then = self.or()?;
+        self.expect(":")?;
+        let other = self.expr()?;
+        Some(Expr::Cond(Box::new(c), Box::new(then), Box::new(other)))
+    }
+    fn or(&mut self) -> Option<Expr> {
         let mut l = self.and()?;
         while self.eat("||") {
             l = Expr::Bin("||", Box::new(l), Box::new(self.and()?));
@@ -217,11 +232,24 @@ impl Parser {
     }
 }
 
-/// Why a rule could not be evaluated.
-#[derive(Debug)]
-pub(crate) struct Unsupported;
+/// Why an expression gave no value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CelError {
+    /// Outside the subset (syntax, functions, types it does not model): skip the
+    /// expression, a real server might well accept it.
+    Unsupported,
+    /// An error real CEL raises as well: a missing field or key, an index out of range.
+    Runtime(String),
+}
 
-type R = Result<Value, Unsupported>;
+use CelError::{Runtime, Unsupported};
+
+type R = Result<Value, CelError>;
+
+/// Of two errors, the one to report: an unsupported part might have decided the result.
+fn worse(a: CelError, b: CelError) -> CelError {
+    if a == Unsupported { a } else { b }
+}
 
 fn size(v: &Value) -> R {
     Ok(json!(match v {
@@ -232,29 +260,95 @@ fn size(v: &Value) -> R {
     }))
 }
 
-fn truthy(v: &Value) -> Result<bool, Unsupported> {
+fn truthy(v: &Value) -> Result<bool, CelError> {
     v.as_bool().ok_or(Unsupported)
 }
 
-fn num(v: &Value) -> Result<f64, Unsupported> {
+fn num(v: &Value) -> Result<f64, CelError> {
     v.as_f64().ok_or(Unsupported)
 }
 
-fn eval(e: &Expr, env: &HashMap<String, Value>) -> R {
+fn int(v: &Value) -> Result<i64, CelError> {
+    v.as_i64().ok_or(Unsupported)
+}
+
+fn no_such_key(k: &str) -> CelError {
+    Runtime(format!("no such key: {k}"))
+}
+
+/// Field `f` of `v`; a missing field is an error, as in CEL.
+fn select(v: &Value, f: &str) -> R {
+    match v {
+        Value::Object(m) => m.get(f).cloned().ok_or_else(|| no_such_key(f)),
+        Value::Null => Err(no_such_key(f)),
+        _ => Err(Unsupported),
+    }
+}
+
+/// `&&` and `||` are commutative in CEL: a deciding operand wins over an error in the other.
+fn logic(or: bool, l: R, r: impl FnOnce() -> R) -> R {
+    let l = l.and_then(|v| truthy(&v));
+    if l == Ok(or) {
+        return Ok(json!(or));
+    }
+    match (l, r().and_then(|v| truthy(&v))) {
+        (_, Ok(b)) if b == or => Ok(json!(or)),
+        (Ok(_), Ok(_)) => Ok(json!(!or)),
+        (Err(a), Err(b)) => Err(worse(a, b)),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
+/// What an expression sees: named values (`self`, `object`, `request`, ...) and the
+/// admission policy variables (`variables.NAME`). A variable keeps its error, so only
+/// the expressions that use it fail, as with the real server's lazy variables.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Activation {
+    vars: HashMap<String, Value>,
+    variables: HashMap<String, Result<Value, CelError>>,
+}
+
+impl Activation {
+    /// Binds `name` to `value`.
+    pub fn bind(mut self, name: &str, value: Value) -> Self {
+        self.vars.insert(name.to_owned(), value);
+        self
+    }
+
+    /// Evaluates `expression` as `variables.NAME` for the expressions that follow.
+    pub fn define(&mut self, name: &str, expression: &str) {
+        let v = evaluate(expression, self);
+        self.variables.insert(name.to_owned(), v);
+    }
+}
+
+fn eval(e: &Expr, env: &Activation) -> R {
     match e {
         Expr::Lit(v) => Ok(v.clone()),
-        Expr::Var(n) => env.get(n).cloned().ok_or(Unsupported),
-        Expr::Select(base, f) => eval(base, env)?.get(f).cloned().ok_or(Unsupported),
+        Expr::Var(n) => env.vars.get(n).cloned().ok_or(Unsupported),
+        Expr::Select(base, f) => match base.as_ref() {
+            Expr::Var(v) if v == "variables" && !env.vars.contains_key(v) => {
+                // an undefined variable fails to compile on a real server: not modelled
+                env.variables.get(f).cloned().unwrap_or(Err(Unsupported))
+            }
+            _ => select(&eval(base, env)?, f),
+        },
         Expr::Index(base, idx) => {
             let b = eval(base, env)?;
             let i = eval(idx, env)?;
             match (&b, &i) {
-                (Value::Array(a), Value::Number(n)) => n
-                    .as_u64()
-                    .and_then(|n| a.get(n as usize))
-                    .cloned()
-                    .ok_or(Unsupported),
-                (Value::Object(m), Value::String(k)) => m.get(k).cloned().ok_or(Unsupported),
+                (Value::Array(a), Value::Number(n)) => {
+                    let n = n.as_i64().ok_or(Unsupported)?;
+                    usize::try_from(n)
+                        .ok()
+                        .and_then(|n| a.get(n))
+                        .cloned()
+                        .ok_or_else(|| Runtime(format!("index out of bounds: {n}")))
+                }
+                (Value::Object(m), Value::String(k)) => {
+                    m.get(k).cloned().ok_or_else(|| no_such_key(k))
+                }
+                (Value::Null, _) => Err(Runtime("no such key".into())),
                 _ => Err(Unsupported),
             }
         }
@@ -265,13 +359,17 @@ fn eval(e: &Expr, env: &HashMap<String, Value>) -> R {
                 .collect::<Result<_, _>>()?,
         )),
         Expr::Not(x) => Ok(json!(!truthy(&eval(x, env)?)?)),
-        Expr::Neg(x) => Ok(json!(-eval(x, env)?.as_i64().ok_or(Unsupported)?)),
-        Expr::Bin(op, l, r) => {
-            if *op == "&&" {
-                return Ok(json!(truthy(&eval(l, env)?)? && truthy(&eval(r, env)?)?));
+        Expr::Neg(x) => Ok(json!(-int(&eval(x, env)?)?)),
+        Expr::Cond(c, then, other) => {
+            if truthy(&eval(c, env)?)? {
+                eval(then, env)
+            } else {
+                eval(other, env)
             }
-            if *op == "||" {
-                return Ok(json!(truthy(&eval(l, env)?)? || truthy(&eval(r, env)?)?));
+        }
+        Expr::Bin(op, l, r) => {
+            if *op == "&&" || *op == "||" {
+                return logic(*op == "||", eval(l, env), || eval(r, env));
             }
             let (a, b) = (eval(l, env)?, eval(r, env)?);
             Ok(match *op {
@@ -288,45 +386,24 @@ fn eval(e: &Expr, env: &HashMap<String, Value>) -> R {
                 },
                 "+" => match (&a, &b) {
                     (Value::String(x), Value::String(y)) => json!(format!("{x}{y}")),
-                    _ => json!(a.as_i64().ok_or(Unsupported)? + b.as_i64().ok_or(Unsupported)?),
+                    _ => json!(int(&a)?.checked_add(int(&b)?).ok_or(Unsupported)?),
                 },
-                "-" => json!(a.as_i64().ok_or(Unsupported)? - b.as_i64().ok_or(Unsupported)?),
+                "-" => json!(int(&a)?.checked_sub(int(&b)?).ok_or(Unsupported)?),
                 _ => return Err(Unsupported),
             })
         }
         Expr::Call(None, f, args) => match (f.as_str(), args.as_slice()) {
-            ("has", [Expr::Select(base, field)]) => {
-                let b = eval(base, env)?;
-                Ok(json!(b.get(field).is_some_and(|v| !v.is_null())))
-            }
+            ("has", [Expr::Select(base, field)]) => match eval(base, env)? {
+                Value::Object(m) => Ok(json!(m.get(field).is_some_and(|v| !v.is_null()))),
+                Value::Null => Err(no_such_key(field)),
+                _ => Err(Unsupported),
+            },
             ("size", [x]) => size(&eval(x, env)?),
             _ => Err(Unsupported),
         },
         Expr::Call(Some(target), m, args) => {
             if matches!(m.as_str(), "filter" | "all" | "exists" | "exists_one") {
-                let [Expr::Var(var), pred] = args.as_slice() else {
-                    return Err(Unsupported);
-                };
-                let items = match eval(target, env)? {
-                    Value::Array(a) => a,
-                    Value::Object(o) => o.keys().map(|k| json!(k)).collect(),
-                    _ => return Err(Unsupported),
-                };
-                let mut env2 = env.clone();
-                let mut kept = Vec::new();
-                for it in items {
-                    env2.insert(var.clone(), it.clone());
-                    if truthy(&eval(pred, &env2)?)? {
-                        kept.push(it);
-                    }
-                }
-                let n = kept.len();
-                return Ok(match m.as_str() {
-                    "filter" => Value::Array(kept),
-                    "all" => json!(n == size(&eval(target, env)?)?.as_u64().unwrap_or(0) as usize),
-                    "exists" => json!(n > 0),
-                    _ => json!(n == 1),
-                });
+                return comprehension(m, target, args, env);
             }
             let t = eval(target, env)?;
             let a: Vec<Value> = args
@@ -354,6 +431,40 @@ fn eval(e: &Expr, env: &HashMap<String, Value>) -> R {
     }
 }
 
+/// The `filter`, `all`, `exists` and `exists_one` macros over a list or a map's keys.
+/// `all` and `exists` are decided by one false (true) element even when others error.
+fn comprehension(m: &str, target: &Expr, args: &[Expr], env: &Activation) -> R {
+    let [Expr::Var(var), pred] = args else {
+        return Err(Unsupported);
+    };
+    let items = match eval(target, env)? {
+        Value::Array(a) => a,
+        Value::Object(o) => o.keys().map(|k| json!(k)).collect(),
+        _ => return Err(Unsupported),
+    };
+    let mut env2 = env.clone();
+    let mut kept = Vec::new();
+    let mut error = None;
+    for it in items {
+        env2.vars.insert(var.clone(), it.clone());
+        match eval(pred, &env2).and_then(|v| truthy(&v)) {
+            Ok(true) => kept.push(it),
+            Ok(false) if m == "all" => return Ok(json!(false)),
+            Ok(false) => {}
+            Err(e) if m == "filter" || m == "exists_one" => return Err(e),
+            Err(e) => error = Some(error.map_or(e.clone(), |p| worse(p, e))),
+        }
+    }
+    match (m, error) {
+        ("exists", _) if !kept.is_empty() => Ok(json!(true)),
+        (_, Some(e)) => Err(e),
+        ("filter", None) => Ok(Value::Array(kept)),
+        ("all", None) => Ok(json!(true)),
+        ("exists", None) => Ok(json!(false)),
+        (_, None) => Ok(json!(kept.len() == 1)),
+    }
+}
+
 fn eq(a: &Value, b: &Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
         (Some(x), Some(y)) => x == y,
@@ -361,19 +472,71 @@ fn eq(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Evaluate `rule` with `self` bound to `value`. `Ok(true)` = rule holds.
-pub(crate) fn check_rule(rule: &str, value: &Value) -> Result<bool, Unsupported> {
-    if rule.contains("oldSelf") {
-        return Err(Unsupported);
-    }
-    let toks = lex(rule).ok_or(Unsupported)?;
-    let mut p = Parser { toks, pos: 0 };
+fn parse(src: &str) -> Result<Expr, CelError> {
+    let toks = lex(src).ok_or(Unsupported)?;
+    let mut p = Parser {
+        toks: toks.into_iter().map(|(t, _)| t).collect(),
+        pos: 0,
+    };
     let e = p.expr().ok_or(Unsupported)?;
     if p.pos != p.toks.len() {
         return Err(Unsupported);
     }
-    let env = HashMap::from([("self".to_owned(), value.clone())]);
-    truthy(&eval(&e, &env)?)
+    Ok(e)
+}
+
+/// Evaluates `expression` over the named values of `activation`.
+pub(crate) fn evaluate(expression: &str, activation: &Activation) -> R {
+    eval(&parse(expression)?, activation)
+}
+
+/// Evaluate `rule` with `self` bound to `value`. `Ok(true)` = rule holds.
+pub(crate) fn check_rule(rule: &str, value: &Value) -> Result<bool, CelError> {
+    if rule.contains("oldSelf") {
+        return Err(Unsupported);
+    }
+    truthy(&evaluate(
+        rule,
+        &Activation::default().bind("self", value.clone()),
+    )?)
+}
+
+/// The fields of `self.metadata` (or `oldSelf.metadata`) a rule selects other than `name`
+/// and `generateName`, each with the line and column (1-based) of the `.` before it, as a
+/// CEL compiler reports it. At the root of a CRD's schema metadata exposes only those two.
+pub(crate) fn hidden_metadata_fields(rule: &str) -> Vec<(String, usize, usize)> {
+    let Some(toks) = lex(rule) else {
+        return Vec::new();
+    };
+    let chars: Vec<char> = rule.chars().collect();
+    let mut out = Vec::new();
+    for (i, w) in toks.windows(5).enumerate() {
+        let [
+            (Tok::Ident(root), _),
+            (Tok::Punct("."), _),
+            (Tok::Ident(meta), _),
+            (Tok::Punct("."), dot),
+            (Tok::Ident(field), _),
+        ] = w
+        else {
+            continue;
+        };
+        // `self.metadata.all(...)` calls a macro on metadata rather than selecting a field
+        let call = matches!(toks.get(i + 5), Some((Tok::Punct("("), _)));
+        if (root != "self" && root != "oldSelf")
+            || meta != "metadata"
+            || call
+            || field == "name"
+            || field == "generateName"
+        {
+            continue;
+        }
+        let before = &chars[..*dot];
+        let line = 1 + before.iter().filter(|c| **c == '\n').count();
+        let line_start = before.iter().rposition(|c| *c == '\n').map_or(0, |i| i + 1);
+        out.push((field.clone(), line, dot - line_start + 1));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -412,5 +575,95 @@ mod tests {
         assert!(!ok(data, json!({"data": []})));
         assert!(check_rule("self.foo(1)", &json!(1)).is_err());
         assert!(check_rule("self == oldSelf", &json!(1)).is_err());
+    }
+
+    fn eval(expr: &str, obj: Value) -> Result<Value, CelError> {
+        evaluate(expr, &Activation::default().bind("object", obj))
+    }
+
+    #[test]
+    fn errors_real_cel_raises_are_runtime_errors() {
+        let obj = json!({"spec": {"list": [1], "map": {"a": 1}}, "nothing": null});
+        let runtime = |e: &str| matches!(eval(e, obj.clone()), Err(CelError::Runtime(_)));
+        assert!(runtime("object.spec.missing == 1"));
+        assert!(runtime("object.spec.list[3] == 1"));
+        assert!(runtime("object.spec.map['b'] == 1"));
+        assert!(runtime("has(object.missing.x)"));
+        assert!(runtime("object.nothing.x == 1"));
+        assert_eq!(
+            eval("object.spec.missing == 1", obj.clone()),
+            Err(CelError::Runtime("no such key: missing".into()))
+        );
+        let unsupported = |e: &str| eval(e, obj.clone()) == Err(CelError::Unsupported);
+        assert!(unsupported("object.spec.list.lowerAscii()"));
+        assert!(unsupported("other == 1"));
+        assert!(
+            unsupported("object.spec.map.a.b == 1"),
+            "a field of a number"
+        );
+        assert!(unsupported("{'a': 1}"));
+    }
+
+    #[test]
+    fn logic_is_commutative_as_in_cel() {
+        let obj = json!({"spec": {}});
+        let v = |e: &str| eval(e, obj.clone());
+        assert_eq!(v("object.spec.missing == 1 || true"), Ok(json!(true)));
+        assert_eq!(v("true || object.spec.missing == 1"), Ok(json!(true)));
+        assert_eq!(v("object.spec.missing == 1 && false"), Ok(json!(false)));
+        assert!(matches!(
+            v("object.spec.missing == 1 && true"),
+            Err(CelError::Runtime(_))
+        ));
+        assert_eq!(
+            v("object.spec.missing == 1 || object.spec.f()"),
+            Err(CelError::Unsupported),
+            "an unsupported operand might have decided"
+        );
+        assert_eq!(v("[1, 2].all(x, x > 1)"), Ok(json!(false)));
+        assert_eq!(v("[1, 2].exists(x, x > 1)"), Ok(json!(true)));
+        assert_eq!(v("[1, 2].exists_one(x, x > 0)"), Ok(json!(false)));
+        assert_eq!(v("true ? 'a' : 'b'"), Ok(json!("a")));
+        assert_eq!(v("1 > 2 ? 'a' : 2 > 1 ? 'b' : 'c'"), Ok(json!("b")));
+    }
+
+    #[test]
+    fn variables_keep_their_errors() {
+        let mut a = Activation::default().bind("object", json!({"spec": {"n": 2}}));
+        a.define("n", "object.spec.n");
+        a.define("double", "variables.n + variables.n");
+        a.define("broken", "object.spec.missing");
+        assert_eq!(evaluate("variables.double == 4", &a), Ok(json!(true)));
+        assert!(matches!(
+            evaluate("variables.broken == 1", &a),
+            Err(CelError::Runtime(_))
+        ));
+        assert_eq!(evaluate("variables.none", &a), Err(CelError::Unsupported));
+    }
+
+    #[test]
+    fn hidden_metadata_fields_are_found_with_their_position() {
+        assert_eq!(
+            hidden_metadata_fields("self.metadata.namespace == 'x'"),
+            [("namespace".to_owned(), 1, 14)]
+        );
+        assert_eq!(
+            hidden_metadata_fields(
+                "size(self.metadata.namespace + '/' + self.metadata.name) <= 255"
+            ),
+            [("namespace".to_owned(), 1, 19)]
+        );
+        assert_eq!(
+            hidden_metadata_fields("self.spec.x == 1 &&\n  has(oldSelf.metadata.labels)"),
+            [("labels".to_owned(), 2, 23)]
+        );
+        for fine in [
+            "self.metadata.name == 'x'",
+            "self.metadata.generateName.startsWith('a')",
+            "self.spec.metadata.namespace == 'x'",
+            "'self.metadata.namespace' == self.spec.x",
+        ] {
+            assert!(hidden_metadata_fields(fine).is_empty(), "{fine}");
+        }
     }
 }

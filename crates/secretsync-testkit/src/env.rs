@@ -352,9 +352,11 @@ impl TestEnv {
         format!("{}-op", self.namespace)
     }
 
-    /// Installs the operator's ServiceAccount and RBAC exactly as the Helm chart renders
-    /// them (Helm's engine, release in [`TestEnv::operator_namespace`], `values` on top of
-    /// the scope's), and returns a kubeconfig holding a token of that ServiceAccount.
+    /// Installs the operator's ServiceAccount, RBAC and admission policy exactly as the
+    /// Helm chart renders them (Helm's engine, release in [`TestEnv::operator_namespace`],
+    /// `values` on top of the scope's), and returns a kubeconfig holding a token of that
+    /// ServiceAccount. On a real cluster the cluster-scoped ones are deleted with the
+    /// environment, like everything it applies.
     pub async fn operator_identity(
         &self,
         scope: WatchScope,
@@ -375,14 +377,16 @@ impl TestEnv {
         };
         merge(&mut all, values);
         let rendered = crate::chart::render(&all, &release, &op_ns)?;
-        let rbac = rendered.yaml_of(&[
+        let installed = rendered.yaml_of(&[
             "ServiceAccount",
             "Role",
             "RoleBinding",
             "ClusterRole",
             "ClusterRoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ])?;
-        self.apply_as("helm", &rbac).await?;
+        self.apply_as("helm", &installed).await?;
         let sa = rendered
             .of_kind("ServiceAccount")
             .first()

@@ -10,6 +10,7 @@
 //! # let _ = client; Ok(()) }
 //! ```
 
+mod admission;
 pub mod aws;
 pub mod bao;
 mod cel;

@@ -31,7 +31,7 @@ pub(crate) struct User {
 }
 
 impl User {
-    fn admin() -> Self {
+    pub fn admin() -> Self {
         User {
             name: ADMIN_USER.into(),
             groups: vec![MASTERS.into(), AUTHENTICATED.into()],

@@ -152,6 +152,18 @@ pub(crate) fn metadata_schema() -> Value {
     }})
 }
 
+/// List semantics of a ValidatingAdmissionPolicy (the rest of its lists are atomic).
+fn policy_list_schema() -> Value {
+    json!({"type": "object", "properties": {
+        "spec": {"type": "object", "properties": {
+            "matchConditions": map_list(&["name"], json!({"type": "object"})),
+        }},
+        "status": {"type": "object", "properties": {
+            "conditions": map_list(&["type"], json!({"type": "object"})),
+        }},
+    }})
+}
+
 fn crd_list_schema() -> Value {
     json!({"type": "object", "properties": {
         "spec": {"type": "object", "properties": {
@@ -233,6 +245,8 @@ pub(crate) fn builtins() -> Vec<ResourceDef> {
         Builtin { group: "rbac.authorization.k8s.io", version: "v1", plural: "rolebindings", kind: "RoleBinding", short: &[], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },
         Builtin { group: "rbac.authorization.k8s.io", version: "v1", plural: "clusterroles", kind: "ClusterRole", short: &[], scope: Cluster, status: false, generation: false, special: Special::None, list_schema: None },
         Builtin { group: "rbac.authorization.k8s.io", version: "v1", plural: "clusterrolebindings", kind: "ClusterRoleBinding", short: &[], scope: Cluster, status: false, generation: false, special: Special::None, list_schema: None },
+        Builtin { group: "admissionregistration.k8s.io", version: "v1", plural: "validatingadmissionpolicies", kind: "ValidatingAdmissionPolicy", short: &[], scope: Cluster, status: true, generation: true, special: Special::None, list_schema: Some(policy_list_schema) },
+        Builtin { group: "admissionregistration.k8s.io", version: "v1", plural: "validatingadmissionpolicybindings", kind: "ValidatingAdmissionPolicyBinding", short: &[], scope: Cluster, status: false, generation: true, special: Special::None, list_schema: None },
         Builtin { group: "authentication.k8s.io", version: "v1", plural: "tokenreviews", kind: "TokenReview", short: &[], scope: Cluster, status: false, generation: false, special: Special::TokenReview, list_schema: None },
         Builtin { group: "apiextensions.k8s.io", version: "v1", plural: "customresourcedefinitions", kind: "CustomResourceDefinition", short: &["crd", "crds"], scope: Cluster, status: true, generation: true, special: Special::Crd, list_schema: Some(crd_list_schema) },
     ];

@@ -89,6 +89,35 @@ impl LabelSelector {
         Ok(Self(reqs))
     }
 
+    /// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`); `None` for one
+    /// a real server would refuse (an unknown operator, `In` without values). Absent or
+    /// empty selects everything.
+    pub fn from_object(sel: &Value) -> Option<Self> {
+        let mut reqs = Vec::new();
+        if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
+            for (k, v) in m {
+                reqs.push(Req::Eq(k.clone(), v.as_str()?.to_owned()));
+            }
+        }
+        for e in sel
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = e.get("key").and_then(Value::as_str)?.to_owned();
+            let values: Vec<String> = crate::util::string_list(e, "values");
+            reqs.push(match e.get("operator").and_then(Value::as_str)? {
+                "In" if !values.is_empty() => Req::In(key, values),
+                "NotIn" if !values.is_empty() => Req::NotIn(key, values),
+                "Exists" if values.is_empty() => Req::Exists(key),
+                "DoesNotExist" if values.is_empty() => Req::NotExists(key),
+                _ => return None,
+            });
+        }
+        Some(Self(reqs))
+    }
+
     /// Whether the object's labels match.
     pub fn matches(&self, obj: &Value) -> bool {
         let l = labels(obj);
@@ -168,6 +197,22 @@ mod tests {
                 "{sel}"
             );
         }
+    }
+
+    #[test]
+    fn selector_objects() {
+        let o = json!({"metadata": {"labels": {"app": "web", "tier": "fe"}}});
+        let m = |sel: Value| LabelSelector::from_object(&sel).map(|s| s.matches(&o));
+        assert_eq!(m(json!({})), Some(true));
+        assert_eq!(m(json!({"matchLabels": {"app": "web"}})), Some(true));
+        assert_eq!(m(json!({"matchLabels": {"app": "db"}})), Some(false));
+        let expr = |op: &str, values: Value| json!({"matchExpressions": [{"key": "tier", "operator": op, "values": values}]});
+        assert_eq!(m(expr("In", json!(["fe", "be"]))), Some(true));
+        assert_eq!(m(expr("NotIn", json!(["fe"]))), Some(false));
+        assert_eq!(m(expr("Exists", json!([]))), Some(true));
+        assert_eq!(m(expr("DoesNotExist", json!([]))), Some(false));
+        assert_eq!(m(expr("In", json!([]))), None, "In needs values");
+        assert_eq!(m(expr("Near", json!(["x"]))), None);
     }
 
     #[test]

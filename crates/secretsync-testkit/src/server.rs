@@ -297,7 +297,8 @@ impl FakeApiServer {
         inner.get(&def, ns, name).map(f)
     }
 
-    /// Create or server-side apply (as manager `testkit`) every document of a YAML stream.
+    /// Create or server-side apply (as manager `testkit`, user the admin) every document of
+    /// a YAML stream.
     pub fn apply_yaml(&self, yaml: &str) -> Result<Vec<Value>, TestkitError> {
         let mut out = Vec::new();
         for doc in serde_yaml::Deserializer::from_str(yaml) {
@@ -344,6 +345,7 @@ impl FakeApiServer {
             dry_run: false,
             force: true,
             strict: false,
+            user: Some(crate::rbac::User::admin()),
         };
         let target = WriteTarget {
             def: &def,

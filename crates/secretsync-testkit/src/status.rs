@@ -190,9 +190,20 @@ impl ApiError {
                     self.details
                         .causes
                         .iter()
-                        .map(
-                            |c| json!({"reason": c.reason, "message": c.message, "field": c.field}),
-                        )
+                        .map(|c| {
+                            // empty parts are left out, as the real server's `omitempty`
+                            let mut o = serde_json::Map::new();
+                            for (k, v) in [
+                                ("reason", &c.reason),
+                                ("message", &c.message),
+                                ("field", &c.field),
+                            ] {
+                                if !v.is_empty() {
+                                    o.insert(k.into(), json!(v));
+                                }
+                            }
+                            Value::Object(o)
+                        })
                         .collect(),
                 ),
             );

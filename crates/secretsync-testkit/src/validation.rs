@@ -273,6 +273,61 @@ pub(crate) fn validate_schema(schema: &Value, obj: &Value) -> Vec<Cause> {
     causes
 }
 
+/// What a real server's CEL compiler refuses in the `x-kubernetes-validations` at the
+/// root of a CRD's schemas: at the root `self.metadata` exposes only `name` and
+/// `generateName` (the rest of metadata is the server's, not the CRD's). A real server
+/// reports identical schemas of all versions once, under `spec.validation`.
+pub(crate) fn crd_rule_causes(crd: &Value) -> Vec<Cause> {
+    let versions = crd["spec"]["versions"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    let schemas: Vec<&Value> = versions
+        .iter()
+        .map(|v| &v["schema"]["openAPIV3Schema"])
+        .collect();
+    let shared = schemas.windows(2).all(|w| w[0] == w[1]);
+    let mut causes = Vec::new();
+    for (i, schema) in schemas.iter().enumerate() {
+        if shared && i > 0 {
+            break;
+        }
+        let base = if shared {
+            "spec.validation.openAPIV3Schema".to_owned()
+        } else {
+            format!("spec.versions[{i}].schema.openAPIV3Schema")
+        };
+        let rules = schema["x-kubernetes-validations"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
+        for (j, r) in rules.iter().enumerate() {
+            let Some(rule) = r["rule"].as_str() else {
+                continue;
+            };
+            let errors: Vec<String> = crate::cel::hidden_metadata_fields(rule)
+                .into_iter()
+                .map(|(field, line, col)| {
+                    let text = rule.lines().nth(line - 1).unwrap_or_default();
+                    format!(
+                        "ERROR: <input>:{line}:{col}: undefined field '{field}'\n | {text}\n | {}^",
+                        ".".repeat(col - 1)
+                    )
+                })
+                .collect();
+            if !errors.is_empty() {
+                causes.push(cause(
+                    "FieldValueInvalid",
+                    &format!("{base}.x-kubernetes-validations[{j}].rule"),
+                    format!(
+                        "Invalid value: {rule:?}: compilation failed: {}",
+                        errors.join("\n")
+                    ),
+                ));
+            }
+        }
+    }
+    causes
+}
+
 /// `x-kubernetes-validations` of one schema node, evaluated with the tiny CEL subset.
 fn rules(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
     let Some(list) = schema
@@ -443,5 +498,37 @@ mod tests {
         let mut o = json!({"spec": {"name": "x", "junk": 1}, "extra": 2});
         default_and_prune(&schema, &mut o);
         assert_eq!(o, json!({"spec": {"name": "x", "mode": "A"}}));
+    }
+
+    #[test]
+    fn crd_rules_may_not_read_hidden_metadata() {
+        let version = |name: &str, rule: &str| {
+            json!({"name": name, "served": true, "storage": name == "v1", "schema": {"openAPIV3Schema": {
+                "type": "object", "x-kubernetes-validations": [{"rule": "self.metadata.name != ''"}, {"rule": rule}]}}})
+        };
+        let crd = |versions: Value| json!({"spec": {"versions": versions}});
+        let bad = "self.metadata.namespace == 'x'";
+        let causes = crd_rule_causes(&crd(json!([version("v1", bad)])));
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(
+            causes[0].field,
+            "spec.validation.openAPIV3Schema.x-kubernetes-validations[1].rule"
+        );
+        assert_eq!(
+            causes[0].message,
+            "Invalid value: \"self.metadata.namespace == 'x'\": compilation failed: ERROR: <input>:1:14: undefined field 'namespace'\n | self.metadata.namespace == 'x'\n | .............^"
+        );
+        let causes = crd_rule_causes(&crd(json!([
+            version("v1", "self.metadata.name == 'x'"),
+            version("v2", bad)
+        ])));
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["spec.versions[1].schema.openAPIV3Schema.x-kubernetes-validations[1].rule"]
+        );
+        assert!(
+            crd_rule_causes(&crd(json!([version("v1", "self.metadata.name == 'x'")]))).is_empty()
+        );
     }
 }

@@ -291,3 +291,44 @@ async fn unknown_fields_are_pruned_or_rejected_when_strict() {
     let created = api.create(&PostParams::default(), &extra).await.unwrap();
     assert!(created.data["spec"].get("bogus").is_none(), "pruned");
 }
+
+#[tokio::test]
+async fn root_rules_may_read_only_name_and_generate_name_of_metadata() {
+    let env = TestEnv::start().await.unwrap();
+    // a group of the test's own, so tests on one real cluster stay apart
+    let group = format!("{}.test.secretsync.dev", env.namespace);
+    let crd = |rule: &str| {
+        json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("widgets.{group}")},
+            "spec": {
+                "group": group, "scope": "Namespaced",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object",
+                        "x-kubernetes-validations": [{"rule": rule}]}}}],
+            },
+        })
+    };
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    let hidden: CustomResourceDefinition =
+        serde_json::from_value(crd("self.metadata.namespace == 'x'")).unwrap();
+    let err = api_err(
+        crds.create(&PostParams::default(), &hidden)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"), "{err:?}");
+    let causes = err.details.unwrap().causes;
+    assert!(
+        causes.iter().any(|c| c.field
+            == "spec.validation.openAPIV3Schema.x-kubernetes-validations[0].rule"
+            && c.message
+                .contains("compilation failed: ERROR: <input>:1:14: undefined field 'namespace'")),
+        "{causes:?}"
+    );
+    // through the environment, so a real cluster gets it deleted again
+    env.apply_value("e2e", crd("self.metadata.name == 'x'"))
+        .await
+        .unwrap();
+}

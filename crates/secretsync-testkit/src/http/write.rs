@@ -38,6 +38,7 @@ fn write_opts(call: &Call<'_>) -> WriteOpts {
         dry_run: params.contains_key("dryRun"),
         force: truthy(params, "force"),
         strict: params.get("fieldValidation").map(String::as_str) == Some("Strict"),
+        user: Some(call.user.clone()),
     }
 }
 

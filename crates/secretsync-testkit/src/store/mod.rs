@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
+use crate::rbac::User;
 use crate::resources::{self, ResourceDef};
 use crate::status::ApiError;
 use crate::util::meta_mut;
@@ -62,6 +63,9 @@ pub(crate) struct WriteOpts {
     pub force: bool,
     /// `fieldValidation=Strict`: unknown fields of custom resources are an error.
     pub strict: bool,
+    /// Who writes, for admission policies; `None` for the server's own writes (its
+    /// bootstrap objects, implicitly created namespaces), which no policy sees.
+    pub user: Option<User>,
 }
 
 /// Options of a delete.

@@ -1,13 +1,15 @@
 //! What happens to an object before it is stored: built-in defaults (Secret `stringData`
-//! and `type`, workload `replicas`), validation, CRD schema defaulting, pruning and strict
-//! field checks, and the status and registration of CustomResourceDefinitions.
+//! and `type`, workload `replicas`, admission policy defaults), validation, CRD schema
+//! defaulting, pruning and strict field checks, the status and registration of
+//! CustomResourceDefinitions, and, last, the ValidatingAdmissionPolicies.
 
 use std::sync::Arc;
 
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::Inner;
+use super::{Inner, WriteOpts, WriteTarget};
+use crate::admission::{self, Attributes, Operation};
 use crate::resources::{self, ResourceDef, Special};
 use crate::status::{ApiError, Cause};
 use crate::util::{meta_str, now_rfc3339};
@@ -41,11 +43,59 @@ impl Inner {
         if def.special == Special::Crd {
             causes.extend(crd_causes(obj, &name));
         }
+        if def.group == admission::GROUP {
+            causes.extend(admission::object_causes(&def.plural, obj));
+        }
         if causes.is_empty() {
             Ok(())
         } else {
             Err(ApiError::invalid(&def.group, &def.kind, &name, causes))
         }
+    }
+
+    /// Runs the ValidatingAdmissionPolicies on a write of `obj` to `at` that passed
+    /// validation (`old` = the stored object of an update). The server's own writes
+    /// (`opts.user` unset) are not admitted.
+    pub(super) fn admit(
+        &self,
+        at: WriteTarget<'_>,
+        operation: Operation,
+        obj: &Value,
+        old: Option<&Value>,
+        opts: &WriteOpts,
+    ) -> Result<(), ApiError> {
+        let Some(user) = &opts.user else {
+            return Ok(());
+        };
+        let listed = |plural: &str| {
+            self.find(admission::GROUP, "v1", plural)
+                .map(|d| self.list(&d, None))
+                .unwrap_or_default()
+        };
+        let policies = listed(admission::POLICIES);
+        if policies.is_empty() {
+            return Ok(());
+        }
+        let bindings = listed(admission::BINDINGS);
+        let namespace_object = at.ns.and_then(|ns| {
+            let def = self.find("", "v1", "namespaces")?;
+            self.get(&def, None, ns)
+        });
+        let attrs = Attributes {
+            operation,
+            group: &at.def.group,
+            version: at.version,
+            resource: &at.def.plural,
+            subresource: if at.status { "status" } else { "" },
+            kind: &at.def.kind,
+            namespace: at.ns,
+            name: at.name,
+            user,
+            dry_run: opts.dry_run,
+            namespace_object,
+        };
+        // Warn results would be `Warning` headers, which the fake does not send.
+        admission::admit(&policies, &bindings, &attrs, obj, old).map(|_| ())
     }
 
     pub(super) fn crd_status(obj: &mut Value) {
@@ -108,6 +158,9 @@ fn builtin_defaults(def: &ResourceDef, obj: &mut Value) {
         // the one built-in default operators commonly read or patch
         spec.entry("replicas").or_insert(json!(1));
     }
+    if def.group == admission::GROUP {
+        admission::defaults(&def.plural, obj);
+    }
 }
 
 /// `fieldValidation=Strict`: fields the schema does not know are a `400`.
@@ -126,21 +179,23 @@ fn strict_fields(schema: &Value, obj: &Value) -> Result<(), ApiError> {
     )))
 }
 
-/// What is wrong with a CustomResourceDefinition (its name must be `plural.group`).
+/// What is wrong with a CustomResourceDefinition: rules a real server's CEL compiler
+/// refuses, a name other than `plural.group`.
 fn crd_causes(obj: &Value, name: &str) -> Vec<Cause> {
     match resources::from_crd(obj) {
         Ok(rd) => {
+            let mut causes = validation::crd_rule_causes(obj);
             let want = format!("{}.{}", rd.plural, rd.group);
-            if name == want {
-                return Vec::new();
+            if name != want {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message: format!(
+                        "Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"
+                    ),
+                    field: "metadata.name".into(),
+                });
             }
-            vec![Cause {
-                reason: "FieldValueInvalid".into(),
-                message: format!(
-                    "Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"
-                ),
-                field: "metadata.name".into(),
-            }]
+            causes
         }
         Err(e) => {
             let (field, msg) = e.split_once(": ").unwrap_or(("spec", e.as_str()));

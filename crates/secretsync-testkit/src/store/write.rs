@@ -1,10 +1,11 @@
 //! Create, update (PUT), patch (merge, JSON, strategic merge) and the commit every change
 //! of an existing object goes through: preserved metadata, validation, generation, managed
-//! fields, no-op detection and the end of a finalizer-blocked deletion.
+//! fields, admission policies, no-op detection and the end of a finalizer-blocked deletion.
 
 use serde_json::{Map, Value, json};
 
 use super::{Inner, ObjKey, WriteOpts, WriteTarget, ns_key};
+use crate::admission::Operation;
 use crate::managed::{self, Scope};
 use crate::resources::{self, ResourceDef, Special};
 use crate::status::ApiError;
@@ -45,14 +46,6 @@ impl Inner {
         initial_status(def, &mut obj);
         self.prepare(def, version, &mut obj, opts.strict)?;
         let name = meta_str(&obj, "name").unwrap_or_default().to_owned();
-        if self.get(def, ns, &name).is_some() {
-            return Err(ApiError::already_exists(&def.group, &def.plural, &name));
-        }
-        if let Some(ns) = ns
-            && !opts.dry_run
-        {
-            self.ensure_namespace(ns);
-        }
         {
             let m = meta_mut(&mut obj);
             m.insert("uid".into(), json!(new_uid()));
@@ -73,8 +66,23 @@ impl Inner {
                 &def.api_version(version),
             );
         }
+        let at = WriteTarget {
+            def,
+            version,
+            ns,
+            name: &name,
+            status: false,
+        };
+        // admission runs before the store finds a conflict, as on a real server
+        self.admit(at, Operation::Create, &obj, None, opts)?;
+        if self.get(def, ns, &name).is_some() {
+            return Err(ApiError::already_exists(&def.group, &def.plural, &name));
+        }
         if opts.dry_run {
             return Ok(obj);
+        }
+        if let Some(ns) = ns {
+            self.ensure_namespace(ns);
         }
         let obj = self.store(&def.storage_key(), ns_key(ns, &name), obj, "ADDED", None);
         if def.special == Special::Crd {
@@ -269,6 +277,15 @@ impl Inner {
                 &def.api_version(version),
             );
         }
+        // before the no-op check: a real server admits an update that changes nothing too
+        let at = WriteTarget {
+            def,
+            version,
+            ns,
+            name,
+            status: scope == Scope::Status,
+        };
+        self.admit(at, Operation::Update, &new, Some(&old), opts)?;
         if strip_times(&old) == strip_times(&new) {
             return Ok(old);
         }
