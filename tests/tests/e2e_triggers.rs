@@ -2,7 +2,8 @@
 //! `secretsync.dev/watch: "true"` restart the Deployments, StatefulSets, DaemonSets and
 //! CronJobs that opted in and reference them, exactly once per change, with the same
 //! debounce as managed Secrets (one restart for both changing together), never after an
-//! operator restart, and within `--max-restarts-per-minute`.
+//! operator restart, and within `--max-restarts-per-minute`. Argo Rollouts get
+//! `spec.restartAt` while their kind is installed, and no noise while it is not.
 //!
 //! Restarts are counted as in `e2e_rollout.rs`: a workload's `metadata.generation` moves
 //! only when its spec changes, so `generation - 1` is the number of restart patches.
@@ -20,10 +21,10 @@ const REVISION: &str = "secretsync.dev/secret-revision";
 const RESTARTED_AT: &str = "secretsync.dev/restartedAt";
 
 fn api_version(kind: &str) -> &'static str {
-    if kind == "CronJob" {
-        "batch/v1"
-    } else {
-        "apps/v1"
+    match kind {
+        "CronJob" => "batch/v1",
+        "Rollout" => "argoproj.io/v1alpha1",
+        _ => "apps/v1",
     }
 }
 
@@ -71,6 +72,7 @@ fn workload(kind: &str, name: &str, opt_in: Option<&str>, pod: Value) -> String 
         }),
         _ => json!({"selector": {"matchLabels": {"app": name}}, "template": template}),
     };
+    // (A Rollout's spec has the same selector and template as a Deployment's.)
     let obj = json!({
         "apiVersion": api_version(kind),
         "kind": kind,
@@ -412,4 +414,144 @@ async fn max_restarts_per_minute_spreads_restarts_and_drops_none() {
         op.output()
     );
     op.assert_calls_in_rbac_table(&env);
+}
+
+/// The Rollout CRD, reduced to what the test needs (Argo Rollouts' own is much larger).
+const ROLLOUT_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: rollouts.argoproj.io}
+spec:
+  group: argoproj.io
+  names: {kind: Rollout, listKind: RolloutList, plural: rollouts, singular: rollout}
+  scope: Namespaced
+  versions:
+    - name: v1alpha1
+      served: true
+      storage: true
+      subresources: {status: {}}
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+/// Installs the Rollout CRD unless the cluster already has Argo Rollouts; waits until the
+/// API server serves the kind.
+async fn rollout_kind(env: &TestEnv) {
+    if env
+        .api("argoproj.io/v1alpha1", "Rollout", None)
+        .await
+        .is_err()
+    {
+        apply(env, ROLLOUT_CRD).await;
+    }
+    wait_until(WAIT, || async {
+        env.api("argoproj.io/v1alpha1", "Rollout", None).await.ok()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the Rollout kind is not served: {e}"));
+}
+
+async fn restart_at(env: &TestEnv, name: &str) -> Option<String> {
+    let o = object(env, "Rollout", name).await?;
+    o["spec"]["restartAt"].as_str().map(str::to_string)
+}
+
+/// With the Rollout kind installed, a Rollout reading a managed Secret gets
+/// `spec.restartAt` once per rotation (its pod template untouched).
+#[tokio::test]
+async fn argo_rollout_gets_restart_at_once_per_rotation() {
+    let env = env().await;
+    rollout_kind(&env).await;
+    let op = start(&env, "op-1", &["--restart-debounce=1s"]).await;
+    let pw = |v: &str| secret("upstream", &format!("{{password: {}}}", b64(v)));
+    apply(
+        &env,
+        &stream(&[
+            pw("one"),
+            source("local", "kubernetes: {}"),
+            binding("db", "local")
+                .refresh("1h")
+                .property("password", "upstream", "password")
+                .yaml(),
+            workload(
+                "Rollout",
+                "web",
+                Some("true"),
+                json!({"containers": [{"name": "app", "image": "app:1", "env": [
+                    {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}
+                ]}]}),
+            ),
+        ]),
+    )
+    .await;
+    wait_synced_own(&env, &op, "db", &[("password", "one")]).await;
+    recorded(&env, "Rollout", "web", &op).await;
+    assert_eq!(
+        restart_at(&env, "web").await,
+        None,
+        "first sight restarts nothing"
+    );
+
+    let mut last = None;
+    for (round, value) in [(1, "two"), (2, "three")] {
+        apply(&env, &pw(value)).await;
+        wait_synced_own(&env, &op, "db", &[("password", value)]).await;
+        let prev = last.clone();
+        let at = wait_until(WAIT, || async {
+            restart_at(&env, "web")
+                .await
+                .filter(|t| Some(t) != prev.as_ref())
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "rotation {round}: no new spec.restartAt: {e}\n{}",
+                op.output()
+            )
+        });
+        last = Some(at);
+        holds_for(
+            Duration::from_secs(3),
+            "one restart per rotation",
+            async || restarts(&env, "Rollout", "web").await == round,
+        )
+        .await;
+    }
+    assert_eq!(
+        restarted_at(&env, "Rollout", "web").await,
+        None,
+        "the pod template is left alone"
+    );
+    op.assert_calls_in_rbac_table(&env);
+}
+
+/// Without the Rollout kind the operator says nothing about it above info.
+#[tokio::test]
+async fn without_argo_rollouts_nothing_is_logged_about_them() {
+    let env = env().await;
+    if env
+        .api("argoproj.io/v1alpha1", "Rollout", None)
+        .await
+        .is_ok()
+    {
+        skip_test_without_fake(&env, "a cluster without Argo Rollouts");
+        return;
+    }
+    let op = start(&env, "op-1", &[]).await;
+    wait_until(WAIT, || async {
+        op.output()
+            .contains("rollout reconciler running")
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the rollout reconciler did not start: {e}\n{}", op.output()));
+    let output = op.output();
+    let noisy: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .filter(|l| l.contains("argoproj") || l.contains("Rollout"))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "warnings about Argo Rollouts without them: {noisy:#?}"
+    );
 }

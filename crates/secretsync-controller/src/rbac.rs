@@ -171,6 +171,13 @@ pub const API_ACCESS: &[Access] = &[
         reason: "restart opted-in CronJobs (their job template) when their triggers change",
     },
     Access {
+        group: "argoproj.io",
+        resource: "rollouts",
+        verbs: &["get", "list", "watch", "patch"],
+        scope: Scope::Watched,
+        reason: "restart opted-in Argo Rollouts (spec.restartAt) when their triggers change, while the Rollout kind is installed",
+    },
+    Access {
         group: "",
         resource: "configmaps",
         verbs: &["list", "watch"],

@@ -259,6 +259,49 @@ fn spawn_workload_watches(
     );
 }
 
+/// The metadata-only watch of Argo Rollouts in `scope`.
+fn spawn_rollout_watch(
+    set: &mut JoinSet<()>,
+    ctx: &Arc<Ctx>,
+    scope: &Option<String>,
+    lists: &InitialLists,
+) {
+    use crate::rollout::argo::Rollout;
+    spawn_watch::<PartialObjectMeta<Rollout>, _>(
+        set,
+        ctx,
+        "Rollout",
+        scope,
+        watcher::Config::default(),
+        WorkloadIndex::<Rollout>::new(ctx.clone(), WorkloadKind::Rollout),
+        lists,
+    );
+}
+
+/// Keeps the Rollout watches running exactly while the API server serves Argo Rollouts,
+/// looking every `argo::RECHECK` (a periodic check, not a wait for anything).
+async fn supervise_argo(ctx: Arc<Ctx>, scopes: Vec<Option<String>>, mut running: JoinSet<()>) {
+    let mut on = !running.is_empty();
+    loop {
+        tokio::time::sleep(crate::rollout::argo::RECHECK).await;
+        let served = crate::rollout::argo::served(&ctx.client).await;
+        if served && !on {
+            tracing::info!("Argo Rollouts installed: watching Rollouts");
+            let lists = InitialLists::default();
+            for scope in &scopes {
+                spawn_rollout_watch(&mut running, &ctx, scope, &lists);
+            }
+            on = true;
+        } else if !served && on {
+            tracing::info!("Argo Rollouts removed: no longer watching Rollouts");
+            running.abort_all();
+            ctx.rollout
+                .prune_workloads(WorkloadKind::Rollout, None, &Default::default());
+            on = false;
+        }
+    }
+}
+
 impl Term {
     fn context(&self) -> Arc<Ctx> {
         let registry = SourceRegistry::new(
@@ -295,6 +338,16 @@ impl Term {
         if ctx.serves_cluster_kinds() {
             spawn_cluster_watches(&mut watchers, &ctx, &core_lists);
         }
+        // Rollouts served now are part of the workload lists the rollout reconciler waits
+        // for; ones installed later are picked up by the supervisor.
+        let mut rollouts = JoinSet::new();
+        if crate::rollout::argo::served(&ctx.client).await {
+            tracing::info!("Argo Rollouts installed: watching Rollouts");
+            for scope in &scopes {
+                spawn_rollout_watch(&mut rollouts, &ctx, scope, &workload_lists);
+            }
+        }
+        watchers.spawn(supervise_argo(ctx.clone(), scopes.clone(), rollouts));
         // Reconciling before the stores are complete would report SourceNotFound for
         // sources not listed yet.
         tokio::select! {

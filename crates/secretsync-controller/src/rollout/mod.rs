@@ -1,5 +1,5 @@
-//! The rollout reconciler: restarts opted-in Deployments, StatefulSets, DaemonSets and
-//! CronJobs when managed Secrets, or Secrets and ConfigMaps labelled
+//! The rollout reconciler: restarts opted-in Deployments, StatefulSets, DaemonSets,
+//! CronJobs and Argo Rollouts ([`argo`], when installed) when managed Secrets, or Secrets and ConfigMaps labelled
 //! `secretsync.dev/watch: "true"`, that they depend on change, exactly once per change,
 //! debounced, within the cluster-wide restart budget.
 //!
@@ -15,6 +15,7 @@
 //! fetched when a decision is due. What the managed Secrets hold comes from
 //! [`crate::managed`].
 
+pub mod argo;
 pub mod budget;
 pub mod index;
 pub mod plan;

@@ -191,6 +191,8 @@ pub enum WorkloadKind {
     /// batch/v1 CronJob: a restart changes its job template, so the next Jobs start with
     /// the new values (running Jobs are left alone).
     CronJob,
+    /// argoproj.io/v1alpha1 Rollout (Argo Rollouts): restarted through `spec.restartAt`.
+    Rollout,
 }
 
 impl WorkloadKind {
@@ -201,6 +203,7 @@ impl WorkloadKind {
             WorkloadKind::StatefulSet => "StatefulSet",
             WorkloadKind::DaemonSet => "DaemonSet",
             WorkloadKind::CronJob => "CronJob",
+            WorkloadKind::Rollout => "Rollout",
         }
     }
 
@@ -208,6 +211,7 @@ impl WorkloadKind {
     pub fn api_version(self) -> &'static str {
         match self {
             WorkloadKind::CronJob => "batch/v1",
+            WorkloadKind::Rollout => "argoproj.io/v1alpha1",
             _ => "apps/v1",
         }
     }
@@ -414,6 +418,8 @@ pub fn restart_patch(
         WorkloadKind::CronJob => {
             serde_json::json!({"jobTemplate": {"spec": {"template": template}}})
         }
+        // Argo Rollouts restarts the pods older than `restartAt` itself, in its own steps.
+        WorkloadKind::Rollout => serde_json::json!({"restartAt": at_rfc3339}),
         _ => serde_json::json!({"template": template}),
     };
     serde_json::json!({

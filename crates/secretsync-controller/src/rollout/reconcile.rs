@@ -39,6 +39,7 @@ pub fn api_resource(kind: WorkloadKind) -> ApiResource {
         WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
         WorkloadKind::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
         WorkloadKind::CronJob => ApiResource::erase::<CronJob>(&()),
+        WorkloadKind::Rollout => ApiResource::erase::<super::argo::Rollout>(&()),
     }
 }
 

@@ -365,6 +365,20 @@ fn a_cron_job_restarts_through_its_job_template() {
 }
 
 #[test]
+fn an_argo_rollout_restarts_through_restart_at() {
+    let p = restart_patch(WorkloadKind::Rollout, "7", "rev", "2026-01-01T00:00:00Z");
+    assert_eq!(p["spec"]["restartAt"], "2026-01-01T00:00:00Z");
+    assert!(
+        p["spec"].get("template").is_none(),
+        "the pod template is left alone"
+    );
+    assert_eq!(
+        p["metadata"]["annotations"][ANNOTATION_SECRET_REVISION],
+        "rev"
+    );
+}
+
+#[test]
 fn config_maps_are_triggers_by_prefix() {
     use k8s_openapi::api::core::v1::{
         ConfigMapEnvSource, ConfigMapKeySelector, ConfigMapProjection, ConfigMapVolumeSource,
