@@ -52,6 +52,14 @@ fn config_map(name: &str, watched: bool, value: &str) -> String {
     )
 }
 
+/// A Secret `name` labelled as a restart trigger (not written by any binding).
+fn labelled_secret(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, labels: {{secretsync.dev/watch: \"true\"}}}}\ndata: {{tls.crt: {}}}\n",
+        b64(value)
+    )
+}
+
 /// A workload of `kind` named `name` with pod spec `pod`, opted in when `opt_in` is set.
 fn workload(kind: &str, name: &str, opt_in: Option<&str>, pod: Value) -> String {
     let mut annotations = serde_json::Map::new();
@@ -158,7 +166,8 @@ async fn holds_for(window: Duration, what: &str, mut check: impl AsyncFnMut() ->
 }
 
 /// A labelled ConfigMap changes: each opted-in workload kind referencing it (four ways of
-/// referencing) restarts exactly once. A workload that does not reference it, one that did
+/// referencing, and the explicit list) restarts exactly once, as does a Deployment reading
+/// a labelled Secret. A workload that does not reference it, one that did
 /// not opt in, and one referencing an unlabelled ConfigMap are untouched.
 #[tokio::test]
 async fn labelled_config_map_restarts_each_referencing_workload_once() {
@@ -178,6 +187,14 @@ async fn labelled_config_map_restarts_each_referencing_workload_once() {
                 "explicit",
                 Some("configmap/app-config"),
                 json!({"containers": [{"name": "app", "image": "app:1"}]}),
+            ),
+            labelled_secret("app-tls", "one"),
+            workload(
+                "Deployment",
+                "reads-secret",
+                Some("true"),
+                json!({"containers": [{"name": "app", "image": "app:1"}],
+                    "volumes": [{"name": "t", "secret": {"secretName": "app-tls"}}]}),
             ),
             workload(
                 "Deployment",
@@ -206,6 +223,7 @@ async fn labelled_config_map_restarts_each_referencing_workload_once() {
         ("DaemonSet", "ds"),
         ("CronJob", "cron"),
         ("Deployment", "explicit"),
+        ("Deployment", "reads-secret"),
     ];
     for (kind, name) in dependants {
         recorded(&env, kind, name, &op).await;
@@ -221,6 +239,7 @@ async fn labelled_config_map_restarts_each_referencing_workload_once() {
         &stream(&[
             config_map("app-config", true, "two"),
             config_map("plain", false, "two"),
+            labelled_secret("app-tls", "two"),
         ]),
     )
     .await;
