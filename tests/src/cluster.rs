@@ -240,6 +240,17 @@ pub async fn wait_synced_own(env: &TestEnv, op: &Operator, binding: &str, want: 
     wait_synced(env, op, binding, binding, &data(want)).await
 }
 
+/// Polls `check` for `window`, failing as soon as it does not hold: a bounded check that
+/// nothing (more) happens, not a synchronisation sleep.
+pub async fn holds_for(window: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let end = std::time::Instant::now() + window;
+    while std::time::Instant::now() < end {
+        assert!(check().await, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(check().await, "{what}");
+}
+
 /// Waits until binding `binding` is Ready=False with `reason`; returns the condition.
 pub async fn wait_reason(env: &TestEnv, op: &Operator, binding: &str, reason: &str) -> Condition {
     wait_reason_in(env, op, &env.namespace, binding, reason).await

@@ -8,7 +8,9 @@ pub mod manifests;
 pub mod operator;
 
 pub use cluster::*;
-pub use manifests::{binding, deployment_reading, file_source, secret, source, stream};
+pub use manifests::{
+    binding, deployment_reading, file_source, namespace_manifest, secret, source, stream,
+};
 pub use operator::*;
 pub use secretsync_testkit::bao::{BaoAdmin, count_audit_requests, shared_audit_log};
 pub use secretsync_testkit::harness::{ChildProcess, free_port, wait_for, wait_until};

@@ -35,6 +35,11 @@ pub fn file_source(name: &str, path: impl Display, format: &str) -> String {
     )
 }
 
+/// A Namespace `name` with `labels` (YAML flow mapping content, may be empty).
+pub fn namespace_manifest(name: &str, labels: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n")
+}
+
 /// A Secret `name` whose `data` is the YAML flow mapping `data` (base64 values).
 pub fn secret(name: &str, data: &str) -> String {
     format!(

@@ -79,6 +79,18 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// [`Operator::start`] with default options, watching every namespace.
+    pub async fn all_namespaces(env: &TestEnv) -> Operator {
+        Operator::start(
+            env,
+            &OperatorOpts {
+                scope: WatchScope::AllNamespaces,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
     /// Installs the chart's ServiceAccount and RBAC for `opts.scope` and starts the
     /// operator with a token of that ServiceAccount. Its operator namespace (Lease, HMAC
     /// key) is [`TestEnv::operator_namespace`], apart from the test's.

@@ -11,11 +11,6 @@ use secretsync_api::{ClusterSecretBinding, SecretBinding};
 use secretsync_e2e::*;
 use serde_json::json;
 
-/// A Namespace `name` with `labels` (YAML flow mapping content, may be empty).
-fn namespace(name: &str, labels: &str) -> String {
-    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n")
-}
-
 /// A Secret `vault-token` in `ns` holding the token of `kv`, and a ClusterSecretSource `name`
 /// reading its mount with it, admitting the namespaces labelled `selector`
 /// (`key: value`).
@@ -61,17 +56,6 @@ struct Kv {
     token: String,
 }
 
-async fn all_namespaces_operator(env: &TestEnv) -> Operator {
-    Operator::start(
-        env,
-        &OperatorOpts {
-            scope: WatchScope::AllNamespaces,
-            ..Default::default()
-        },
-    )
-    .await
-}
-
 /// Bindings in two `team=shop` namespaces sync through the cluster source; a binding in
 /// a third namespace gets SourceNotAllowed and its key is never read. Relabelling a shop
 /// namespace stops its binding (its Secret keeps the data) and labelling it back recovers it.
@@ -90,14 +74,14 @@ async fn cluster_source_admits_namespaces_by_label_and_never_reads_for_others() 
         format!("{}-shop-b", env.namespace),
         format!("{}-other", env.namespace),
     );
-    let op = all_namespaces_operator(&env).await;
+    let op = Operator::all_namespaces(&env).await;
     let refused_before = audit_reads(&audit, &refused_path);
     apply(
         &env,
         &stream(&[
-            namespace(&shop_a, "team: shop"),
-            namespace(&shop_b, "team: shop"),
-            namespace(&other, ""),
+            namespace_manifest(&shop_a, "team: shop"),
+            namespace_manifest(&shop_b, "team: shop"),
+            namespace_manifest(&other, ""),
             cluster_vault_source(&source, &env.namespace, &kv, "team: shop"),
         ]),
     )
@@ -161,7 +145,7 @@ async fn cluster_source_admits_namespaces_by_label_and_never_reads_for_others() 
 
     // shop-b leaves the team: its binding stops and keeps its Secret's data, while shop-a
     // follows a rotation.
-    apply(&env, &namespace(&shop_b, "")).await;
+    apply(&env, &namespace_manifest(&shop_b, "")).await;
     wait_reason_in(&env, &op, &shop_b, "db", "SourceNotAllowed").await;
     bao.put_v2(&kv.mount, "shop/db", json!({"password": "two"}))
         .await;
@@ -193,7 +177,7 @@ async fn cluster_source_admits_namespaces_by_label_and_never_reads_for_others() 
     );
 
     // Back in the team: it recovers and catches up.
-    apply(&env, &namespace(&shop_b, "team: shop")).await;
+    apply(&env, &namespace_manifest(&shop_b, "team: shop")).await;
     wait_for(WAIT, || async {
         secret_value(&env, &shop_b, "db", "password")
             .await
@@ -234,7 +218,7 @@ async fn thirty_bindings_in_three_namespaces_read_five_shared_keys_five_times() 
     let namespaces: Vec<String> = (0..3).map(|i| format!("{}-t{i}", env.namespace)).collect();
     let mut docs: Vec<String> = namespaces
         .iter()
-        .map(|ns| namespace(ns, "tier: shared"))
+        .map(|ns| namespace_manifest(ns, "tier: shared"))
         .collect();
     docs.push(cluster_vault_source(
         &source,
@@ -250,7 +234,7 @@ async fn thirty_bindings_in_three_namespaces_read_five_shared_keys_five_times() 
         }
     }
     let before = audit_reads(&audit, &paths);
-    let op = all_namespaces_operator(&env).await;
+    let op = Operator::all_namespaces(&env).await;
     apply(&env, &stream(&docs)).await;
     for ns in &namespaces {
         assert!(
@@ -346,7 +330,7 @@ async fn cluster_binding_follows_the_namespaces_it_selects() {
         format!("{}-r1", env.namespace),
         format!("{}-r2", env.namespace),
     );
-    let op = all_namespaces_operator(&env).await;
+    let op = Operator::all_namespaces(&env).await;
     let cluster_binding = format!(
         r#"apiVersion: secretsync.dev/v1alpha1
 kind: ClusterSecretBinding
@@ -364,7 +348,7 @@ spec:
     apply(
         &env,
         &stream(&[
-            namespace(&first, "registry: internal"),
+            namespace_manifest(&first, "registry: internal"),
             cluster_vault_source(&source, &env.namespace, &kv, "registry: internal"),
             cluster_binding.clone(),
         ]),
@@ -394,7 +378,7 @@ spec:
     );
 
     // A namespace that starts matching gets its binding and Secret.
-    apply(&env, &namespace(&second, "registry: internal")).await;
+    apply(&env, &namespace_manifest(&second, "registry: internal")).await;
     assert!(
         pull_secret_synced(&env, &second).await,
         "no Secret in the new namespace {second}\n{}",
@@ -431,7 +415,7 @@ spec:
     );
 
     // A namespace that stops matching loses its binding and, with it, the Secret.
-    apply(&env, &namespace(&second, "")).await;
+    apply(&env, &namespace_manifest(&second, "")).await;
     assert!(
         generated_removed(&env, &second, &name).await,
         "the unlabelled namespace kept its binding or Secret\n{}",

@@ -71,14 +71,7 @@ async fn without_cache_config_bindings_sharing_keys_read_each_once_per_interval(
         yaml.push_str("---\n");
     }
     let before = audit_reads(&audit, &paths);
-    let op = Operator::start(
-        &env,
-        &OperatorOpts {
-            scope: WatchScope::AllNamespaces,
-            ..Default::default()
-        },
-    )
-    .await;
+    let op = Operator::all_namespaces(&env).await;
     apply(&env, &yaml).await;
     for ns in &namespaces {
         if !all_ready(&env, ns, &names, WAIT).await {

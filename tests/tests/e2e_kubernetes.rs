@@ -17,11 +17,6 @@ use serde_json::json;
 /// bindings refresh hourly, so only the change event can carry it this fast.
 const CHANGE_ARRIVES: Duration = Duration::from_secs(10);
 
-/// A Namespace `name` with `labels` (YAML flow mapping content, may be empty).
-fn namespace(name: &str, labels: &str) -> String {
-    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n")
-}
-
 /// A Secret `name` in namespace `ns` whose `ca.crt` is `value`.
 fn ca_secret(ns: &str, name: &str, value: &str) -> String {
     format!(
@@ -59,20 +54,13 @@ async fn cluster_source_copies_a_secret_into_team_namespaces_and_follows_its_cha
     );
     let source = format!("{}-infra", env.namespace);
     let label = format!("copy-ca: {}", env.namespace);
-    let op = Operator::start(
-        &env,
-        &OperatorOpts {
-            scope: WatchScope::AllNamespaces,
-            ..Default::default()
-        },
-    )
-    .await;
+    let op = Operator::all_namespaces(&env).await;
     apply(
         &env,
         &stream(&[
-            namespace(&infra, ""),
-            namespace(&team_a, &label),
-            namespace(&team_b, &label),
+            namespace_manifest(&infra, ""),
+            namespace_manifest(&team_a, &label),
+            namespace_manifest(&team_b, &label),
             ca_secret(&infra, "registry-ca", "one"),
             format!(
                 "apiVersion: secretsync.dev/v1alpha1\nkind: ClusterSecretSource\nmetadata: {{name: {source}}}\n\

@@ -328,17 +328,6 @@ async fn wait_unchanged_reconciles(op: &Operator, n: f64) {
     .unwrap_or_else(|e| panic!("{e}\n{}", op.output()));
 }
 
-/// Polls `check` for `window`, failing as soon as it does not hold: a bounded check that
-/// nothing (more) happens, not a synchronisation sleep.
-async fn holds_for(window: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let end = std::time::Instant::now() + window;
-    while std::time::Instant::now() < end {
-        assert!(check().await, "{what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(check().await, "{what}");
-}
-
 // ---------------------------------------------------------------------------------------
 // Tests
 

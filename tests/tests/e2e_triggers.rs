@@ -154,17 +154,6 @@ async fn restarted(env: &TestEnv, kind: &str, name: &str, within: Duration, op: 
         .unwrap_or_else(|e| panic!("{kind} {name} not restarted: {e}\n{}", op.output()));
 }
 
-/// Polls `check` for `window`, failing as soon as it does not hold: a bounded check that
-/// nothing (more) happens, not a synchronisation sleep.
-async fn holds_for(window: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let end = std::time::Instant::now() + window;
-    while std::time::Instant::now() < end {
-        assert!(check().await, "{what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(check().await, "{what}");
-}
-
 /// A labelled ConfigMap changes: each opted-in workload kind referencing it (four ways of
 /// referencing, and the explicit list) restarts exactly once, as does a Deployment reading
 /// a labelled Secret. A workload that does not reference it, one that did

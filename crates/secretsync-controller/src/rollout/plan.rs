@@ -58,16 +58,16 @@ pub fn configmap_trigger(name: &str) -> String {
     format!("{CONFIGMAP_PREFIX}{name}")
 }
 
-/// Every Secret and ConfigMap a pod spec references, as trigger names (see
-/// [`CONFIGMAP_PREFIX`]): [`referenced_secrets`] plus env `configMapKeyRef`,
-/// `envFrom.configMapRef`, `configMap` volumes and projected volume `configMap` sources.
-pub fn referenced_objects(spec: &PodSpec) -> BTreeSet<String> {
-    let mut out = referenced_secrets(spec);
-    let mut cm = |name: &str| {
-        if !name.is_empty() {
-            out.insert(configmap_trigger(name));
-        }
-    };
+/// A reference of a pod spec to a Secret or a ConfigMap.
+enum Ref<'a> {
+    Secret(&'a str),
+    ConfigMap(&'a str),
+}
+
+/// Calls `f` for every Secret and ConfigMap reference of a pod spec: env `secretKeyRef` /
+/// `configMapKeyRef`, `envFrom`, `secret` / `configMap` volumes and projected volume
+/// sources, across init, regular and ephemeral containers.
+fn each_reference<'a>(spec: &'a PodSpec, mut f: impl FnMut(Ref<'a>)) {
     let containers = spec
         .init_containers
         .iter()
@@ -81,82 +81,67 @@ pub fn referenced_objects(spec: &PodSpec) -> BTreeSet<String> {
                 .map(|c| (&c.env, &c.env_from)),
         );
     for (env, env_from) in containers {
-        for e in env.iter().flatten() {
-            if let Some(r) = e
-                .value_from
-                .as_ref()
-                .and_then(|v| v.config_map_key_ref.as_ref())
-            {
-                cm(&r.name);
+        for from in env.iter().flatten().filter_map(|e| e.value_from.as_ref()) {
+            if let Some(r) = &from.secret_key_ref {
+                f(Ref::Secret(&r.name));
+            }
+            if let Some(r) = &from.config_map_key_ref {
+                f(Ref::ConfigMap(&r.name));
             }
         }
-        for f in env_from.iter().flatten() {
-            if let Some(r) = &f.config_map_ref {
-                cm(&r.name);
+        for e in env_from.iter().flatten() {
+            if let Some(r) = &e.secret_ref {
+                f(Ref::Secret(&r.name));
+            }
+            if let Some(r) = &e.config_map_ref {
+                f(Ref::ConfigMap(&r.name));
             }
         }
     }
     for v in spec.volumes.iter().flatten() {
-        if let Some(c) = &v.config_map {
-            cm(&c.name);
+        if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) {
+            f(Ref::Secret(name));
         }
-        if let Some(p) = &v.projected {
-            for src in p.sources.iter().flatten() {
-                if let Some(c) = &src.config_map {
-                    cm(&c.name);
-                }
+        if let Some(c) = &v.config_map {
+            f(Ref::ConfigMap(&c.name));
+        }
+        for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(s) = &src.secret {
+                f(Ref::Secret(&s.name));
+            }
+            if let Some(c) = &src.config_map {
+                f(Ref::ConfigMap(&c.name));
             }
         }
     }
+}
+
+/// Every Secret and ConfigMap a pod spec references, as trigger names (see
+/// [`CONFIGMAP_PREFIX`]).
+pub fn referenced_objects(spec: &PodSpec) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    each_reference(spec, |r| match r {
+        Ref::Secret(n) if !n.is_empty() => {
+            out.insert(n.to_string());
+        }
+        Ref::ConfigMap(n) if !n.is_empty() => {
+            out.insert(configmap_trigger(n));
+        }
+        _ => {}
+    });
     out
 }
 
-/// Every Secret name a pod spec references: env `secretKeyRef`, `envFrom.secretRef`,
-/// `secret` volumes and projected volume `secret` sources, across init, regular and
-/// ephemeral containers.
+/// Every Secret name a pod spec references (see [`referenced_objects`]).
 pub fn referenced_secrets(spec: &PodSpec) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let containers = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| (&c.env, &c.env_from))
-        .chain(spec.containers.iter().map(|c| (&c.env, &c.env_from)))
-        .chain(
-            spec.ephemeral_containers
-                .iter()
-                .flatten()
-                .map(|c| (&c.env, &c.env_from)),
-        );
-    for (env, env_from) in containers {
-        for e in env.iter().flatten() {
-            if let Some(r) = e
-                .value_from
-                .as_ref()
-                .and_then(|v| v.secret_key_ref.as_ref())
-            {
-                out.insert(r.name.clone());
-            }
+    each_reference(spec, |r| {
+        if let Ref::Secret(n) = r
+            && !n.is_empty()
+        {
+            out.insert(n.to_string());
         }
-        for f in env_from.iter().flatten() {
-            if let Some(r) = &f.secret_ref {
-                out.insert(r.name.clone());
-            }
-        }
-    }
-    for v in spec.volumes.iter().flatten() {
-        if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.as_ref()) {
-            out.insert(name.clone());
-        }
-        if let Some(p) = &v.projected {
-            for src in p.sources.iter().flatten() {
-                if let Some(s) = &src.secret {
-                    out.insert(s.name.clone());
-                }
-            }
-        }
-    }
-    out.retain(|n| !n.is_empty());
+    });
     out
 }
 

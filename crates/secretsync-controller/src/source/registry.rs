@@ -208,23 +208,20 @@ impl SourceRegistry {
 
     /// The current build of a source, if any (waits for a build in progress).
     pub async fn current(&self, key: &ObjKey) -> Option<Arc<SourceEntry>> {
-        let slot = self
-            .slots
+        self.existing_slot(key)?.lock().await.clone()
+    }
+
+    fn existing_slot(&self, key: &ObjKey) -> Option<Slot> {
+        self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
-            .cloned()?;
-        slot.lock().await.clone()
+            .cloned()
     }
 
     /// Whether the current build (if any) is ready; `None` when unknown.
     pub async fn get_existing_readiness(&self, key: &ObjKey) -> Option<bool> {
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()?;
+        let slot = self.existing_slot(key)?;
         let guard = slot.lock().await;
         guard.as_ref()?.readiness().map(|r| r.is_ok())
     }
