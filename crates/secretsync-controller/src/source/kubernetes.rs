@@ -232,6 +232,10 @@ fn api_error(ns: &str, what: &str, e: kube::Error) -> BackendError {
             "{what} in namespace {ns:?}: API server answered {}",
             s.code
         )),
+        // A response that does not parse may quote the Secret's body in the error text.
+        kube::Error::SerdeError(_) => BackendError::unavailable(format!(
+            "{what} in namespace {ns:?}: the API server's answer did not parse"
+        )),
         _ => BackendError::unavailable(format!("{what} in namespace {ns:?}: {e}")),
     }
 }
