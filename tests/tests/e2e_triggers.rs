@@ -78,9 +78,9 @@ fn workload(kind: &str, name: &str, opt_in: Option<&str>, pod: Value) -> String 
             "selector": {"matchLabels": {"app": name}},
             "template": template,
         }),
+        // A Deployment, DaemonSet or Argo Rollout: selector and pod template.
         _ => json!({"selector": {"matchLabels": {"app": name}}, "template": template}),
     };
-    // (A Rollout's spec has the same selector and template as a Deployment's.)
     let obj = json!({
         "apiVersion": api_version(kind),
         "kind": kind,

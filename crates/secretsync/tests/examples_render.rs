@@ -44,6 +44,22 @@ fn render_docs(args: &[&str], env: &[(&str, &str)]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The (namespace, name) of each rendered Secret, sorted.
+fn locations(docs: &[serde_json::Value]) -> Vec<(String, String)> {
+    let mut at: Vec<(String, String)> = docs
+        .iter()
+        .map(|d| {
+            let m = &d["metadata"];
+            (
+                m["namespace"].as_str().unwrap().to_string(),
+                m["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    at.sort();
+    at
+}
+
 /// Runs render and returns (secret name → key → decoded value), failing on any error.
 fn render(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let mut secrets = serde_json::Map::new();
@@ -85,17 +101,7 @@ fn cluster_binding_example_renders_one_secret_per_selected_namespace() {
         ],
         &[],
     );
-    let mut at: Vec<(String, String)> = docs
-        .iter()
-        .map(|d| {
-            let m = &d["metadata"];
-            (
-                m["namespace"].as_str().unwrap().to_string(),
-                m["name"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    at.sort();
+    let at = locations(&docs);
     assert_eq!(
         at,
         [
@@ -166,17 +172,7 @@ spec:
 #[test]
 fn kubernetes_secrets_example_reads_the_given_secrets() {
     let docs = render_docs(&["-f", "examples/kubernetes-secrets"], &[]);
-    let mut seen: Vec<(String, String)> = docs
-        .iter()
-        .map(|d| {
-            let m = &d["metadata"];
-            (
-                m["namespace"].as_str().unwrap().to_string(),
-                m["name"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    seen.sort();
+    let seen = locations(&docs);
     let want = [
         ("payments", "registry-ca"),
         ("shop", "orders-db-url"),
