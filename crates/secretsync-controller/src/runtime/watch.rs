@@ -74,6 +74,19 @@ fn is_outage(e: &watcher::Error) -> bool {
     }
 }
 
+/// A watch error as logged. A response that does not parse is not quoted: the parser's
+/// text may contain part of the object, and some watches (labelled Secrets) carry data.
+fn shown(e: &watcher::Error) -> String {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::SerdeError(_))
+        | watcher::Error::WatchStartFailed(kube::Error::SerdeError(_))
+        | watcher::Error::WatchFailed(kube::Error::SerdeError(_)) => {
+            "the API server's answer did not parse".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// A run of failed attempts.
 struct Trouble {
     since: Instant,
@@ -109,7 +122,7 @@ pub async fn run<K, I>(
             Err(e) => {
                 let t = trouble.get_or_insert_with(|| {
                     let outage = is_outage(&e);
-                    tracing::warn!(watch = name, scope = scope.as_deref().unwrap_or("*"), error = %e,
+                    tracing::warn!(watch = name, scope = scope.as_deref().unwrap_or("*"), error = %shown(&e),
                         "watch failed; retrying every few seconds until the API server answers");
                     if outage {
                         health.watch_failed(name);
@@ -120,7 +133,7 @@ pub async fn run<K, I>(
                         outage,
                     }
                 });
-                tracing::debug!(watch = name, retries = t.retries, error = %e, "watch retry failed");
+                tracing::debug!(watch = name, retries = t.retries, error = %shown(&e), "watch retry failed");
                 metrics.watch_retry(name);
                 let pause = watch_retry(t.retries, random_unit());
                 t.retries += 1;
@@ -168,6 +181,18 @@ pub async fn run<K, I>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unparsable_answers_are_not_quoted() {
+        let Err(parse) = serde_json::from_str::<u64>("\"CANARY-value\"") else {
+            unreachable!("a string is not a number")
+        };
+        assert!(parse.to_string().contains("CANARY"), "the parser quotes");
+        let e = watcher::Error::InitialListFailed(kube::Error::SerdeError(parse));
+        assert!(!shown(&e).contains("CANARY"), "{}", shown(&e));
+        let api = watcher::Error::WatchFailed(status(503));
+        assert_eq!(shown(&api), api.to_string());
+    }
 
     fn status(code: u16) -> kube::Error {
         kube::Error::Api(Box::new(
