@@ -122,8 +122,15 @@ pub async fn run<K, I>(
             Err(e) => {
                 let t = trouble.get_or_insert_with(|| {
                     let outage = is_outage(&e);
-                    tracing::warn!(watch = name, scope = scope.as_deref().unwrap_or("*"), error = %shown(&e),
-                        "watch failed; retrying every few seconds until the API server answers");
+                    // One outage, one warning: once another watch has reported the API
+                    // server unreachable, the rest say so at debug.
+                    if outage && health.is_down() {
+                        tracing::debug!(watch = name, scope = scope.as_deref().unwrap_or("*"), error = %shown(&e),
+                            "watch failed while the API server is unreachable; retrying");
+                    } else {
+                        tracing::warn!(watch = name, scope = scope.as_deref().unwrap_or("*"), error = %shown(&e),
+                            "watch failed; retrying every few seconds until the API server answers");
+                    }
                     if outage {
                         health.watch_failed(name);
                     }
