@@ -2,11 +2,12 @@
 //! relisting watch feeding an [`watch::Index`], the object [`store`], the two-lane work
 //! [`queue`], the [`dispatch`]er that runs reconciles, signals of the first complete
 //! lists ([`ready`]) and of API reachability ([`health`]), retry timing ([`backoff`]) and
-//! [`leader`] election.
+//! [`leader`] election; and objects [`held`] by name behind per-namespace metadata watches.
 
 pub mod backoff;
 pub mod dispatch;
 pub mod health;
+pub mod held;
 pub mod leader;
 pub mod queue;
 pub mod ready;

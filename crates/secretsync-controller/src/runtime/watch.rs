@@ -76,7 +76,7 @@ fn is_outage(e: &watcher::Error) -> bool {
 
 /// A watch error as logged. A response that does not parse is not quoted: the parser's
 /// text may contain part of the object, and some watches (labelled Secrets) carry data.
-fn shown(e: &watcher::Error) -> String {
+pub(crate) fn shown(e: &watcher::Error) -> String {
     match e {
         watcher::Error::InitialListFailed(kube::Error::SerdeError(_))
         | watcher::Error::WatchStartFailed(kube::Error::SerdeError(_))
