@@ -167,12 +167,56 @@ pub struct TemplateSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "crate::schema::string_map")]
     pub data: BTreeMap<String, String>,
+    /// Templates kept in ConfigMaps of the binding's namespace: each listed key of a
+    /// ConfigMap is a template, with the same variables and functions as `data`, for the
+    /// Secret key of the same name. A Secret key that `data` names too is rendered from
+    /// `data`: the inline template wins, so a binding can override one template of a shared
+    /// ConfigMap. Two `templateFrom` items naming one key are a `KeyCollision`. A
+    /// ConfigMap or key that does not exist fails the binding with `TemplateNotFound` and
+    /// leaves the Secret as it is. An edit of a ConfigMap re-renders the Secret within
+    /// seconds from the values already read (without reading the backend again while they
+    /// are cached). Whoever may edit the ConfigMap decides what the Secret holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub template_from: Vec<TemplateFrom>,
     /// Labels and annotations whose values are templates, with the same variables as
     /// `data`. They are added to the Secret's metadata (over `target.labels` and
     /// `target.annotations` of the same name). Metadata is readable by anyone who may list
     /// Secrets: render fingerprints or versions into it, not secret values.
     #[serde(default, skip_serializing_if = "TemplateMetadata::is_empty")]
     pub metadata: TemplateMetadata,
+}
+
+/// Where templates come from: a ConfigMap (the only kind so far).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateFrom {
+    /// A ConfigMap in the binding's namespace whose keys are templates.
+    pub config_map: TemplateConfigMap,
+}
+
+/// ConfigMap keys used as templates.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateConfigMap {
+    /// Name of the ConfigMap, in the binding's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The keys of the ConfigMap's `data` to use, at least one. Each key's value is a
+    /// template for the Secret key of the same name.
+    #[schemars(length(min = 1, max = 100))]
+    pub items: Vec<TemplateItem>,
+}
+
+/// One template in a ConfigMap.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateItem {
+    /// The ConfigMap key holding the template, and the Secret key it renders.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[-._a-zA-Z0-9]+$')")
+        .message("spec.target.template.templateFrom[].configMap.items[].key must consist of alphanumerics, '-', '_' or '.'"))]
+    pub key: String,
 }
 
 /// Templated metadata of the Secret.

@@ -1,6 +1,6 @@
 //! Parsing of YAML/JSON manifest streams into typed objects (used by `render` and tests).
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use serde::Deserialize;
 
 use crate::{ClusterSecretBinding, ClusterSecretSource, SecretBinding, SecretSource};
@@ -18,6 +18,8 @@ pub enum Manifest {
     ClusterBinding(Box<ClusterSecretBinding>),
     /// A core `v1/Secret` (credentials for `secretRef`s).
     Secret(Box<Secret>),
+    /// A core `v1/ConfigMap` (templates for `templateFrom`).
+    ConfigMap(Box<ConfigMap>),
     /// A core `v1/Namespace` (its labels decide what cluster kinds apply to it).
     Namespace(Box<Namespace>),
     /// Any other kind; kept by kind/name so callers can report or skip it.
@@ -106,6 +108,9 @@ fn push_value(
         ("v1", "Secret") => out.push(Manifest::Secret(Box::new(
             serde_yaml::from_value(value.clone()).map_err(typed)?,
         ))),
+        ("v1", "ConfigMap") => out.push(Manifest::ConfigMap(Box::new(
+            serde_yaml::from_value(value.clone()).map_err(typed)?,
+        ))),
         ("v1", "Namespace") => out.push(Manifest::Namespace(Box::new(
             serde_yaml::from_value(value.clone()).map_err(typed)?,
         ))),
@@ -187,10 +192,15 @@ spec:
 apiVersion: v1
 kind: ConfigMap
 metadata: {name: c}
+data: {t: "{{ a }}"}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: sa}
 ---
 "#;
         let docs = parse_stream(text).unwrap();
-        assert_eq!(docs.len(), 3);
+        assert_eq!(docs.len(), 4);
         assert!(matches!(&docs[0], Manifest::Source(s) if s.spec.file.is_some()));
         match &docs[1] {
             Manifest::Binding(b) => {
@@ -201,7 +211,11 @@ metadata: {name: c}
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(&docs[2], Manifest::Other { kind, .. } if kind == "ConfigMap"));
+        // ConfigMaps are typed (templateFrom reads them); other kinds are kept by kind.
+        assert!(
+            matches!(&docs[2], Manifest::ConfigMap(c) if c.data.as_ref().is_some_and(|d| d["t"] == "{{ a }}"))
+        );
+        assert!(matches!(&docs[3], Manifest::Other { kind, .. } if kind == "ServiceAccount"));
     }
 
     #[test]

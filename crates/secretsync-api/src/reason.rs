@@ -29,6 +29,8 @@ pub enum ConditionReason {
     KeyCollision,
     /// A template does not parse or fails to render.
     InvalidTemplate,
+    /// A `templateFrom` ConfigMap, or a key in it, does not exist.
+    TemplateNotFound,
     /// An `Owner`/`Orphan` target exists and belongs to someone else.
     TargetConflict,
     /// A `Merge` target does not exist.
@@ -47,7 +49,7 @@ pub enum ConditionReason {
 
 impl ConditionReason {
     /// Every reason, for documentation checks.
-    pub const ALL: [ConditionReason; 17] = [
+    pub const ALL: [ConditionReason; 18] = [
         ConditionReason::Synced,
         ConditionReason::Valid,
         ConditionReason::SourceNotFound,
@@ -59,6 +61,7 @@ impl ConditionReason {
         ConditionReason::InvalidConfig,
         ConditionReason::KeyCollision,
         ConditionReason::InvalidTemplate,
+        ConditionReason::TemplateNotFound,
         ConditionReason::TargetConflict,
         ConditionReason::TargetNotFound,
         ConditionReason::WriteFailed,
@@ -81,6 +84,7 @@ impl ConditionReason {
             ConditionReason::InvalidConfig => "InvalidConfig",
             ConditionReason::KeyCollision => "KeyCollision",
             ConditionReason::InvalidTemplate => "InvalidTemplate",
+            ConditionReason::TemplateNotFound => "TemplateNotFound",
             ConditionReason::TargetConflict => "TargetConflict",
             ConditionReason::TargetNotFound => "TargetNotFound",
             ConditionReason::WriteFailed => "WriteFailed",
