@@ -24,6 +24,7 @@ pub mod kubernetes;
 pub mod resolve;
 pub mod retry;
 pub mod template;
+pub mod template_from;
 mod value;
 pub mod vault;
 

@@ -9,6 +9,7 @@ use secretsync_api::{DecodingStrategy, MergePolicy, SecretBindingSpec};
 use crate::decode::decode;
 use crate::keys::{KeyGlob, extract_all, extract_property, insert_sanitized, is_valid_secret_key};
 use crate::template::{TemplatedMetadata, Templates};
+use crate::template_from::TemplateSet;
 use crate::{BackendError, ReadOptions, ReadRequest, Reason, SecretValue, SourceCache};
 
 /// The Secret data a binding resolves to.
@@ -82,9 +83,12 @@ pub struct Resolution {
 }
 
 /// Reads every remote key the binding needs (one batch through the shared cache) and
-/// builds the Secret data. Errors name the field and key at fault, never a value.
+/// builds the Secret data, rendering `templates` (the binding's, with its `templateFrom`
+/// ConfigMaps loaded: [`TemplateSet::load`]). Errors name the field and key at fault, never
+/// a value.
 pub async fn resolve_with(
     spec: &SecretBindingSpec,
+    templates: &TemplateSet,
     cache: &SourceCache,
     opts: ReadOptions,
     own: Option<OwnSecret<'_>>,
@@ -125,7 +129,7 @@ pub async fn resolve_with(
             }
         })
         .collect();
-    match build(spec, &plan, &values) {
+    match build(spec, templates, &plan, &values) {
         Ok(built) => Resolution {
             data: Ok(built.data),
             metadata: built.metadata,
@@ -154,8 +158,8 @@ impl Resolution {
     }
 }
 
-/// [`resolve_with`] for one-off callers (`secretsync render`): only the data; `bypass`
-/// skips cached values.
+/// [`resolve_with`] for one-off callers: only the data, inline templates only (a
+/// `templateFrom` fails with `TemplateNotFound`); `bypass` skips cached values.
 pub async fn resolve(
     spec: &SecretBindingSpec,
     cache: &SourceCache,
@@ -167,7 +171,8 @@ pub async fn resolve(
     } else {
         ReadOptions::within(Duration::MAX)
     };
-    resolve_with(spec, cache, opts, own).await.data
+    let templates = TemplateSet::inline(spec.target.template.as_ref())?;
+    resolve_with(spec, &templates, cache, opts, own).await.data
 }
 
 /// What [`build`] makes of the values read.
@@ -181,6 +186,7 @@ struct Built {
 /// over dataFrom for the same key, then the templates.
 fn build(
     spec: &SecretBindingSpec,
+    templates: &TemplateSet,
     plan: &[Planned],
     values: &Values,
 ) -> Result<Built, BackendError> {
@@ -193,11 +199,11 @@ fn build(
             missing,
         });
     };
-    let templates = Templates::new(&data);
-    let metadata = templates.render_metadata(&t.metadata)?;
+    let env = Templates::new(&data);
+    let metadata = env.render_metadata(&t.metadata)?;
     // A template with only metadata leaves the data as resolved.
-    if !t.data.is_empty() {
-        let rendered = render_with(&templates, &t.data)?;
+    if !templates.is_empty() {
+        let rendered = templates.render(&env)?;
         match t.merge_policy {
             MergePolicy::Replace => data = rendered,
             MergePolicy::Merge => data.extend(rendered),
@@ -402,26 +408,11 @@ pub fn render_templates(
     templates: &BTreeMap<String, String>,
     data: &SecretData,
 ) -> Result<SecretData, BackendError> {
-    render_with(&Templates::new(data), templates)
-}
-
-/// Renders each of `templates` (Secret key → template) through `env`; the keys must be
-/// valid Secret keys.
-fn render_with(
-    env: &Templates,
-    templates: &BTreeMap<String, String>,
-) -> Result<SecretData, BackendError> {
-    let mut out = SecretData::new();
-    for (key, src) in templates {
-        if !is_valid_secret_key(key) {
-            return Err(BackendError::invalid_config(format!(
-                "spec.target.template.data key {key:?} is not a valid Secret key"
-            )));
-        }
-        let rendered = env.render(&format!("spec.target.template.data[{key:?}]"), src)?;
-        out.insert(key.clone(), SecretValue::from_string(rendered));
-    }
-    Ok(out)
+    let spec = secretsync_api::TemplateSpec {
+        data: templates.clone(),
+        ..Default::default()
+    };
+    TemplateSet::inline(Some(&spec))?.render(&Templates::new(data))
 }
 
 #[cfg(test)]
@@ -511,12 +502,12 @@ mod tests {
 
         spec.target.template = Some(TemplateSpec {
             merge_policy: MergePolicy::Replace,
-            metadata: Default::default(),
             data: [(
                 "DATABASE_URL".to_string(),
                 "postgres://{{ username }}:{{ password }}@{{ db_host }}:5432/shop".to_string(),
             )]
             .into(),
+            ..Default::default()
         });
         let data = resolve(&spec, &cache, false, None).await.unwrap();
         assert_eq!(data.len(), 1);
@@ -687,7 +678,15 @@ mod tests {
     }
 
     async fn resolved(spec: &SecretBindingSpec, cache: &SourceCache) -> Resolution {
-        resolve_with(spec, cache, ReadOptions::within(Duration::MAX), None).await
+        let templates = TemplateSet::inline(spec.target.template.as_ref()).unwrap();
+        resolve_with(
+            spec,
+            &templates,
+            cache,
+            ReadOptions::within(Duration::MAX),
+            None,
+        )
+        .await
     }
 
     #[tokio::test]
@@ -797,7 +796,7 @@ mod tests {
         let template = |merge_policy, src: &str| TemplateSpec {
             merge_policy,
             data: [("out".to_string(), src.to_string())].into(),
-            metadata: Default::default(),
+            ..Default::default()
         };
         let mut spec = SecretBindingSpec {
             data: vec![item("bin", "bin", None), item("host", "db/host", None)],
@@ -879,6 +878,100 @@ mod tests {
         let r = resolved(&spec, &cache).await;
         assert_eq!(r.data.unwrap()["has"].as_str(), Some("no/none"));
         assert_eq!(r.missing_keys, ["tls/none"]);
+    }
+
+    #[tokio::test]
+    async fn templates_from_config_maps_render_over_the_resolved_keys() {
+        use crate::template_from::ConfigMapData;
+        use secretsync_api::{TemplateConfigMap, TemplateFrom, TemplateItem};
+        let (root, dir) = fixture();
+        let cache = cache_over(&dir, root.path());
+        let config_maps: BTreeMap<String, ConfigMapData> = [(
+            "db-templates".to_string(),
+            [
+                (
+                    "url".to_string(),
+                    "postgres://{{ user }}@{{ host }}".to_string(),
+                ),
+                ("host_only".to_string(), "{{ host }}".to_string()),
+            ]
+            .into(),
+        )]
+        .into();
+        let mut spec = SecretBindingSpec {
+            data: vec![
+                item("user", "db/creds", Some("username")),
+                item("host", "db/host", None),
+            ],
+            ..Default::default()
+        };
+        let mut template = TemplateSpec {
+            template_from: vec![TemplateFrom {
+                config_map: TemplateConfigMap {
+                    name: "db-templates".into(),
+                    items: vec![
+                        TemplateItem { key: "url".into() },
+                        TemplateItem {
+                            key: "host_only".into(),
+                        },
+                    ],
+                },
+            }],
+            data: [("host_only".to_string(), "inline:{{ host }}".to_string())].into(),
+            ..Default::default()
+        };
+        let run = |spec: SecretBindingSpec| {
+            let cache = &cache;
+            let config_maps = &config_maps;
+            async move {
+                let templates = TemplateSet::load(spec.target.template.as_ref(), "shop", |n| {
+                    config_maps.get(n)
+                })
+                .unwrap();
+                resolve_with(
+                    &spec,
+                    &templates,
+                    cache,
+                    ReadOptions::within(Duration::MAX),
+                    None,
+                )
+                .await
+                .data
+                .unwrap()
+            }
+        };
+        spec.target.template = Some(template.clone());
+        let data = run(spec.clone()).await;
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["host_only", "url"]);
+        assert_eq!(data["url"].as_str(), Some("postgres://shop@db.internal"));
+        assert_eq!(
+            data["host_only"].as_str(),
+            Some("inline:db.internal"),
+            "the inline template wins"
+        );
+        template.merge_policy = MergePolicy::Merge;
+        spec.target.template = Some(template);
+        let data = run(spec).await;
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["host", "host_only", "url", "user"]
+        );
+        // The one-off resolve has no ConfigMaps: a clear error, not a silent skip.
+        let mut spec = SecretBindingSpec {
+            data: vec![item("host", "db/host", None)],
+            ..Default::default()
+        };
+        spec.target.template = Some(TemplateSpec {
+            template_from: vec![TemplateFrom {
+                config_map: TemplateConfigMap {
+                    name: "db-templates".into(),
+                    items: vec![TemplateItem { key: "url".into() }],
+                },
+            }],
+            ..Default::default()
+        });
+        let e = resolve(&spec, &cache, false, None).await.unwrap_err();
+        assert_eq!(e.reason, Reason::TemplateNotFound);
     }
 
     #[tokio::test]

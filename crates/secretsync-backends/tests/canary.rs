@@ -226,8 +226,11 @@ fn canary_never_leaks_from_local_backends_and_resolution() {
 #[tokio::test]
 async fn canary_never_leaks_from_shaping() {
     use secretsync_api::{DecodingStrategy, TemplateMetadata};
+    use secretsync_api::{TemplateConfigMap, TemplateFrom, TemplateItem};
     use secretsync_backends::ReadOptions;
     use secretsync_backends::resolve::resolve_with;
+    use secretsync_backends::template_from::{ConfigMapData, TemplateSet};
+    use std::collections::BTreeMap;
 
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("d");
@@ -329,7 +332,47 @@ async fn canary_never_leaks_from_shaping() {
     });
     specs.push(("invalid label value", label));
     for (what, spec) in specs {
-        let r = resolve_with(&spec, &cache, opts, None).await;
+        let templates = TemplateSet::inline(spec.target.template.as_ref()).unwrap();
+        let r = resolve_with(&spec, &templates, &cache, opts, None).await;
+        check(&mut seen, what, format!("{r:?}"));
+        let e = r.data.expect_err(what);
+        check(&mut seen, what, format!("{e} {e:?}"));
+    }
+
+    // The same template errors from a templateFrom ConfigMap, and a ConfigMap or key that
+    // is missing: messages name the ConfigMap and key only.
+    let config_maps: BTreeMap<String, ConfigMapData> = [(
+        "tpl".to_string(),
+        [
+            ("int".to_string(), "{{ out | int }}".to_string()),
+            ("bin".to_string(), "{{ out }}".to_string()),
+        ]
+        .into(),
+    )]
+    .into();
+    for (what, key, input) in [
+        ("templateFrom filter on the value", "int", "plain"),
+        ("templateFrom binary written out", "bin", "binary"),
+        ("templateFrom key missing", "nope", "plain"),
+    ] {
+        let mut spec = binding(vec![item(input, None)], vec![]);
+        spec.target.template = Some(TemplateSpec {
+            template_from: vec![TemplateFrom {
+                config_map: TemplateConfigMap {
+                    name: "tpl".into(),
+                    items: vec![TemplateItem { key: key.into() }],
+                },
+            }],
+            ..Default::default()
+        });
+        let r = match TemplateSet::load(spec.target.template.as_ref(), "ns", |n| config_maps.get(n))
+        {
+            Ok(templates) => resolve_with(&spec, &templates, &cache, opts, None).await,
+            Err(e) => {
+                check(&mut seen, what, format!("{e} {e:?}"));
+                continue;
+            }
+        };
         check(&mut seen, what, format!("{r:?}"));
         let e = r.data.expect_err(what);
         check(&mut seen, what, format!("{e} {e:?}"));
@@ -361,7 +404,8 @@ async fn canary_never_leaks_from_shaping() {
         },
         ..Default::default()
     });
-    let r = resolve_with(&spec, &cache, opts, None).await;
+    let templates = TemplateSet::inline(spec.target.template.as_ref()).unwrap();
+    let r = resolve_with(&spec, &templates, &cache, opts, None).await;
     assert_eq!(r.missing_keys, ["nope"]);
     assert_eq!(r.metadata.annotations["a"], CANARY);
     check(&mut seen, "resolution Debug", format!("{r:?}"));
