@@ -12,6 +12,7 @@ use secretsync_api::{
 use secretsync_backends::hash::HmacKey;
 
 use crate::Config;
+use crate::binding::templates::TemplateConfigMaps;
 use crate::binding::{BindingState, BindingStates};
 use crate::events::Events;
 use crate::managed::ManagedSecrets;
@@ -61,6 +62,8 @@ pub struct Ctx {
     pub managed: ManagedSecrets,
     /// The rollout reconciler's workloads and queue.
     pub rollout: RolloutState,
+    /// The ConfigMaps bindings load templates from (`templateFrom`), held while referenced.
+    pub templates: TemplateConfigMaps,
     states: BindingStates,
     /// Bindings whose inputs changed (a kubernetes source's Secret): their next reconcile
     /// reads, whatever their refresh schedule says.
@@ -79,6 +82,7 @@ impl Ctx {
         let budget = config.max_restarts_per_minute;
         Ctx {
             events: Events::new(client.clone(), &config.identity),
+            templates: TemplateConfigMaps::new(client.clone()),
             client,
             config,
             hmac,
@@ -139,6 +143,7 @@ impl Ctx {
         self.events.forget(key);
         self.binding_queue.forget(key);
         self.take_read_request(key);
+        self.templates.forget(key);
     }
 
     /// resourceVersion of a binding's Secret as this process last wrote or checked it.

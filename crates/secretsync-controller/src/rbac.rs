@@ -180,9 +180,9 @@ pub const API_ACCESS: &[Access] = &[
     Access {
         group: "",
         resource: "configmaps",
-        verbs: &["list", "watch"],
+        verbs: &["get", "list", "watch"],
         scope: Scope::Watched,
-        reason: "watch ConfigMaps labelled secretsync.dev/watch=true (label selector: no other ConfigMap is seen) as restart triggers",
+        reason: "watch ConfigMaps labelled secretsync.dev/watch=true (label selector: no other ConfigMap is seen) as restart triggers; read the ConfigMaps bindings name in templateFrom (get) and watch their namespace (metadata only) while one is referenced",
     },
 ];
 
@@ -207,7 +207,8 @@ mod tests {
         assert!(is_listed("coordination.k8s.io", "leases", "update"));
         assert!(!is_listed("", "secrets", "delete"));
         assert!(is_listed("secretsync.dev", "secretbindings", "delete"));
-        assert!(!is_listed("", "configmaps", "get"));
+        // templateFrom reads the ConfigMaps it names.
+        assert!(is_listed("", "configmaps", "get"));
         assert!(is_listed("", "configmaps", "watch"));
         assert!(is_listed("batch", "cronjobs", "patch"));
     }

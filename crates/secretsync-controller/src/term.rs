@@ -371,6 +371,20 @@ impl Term {
                 }
             });
         }
+        // An edited templateFrom ConfigMap wakes the bindings that reference it; they
+        // render again from cached values (binding/templates.rs).
+        if let Some(mut changes) = ctx.templates.take_changes() {
+            let c = ctx.clone();
+            watchers.spawn(async move {
+                while let Some(change) = changes.recv().await {
+                    let users = c.templates.users(&change);
+                    tracing::debug!(namespace = %change.namespace, config_map = %change.name, bindings = users.len(), "templateFrom ConfigMap changed");
+                    for b in users {
+                        c.binding_queue.add(b, crate::runtime::Priority::Urgent);
+                    }
+                }
+            });
+        }
 
         let mut dispatchers = spawn_dispatchers(&ctx, &self.config, workload_lists, &stop);
         wait_true(&mut stop).await;

@@ -5,6 +5,7 @@
 //! - [`plan`]: the decisions (ownership, desired Secret, drift, read timing, status), pure;
 //! - [`state`]: what is remembered per binding between reconciles;
 //! - [`index`]: fed by the binding and managed-Secret watches;
+//! - [`templates`]: the `templateFrom` ConfigMaps, held while referenced;
 //! - [`reconcile`], [`finalizer`], [`status`]: the I/O.
 
 pub mod finalizer;
@@ -13,6 +14,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod state;
 pub mod status;
+pub mod templates;
 
 pub use reconcile::reconcile;
 pub use state::{BindingState, BindingStates, Verified};

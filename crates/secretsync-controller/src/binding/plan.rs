@@ -262,6 +262,9 @@ pub struct ReadMemo {
     pub next_refresh: Option<Instant>,
     /// The last attempt failed (retry reads the backend again).
     pub failed: bool,
+    /// Digest of the templates rendered (`TemplateSet::digest`): an edit of a
+    /// `templateFrom` ConfigMap changes it.
+    pub templates: u64,
 }
 
 /// Whether this reconcile must read the backend. A Secret event or a resync with nothing
@@ -279,6 +282,49 @@ pub fn read_due(
         || m.generation != generation
         || m.source_epoch != source_epoch
         || m.next_refresh.is_some_and(|at| at <= now)
+}
+
+/// What a reconcile does about the Secret's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDue {
+    /// Nothing: check that the Secret still holds the last synced data.
+    Nothing,
+    /// Only the templates changed (a `templateFrom` ConfigMap was edited): render again
+    /// from the values the source's cache holds, and keep the refresh schedule.
+    Rerender,
+    /// Read (through the cache) and render.
+    Read,
+}
+
+/// [`read_due`], and otherwise whether the templates (digest `templates`) differ from the
+/// ones last rendered.
+pub fn data_due(
+    memo: Option<&ReadMemo>,
+    generation: Option<i64>,
+    source_epoch: u64,
+    templates: u64,
+    force: bool,
+    now: Instant,
+) -> DataDue {
+    if read_due(memo, generation, source_epoch, force, now) {
+        return DataDue::Read;
+    }
+    match memo {
+        Some(m) if m.templates != templates => DataDue::Rerender,
+        _ => DataDue::Nothing,
+    }
+}
+
+/// The oldest value a re-render accepts from the cache, for a binding refreshing every
+/// `refresh`. A re-render happens only before the binding's next refresh, which is due at
+/// most `refresh` × 1.1 after the fetch of the oldest value it used ([`next_refresh`]), so
+/// that value (or a newer one) is still accepted and nothing is read from the backend. With
+/// `refreshInterval: 0` no value is kept between syncs, and a re-render reads.
+pub fn rerender_max_age(refresh: Duration) -> Duration {
+    if refresh.is_zero() {
+        return Duration::ZERO;
+    }
+    refresh.mul_f64(1.1) + Duration::from_secs(1)
 }
 
 /// The outcome of one reconcile, for the status.

@@ -14,12 +14,14 @@ use secretsync_api::{
 };
 use secretsync_backends::resolve::{OwnSecret, SecretData, resolve_with};
 use secretsync_backends::template::TemplatedMetadata;
+use secretsync_backends::template_from::{TemplateSet, config_map_names};
 use secretsync_backends::{BackendError, ReadOptions, SourceCache};
 use tokio::time::Instant;
 
 use super::plan::{
-    Outcome, ReadMemo, TargetCheck, apply_object, check_target, conforms, desired_secret,
-    force_sync_requested, is_rotation, keys_message, next_refresh, read_due,
+    DataDue, Outcome, ReadMemo, TargetCheck, apply_object, check_target, conforms, data_due,
+    desired_secret, force_sync_requested, is_rotation, keys_message, next_refresh,
+    rerender_max_age,
 };
 use super::state::{BindingState, Verified};
 use super::{finalizer, status};
@@ -167,34 +169,52 @@ async fn sync(
         )
     })?;
     let (entry, cache) = source_of(ctx, b).await?;
+    let templates = templates_of(ctx, key, b).await?;
     let target = look_at_target(ctx, b, state, force).await?;
     let prev_status = state.status.clone().or_else(|| b.status.clone());
     let now = Instant::now();
     // An input changed (a kubernetes source's Secret): read now, through the cache, which
     // has already forgotten the changed key.
     let inputs_changed = ctx.take_read_request(key);
-    if !read_due(
+    let due = data_due(
         state.memo.as_ref(),
         b.metadata.generation,
         entry.epoch,
+        templates.digest(),
         force || inputs_changed,
         now,
-    ) {
-        if let Some(done) = still_intact(ctx, b, state, &target, prev_status.as_ref(), now).await? {
-            return Ok(done);
+    );
+    match due {
+        DataDue::Nothing => {
+            if let Some(done) =
+                still_intact(ctx, b, state, &target, prev_status.as_ref(), now).await?
+            {
+                return Ok(done);
+            }
+            tracing::info!(binding = %key, secret = %target.name, "Secret drifted or missing; restoring");
         }
-        tracing::info!(binding = %key, secret = %target.name, "Secret drifted or missing; restoring");
+        DataDue::Rerender => {
+            tracing::info!(binding = %key, secret = %target.name, "templates changed; rendering again from cached values");
+        }
+        DataDue::Read => {}
     }
+    // A re-render takes the values the last read used (still cached) and keeps the
+    // refresh schedule: a ConfigMap edit is no reason to read the backend.
+    let rerender = due == DataDue::Rerender;
     let opts = ReadOptions {
         bypass: force,
-        max_age: refresh,
+        max_age: if rerender {
+            rerender_max_age(refresh)
+        } else {
+            refresh
+        },
     };
     let ns = b.namespace().unwrap_or_default();
     let own = OwnSecret {
         namespace: &ns,
         name: &target.name,
     };
-    let resolved = resolve_with(&b.spec, &cache, opts, Some(own)).await;
+    let resolved = resolve_with(&b.spec, &templates, &cache, opts, Some(own)).await;
     let data = match resolved.data {
         Ok(d) => d,
         Err(e) => {
@@ -219,21 +239,25 @@ async fn sync(
         keys,
         hash,
         missing: resolved.missing_keys,
-        read: true,
+        read: !rerender,
     };
     status::write(ctx, b, state, &outcome, force).await?;
-    let next = next_refresh(
-        refresh,
-        cache.policy().refresh_follows_fetch(),
-        resolved.oldest_read.map(Instant::from_std),
-        now,
-        random_unit(),
-    );
+    let next = match (rerender, state.memo.as_ref()) {
+        (true, Some(m)) => m.next_refresh,
+        _ => next_refresh(
+            refresh,
+            cache.policy().refresh_follows_fetch(),
+            resolved.oldest_read.map(Instant::from_std),
+            now,
+            random_unit(),
+        ),
+    };
     state.memo = Some(ReadMemo {
         generation: b.metadata.generation,
         source_epoch: entry.epoch,
         next_refresh: next,
         failed: false,
+        templates: templates.digest(),
     });
     state.metadata = resolved.metadata;
     state.failures = 0;
@@ -281,6 +305,36 @@ async fn source_of(
             format!("{} {name:?} is not ready: {e}", kind.as_str()),
         )),
     }
+}
+
+/// The binding's templates, with its `templateFrom` ConfigMaps loaded (held from now on, so
+/// an edit wakes the binding). A ConfigMap or key that does not exist stops the sync
+/// (`TemplateNotFound`) and leaves the Secret as it is.
+async fn templates_of(ctx: &Ctx, key: &ObjKey, b: &SecretBinding) -> Result<TemplateSet, Stop> {
+    let ns = b.namespace().unwrap_or_default();
+    let names = config_map_names(&b.spec);
+    ctx.templates.track(key, &ns, &names);
+    let mut found = std::collections::BTreeMap::new();
+    for name in names {
+        let data = match ctx.templates.get(&ns, &name).await {
+            Ok(d) => d,
+            // A chart without the `configmaps get` rule: say so in the status.
+            Err(kube::Error::Api(ae)) if ae.code == 403 => {
+                return Err(Stop::Failed(
+                    ConditionReason::AccessDenied,
+                    format!(
+                        "the operator may not read ConfigMap {name:?} in namespace {ns:?} (spec.target.template.templateFrom; RBAC: configmaps get)"
+                    ),
+                ));
+            }
+            Err(e) => return Err(Stop::Api(e)),
+        };
+        found.insert(name, data);
+    }
+    TemplateSet::load(b.spec.target.template.as_ref(), &ns, |n| {
+        found.get(n).and_then(|d| d.as_deref())
+    })
+    .map_err(|e| Stop::Failed(e.reason, e.message))
 }
 
 /// The ClusterSecretSource `name`, if it exists and admits namespace `ns` by the
@@ -522,6 +576,7 @@ async fn fail(
         source_epoch: 0,
         next_refresh: None,
         failed: true,
+        templates: 0,
     });
     memo.failed = true;
     let delay: Duration = match retry_at {

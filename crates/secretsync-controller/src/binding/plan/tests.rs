@@ -252,6 +252,7 @@ fn read_decisions() {
         source_epoch: 1,
         next_refresh: Some(now + std::time::Duration::from_secs(60)),
         failed: false,
+        templates: 7,
     };
     assert!(read_due(None, Some(2), 1, false, now));
     assert!(!read_due(Some(&memo), Some(2), 1, false, now));
@@ -281,6 +282,51 @@ fn read_decisions() {
         ..memo
     };
     assert!(read_due(Some(&failed), Some(2), 1, false, now));
+}
+
+#[test]
+fn a_template_change_alone_renders_again_without_reading() {
+    let now = Instant::now();
+    let memo = ReadMemo {
+        generation: Some(2),
+        source_epoch: 1,
+        next_refresh: Some(now + std::time::Duration::from_secs(60)),
+        failed: false,
+        templates: 7,
+    };
+    let due = |m: Option<&ReadMemo>, generation, templates, force| {
+        data_due(m, generation, 1, templates, force, now)
+    };
+    assert_eq!(due(Some(&memo), Some(2), 7, false), DataDue::Nothing);
+    assert_eq!(due(Some(&memo), Some(2), 8, false), DataDue::Rerender);
+    // Anything that makes a read due wins: it renders the new templates too.
+    assert_eq!(due(None, Some(2), 8, false), DataDue::Read);
+    assert_eq!(due(Some(&memo), Some(3), 8, false), DataDue::Read);
+    assert_eq!(due(Some(&memo), Some(2), 8, true), DataDue::Read);
+    let failed = ReadMemo {
+        failed: true,
+        ..memo.clone()
+    };
+    assert_eq!(due(Some(&failed), Some(2), 7, false), DataDue::Read);
+    let later = now + std::time::Duration::from_secs(61);
+    assert_eq!(
+        data_due(Some(&memo), Some(2), 1, 8, false, later),
+        DataDue::Read
+    );
+}
+
+#[test]
+fn a_rerender_accepts_every_value_the_last_read_may_have_used() {
+    let refresh = std::time::Duration::from_secs(100);
+    let now = Instant::now();
+    // The latest a refresh can be due after the oldest fetch (r close to 1).
+    let fetched = now;
+    let due = next_refresh(refresh, true, Some(fetched), now, 0.999).unwrap();
+    assert!(rerender_max_age(refresh) > due - fetched);
+    assert_eq!(
+        rerender_max_age(std::time::Duration::ZERO),
+        std::time::Duration::ZERO
+    );
 }
 
 fn t(secs: i64) -> Time {
