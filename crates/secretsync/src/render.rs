@@ -21,6 +21,7 @@ use secretsync_backends::cache::NoopObserver;
 use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::hash::HmacKey;
 use secretsync_backends::kubernetes::{ClusterSecrets, SecretDataMap};
+use secretsync_backends::template_from::{ConfigMapData, TemplateSet};
 use secretsync_backends::{
     BackendError, BuildContext, CredentialRef, Credentials, ReadOptions, SecretValue, SourceCache,
     build_backend, resolve,
@@ -167,6 +168,8 @@ struct Inputs {
     sources: BTreeMap<(String, String), SecretSource>,
     cluster_sources: BTreeMap<String, ClusterSecretSource>,
     secrets: BTreeMap<(String, String), Secret>,
+    /// ConfigMaps' `data`, for `templateFrom`.
+    config_maps: BTreeMap<(String, String), ConfigMapData>,
     bindings: Vec<SecretBinding>,
     cluster_bindings: Vec<ClusterSecretBinding>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
@@ -192,6 +195,10 @@ impl Inputs {
                     Manifest::Secret(s) => {
                         let key = (ns_of(&s.metadata, default_ns), name(&s.metadata));
                         i.secrets.insert(key, *s);
+                    }
+                    Manifest::ConfigMap(c) => {
+                        let key = (ns_of(&c.metadata, default_ns), name(&c.metadata));
+                        i.config_maps.insert(key, c.data.unwrap_or_default());
                     }
                     Manifest::Binding(mut b) => {
                         b.metadata.namespace = Some(ns_of(&b.metadata, default_ns));
@@ -312,6 +319,24 @@ pub async fn render(opts: &RenderOptions) -> Result<RenderOutput> {
                 continue;
             }
         };
+        // templateFrom ConfigMaps come from the input files, like credential Secrets.
+        let templates = TemplateSet::load(binding.spec.target.template.as_ref(), &ns, |cm| {
+            inputs.config_maps.get(&(ns.clone(), cm.to_string()))
+        });
+        let templates = match templates {
+            Ok(t) => t,
+            Err(e) => {
+                let hint = match e.reason {
+                    secretsync_backends::Reason::TemplateNotFound => {
+                        " (render reads ConfigMaps from the manifests given with -f)"
+                    }
+                    _ => "",
+                };
+                out.errors
+                    .push(format!("SecretBinding {ns}/{name}: {e}{hint}"));
+                continue;
+            }
+        };
         let target = binding.target_name();
         let own = resolve::OwnSecret {
             namespace: &ns,
@@ -319,6 +344,7 @@ pub async fn render(opts: &RenderOptions) -> Result<RenderOutput> {
         };
         let resolved = resolve::resolve_with(
             &binding.spec,
+            &templates,
             &cache,
             ReadOptions::within(Duration::MAX),
             Some(own),

@@ -177,3 +177,85 @@ spec:
         "a value leaked into stderr: {stderr}"
     );
 }
+
+/// `templateFrom` in `render`: ConfigMap manifests given with `-f` supply the templates
+/// (the inline template wins over one of the same key); a ConfigMap that is not among them
+/// fails that binding with `TemplateNotFound`, naming the ConfigMap, and no value.
+#[test]
+fn render_takes_template_from_config_maps_given_with_f() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("vals.env"),
+        "USER=shop\nPASSWORD=CANARY-render-tf\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("m.yaml"),
+        r#"
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretSource
+metadata: {name: src, namespace: t}
+spec: {file: {path: vals.env, format: Dotenv}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: db-templates, namespace: t}
+data:
+  DATABASE_URL: "postgres://{{ user }}:{{ password }}@db:5432/shop"
+  NOTE: "from the ConfigMap"
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {name: shaped, namespace: t}
+spec:
+  sourceRef: {name: src}
+  data:
+    - {secretKey: user, remoteRef: {key: USER}}
+    - {secretKey: password, remoteRef: {key: PASSWORD}}
+  target:
+    template:
+      templateFrom:
+        - configMap: {name: db-templates, items: [{key: DATABASE_URL}, {key: NOTE}]}
+      data: {NOTE: "inline for {{ user }}"}
+---
+apiVersion: secretsync.dev/v1alpha1
+kind: SecretBinding
+metadata: {name: no-config-map, namespace: t}
+spec:
+  sourceRef: {name: src}
+  data: [{secretKey: password, remoteRef: {key: PASSWORD}}]
+  target:
+    template:
+      templateFrom: [{configMap: {name: elsewhere, items: [{key: x}]}}]
+"#,
+    )
+    .unwrap();
+    let out = secretsync()
+        .args(["render", "-f"])
+        .arg(dir.path())
+        .arg("--file-root")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "one binding fails");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let docs = secret_docs(&stdout);
+    assert_eq!(docs.len(), 1, "{stdout}\n{stderr}");
+    assert_eq!(
+        decoded(&docs[0], "DATABASE_URL"),
+        "postgres://shop:CANARY-render-tf@db:5432/shop"
+    );
+    assert_eq!(decoded(&docs[0], "NOTE"), "inline for shop");
+    assert!(
+        stderr.contains("SecretBinding t/no-config-map")
+            && stderr.contains("TemplateNotFound")
+            && stderr.contains("\"elsewhere\"")
+            && stderr.contains("-f"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("CANARY"),
+        "a value leaked into stderr: {stderr}"
+    );
+}
