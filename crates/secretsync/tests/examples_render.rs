@@ -1,6 +1,6 @@
 //! `secretsync render` on every example whose backend the test suite has: file, env,
-//! templating and the data-shaping examples (dockerconfigjson, tls-bundle, json-config)
-//! offline; Vault token/AppRole against the real OpenBao server and AWS (IRSA,
+//! templating and the data-shaping examples (dockerconfigjson, tls-bundle, json-config,
+//! template-from) offline; Vault token/AppRole against the real OpenBao server and AWS (IRSA,
 //! static keys + AssumeRole, Parameter Store) against the real moto server started by
 //! `make test`, Kubernetes Secrets from the input files,
 //! with the examples' server addresses pointed at them. Vault Kubernetes auth needs a
@@ -539,5 +539,36 @@ fn json_config_example() {
     assert!(
         stderr.contains("optional keys not found (left out): new_checkout"),
         "{stderr}"
+    );
+}
+
+/// Templates from a ConfigMap given to render with `-f`: each listed key renders the
+/// Secret key of its name, the inline `REDIS_URL` wins over the ConfigMap's, and with the
+/// default `mergePolicy: Replace` only the templated keys are written.
+#[test]
+fn template_from_example() {
+    let (s, _) = render_example("template-from");
+    let keys: Vec<&String> = s["data"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        ["DATABASE_URL", "REDIS_URL", "application.properties"]
+    );
+    let text = |k: &str| String::from_utf8(data_bytes(&s, k)).unwrap();
+    assert_eq!(
+        text("DATABASE_URL"),
+        "postgres://shop:demo-templatefrom-password@postgres.shop.svc:5432/shop"
+    );
+    assert_eq!(
+        text("REDIS_URL"),
+        "redis://:demo-redis-password@redis.shop.svc:6379/3",
+        "the binding's inline template wins"
+    );
+    assert_eq!(
+        text("application.properties").lines().collect::<Vec<_>>(),
+        [
+            "spring.datasource.url=jdbc:postgresql://postgres.shop.svc:5432/shop",
+            "spring.datasource.username=shop",
+            "spring.datasource.password=demo-templatefrom-password",
+        ]
     );
 }
