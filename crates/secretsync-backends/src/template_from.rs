@@ -66,11 +66,17 @@ impl TemplateSet {
             let cm = &entry.config_map;
             let at = format!("spec.target.template.templateFrom[{i}]");
             let Some(data) = config_map(&cm.name) else {
+                let keys: Vec<String> = cm.items.iter().map(|i| format!("{:?}", i.key)).collect();
+                let where_ = match namespace {
+                    "" => "no ConfigMaps are available here".to_string(),
+                    ns => format!("not found in namespace {ns:?}"),
+                };
                 return Err(BackendError::new(
                     Reason::TemplateNotFound,
                     format!(
-                        "{at}: ConfigMap {:?} not found in namespace {namespace:?}",
-                        cm.name
+                        "{at}: ConfigMap {:?} (keys {}): {where_}",
+                        cm.name,
+                        keys.join(", ")
                     ),
                 ));
             };
@@ -274,8 +280,11 @@ mod tests {
         let e = load(&spec(vec![from("gone", &["url"])], &[])).unwrap_err();
         assert_eq!(e.reason, Reason::TemplateNotFound);
         assert!(e.message.contains("templateFrom[0]"), "{e}");
-        assert!(e.message.contains(r#"ConfigMap "gone""#), "{e}");
-        assert!(e.message.contains(r#"namespace "shop""#), "{e}");
+        assert!(
+            e.message
+                .contains(r#"ConfigMap "gone" (keys "url"): not found in namespace "shop""#),
+            "{e}"
+        );
         let e = load(&spec(
             vec![from("other", &["extra"]), from("shared", &["url", "nope"])],
             &[],

@@ -172,7 +172,9 @@ async fn a_missing_config_map_or_key_fails_and_leaves_the_secret() {
     let (_, reason, message) = rig.ready(&key);
     assert_eq!(reason, "TemplateNotFound");
     assert!(
-        message.contains(r#"ConfigMap "db-templates" not found in namespace "shop""#),
+        message.contains(
+            r#"ConfigMap "db-templates" (keys "DATABASE_URL"): not found in namespace "shop""#
+        ),
         "{message}"
     );
     assert_eq!(rig.secret_data("app"), before);
