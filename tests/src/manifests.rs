@@ -124,6 +124,15 @@ impl Binding {
         self
     }
 
+    /// An `optional` data entry: Secret key `secret_key` from `property` of remote key
+    /// `key`, left out while the backend does not have it.
+    pub fn optional_property(mut self, secret_key: &str, key: &str, property: &str) -> Self {
+        self.data.push(format!(
+            "{{secretKey: {secret_key}, remoteRef: {{key: {key}, property: {property}}}, optional: true}}"
+        ));
+        self
+    }
+
     /// The binding's YAML document.
     pub fn yaml(&self) -> String {
         let kind = match self.cluster_source {
