@@ -88,7 +88,15 @@ async fn synced(rig: &Rig, key: &ObjKey) {
 #[tokio::test]
 async fn a_config_map_edit_renders_again_from_cached_values() {
     let (rig, key, mut changes) = rig_with(FROM_DB_TEMPLATES).await;
+    // Many unrelated ConfigMaps in the same namespace: none is fetched or held.
+    let mut unrelated = String::new();
+    for i in 0..300 {
+        unrelated.push_str(&config_map(&format!("other-{i}"), "x"));
+        unrelated.push_str("---\n");
+    }
+    rig.put(&unrelated);
     synced(&rig, &key).await;
+    assert_eq!(rig.ctx.templates.held_len(), 1);
     assert_eq!(
         rig.secret_data("app")["DATABASE_URL"],
         "postgres://shop:pw-1@db/shop"
