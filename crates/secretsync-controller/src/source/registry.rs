@@ -18,8 +18,11 @@ use secretsync_backends::cache::CacheObserver;
 use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::{BackendError, BuildContext, CachePolicy, SourceCache, build_backend};
 
+use secretsync_backends::aws::events::{EventQueue, LONG_POLL};
+
 use super::credentials::{ApiCredentials, credential_secrets};
 use super::kubernetes::{KubeSecrets, SecretChange};
+use crate::changes::sqs::{EventFeed, VISIBILITY};
 use crate::runtime::{ObjKey, key_of};
 
 /// A source of either kind, as the registry builds it.
@@ -96,6 +99,8 @@ pub struct SourceEntry {
     pub kind: Option<BackendKind>,
     /// The shared cache, or why it could not be built.
     pub cache: Result<Arc<SourceCache>, BackendError>,
+    /// The change queue of an `aws` source with `events` (read by the leader).
+    pub events: Option<Arc<EventFeed>>,
     /// Result of the last validation call (`None` = not validated yet).
     validation: Mutex<Option<Result<(), BackendError>>>,
 }
@@ -131,6 +136,7 @@ impl SourceEntry {
             epoch: self.epoch,
             kind: self.kind,
             cache: self.cache.clone(),
+            events: self.events.clone(),
             validation: Mutex::new(validation),
         })
     }
@@ -330,13 +336,14 @@ impl SourceRegistry {
     }
 
     async fn build(&self, src: AnySource<'_>, fingerprint: Fingerprint) -> Arc<SourceEntry> {
+        let credentials = Arc::new(ApiCredentials::new(
+            self.client.clone(),
+            src.own_namespace(),
+        ));
         let ctx = BuildContext {
             env_allow: self.env_allow.clone(),
             file_root: self.file_root.clone(),
-            credentials: Arc::new(ApiCredentials::new(
-                self.client.clone(),
-                src.own_namespace(),
-            )),
+            credentials: credentials.clone(),
             namespace: src.own_namespace().map(str::to_string),
             cluster_secrets: self.kube_secrets.clone(),
         };
@@ -356,6 +363,24 @@ impl SourceRegistry {
                 Arc::new(SourceCache::with_policy(b, policy, self.observer.clone()))
             }),
         };
+        // A change queue that cannot be set up fails the build: the source is not Ready
+        // and says why, instead of silently polling only.
+        let (cache, events) = match (cache, spec.aws.as_ref()) {
+            (Ok(c), Some(aws)) if aws.events.is_some() => {
+                match EventQueue::connect(aws, credentials.as_ref(), LONG_POLL, VISIBILITY).await {
+                    Ok(q) => (
+                        Ok(c),
+                        Some(Arc::new(EventFeed {
+                            queue: Arc::new(q),
+                            service: aws.service,
+                            prefix: spec.prefix().to_string(),
+                        })),
+                    ),
+                    Err(e) => (Err(e), None),
+                }
+            }
+            (c, _) => (c, None),
+        };
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         match &cache {
             Ok(_) => tracing::info!(source = %src.key(), epoch, "built backend"),
@@ -368,6 +393,7 @@ impl SourceRegistry {
             epoch,
             kind: spec.backend_kind(),
             cache,
+            events,
             validation: Mutex::new(None),
         })
     }
