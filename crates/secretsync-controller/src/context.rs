@@ -66,8 +66,6 @@ pub struct Ctx {
     /// Bindings whose inputs changed (a kubernetes source's Secret, a change event): their
     /// next reconcile reads, whatever their refresh schedule says.
     pub reads: ReadRequests,
-    /// Woken when a source is built or removed: the change-queue consumers follow.
-    pub event_sources_changed: tokio::sync::Notify,
 }
 
 impl Ctx {
@@ -100,7 +98,6 @@ impl Ctx {
             rollout: RolloutState::new(budget),
             states: BindingStates::default(),
             reads: ReadRequests::default(),
-            event_sources_changed: tokio::sync::Notify::new(),
         }
     }
 

@@ -28,6 +28,8 @@ pub const VISIBILITY: Duration = Duration::from_secs(90);
 pub const APPLY_LIMIT: Duration = Duration::from_secs(60);
 /// Messages handled at once per queue; more wait before the next receive.
 const IN_FLIGHT: usize = 40;
+/// Shortest time between two receives that found nothing.
+const MIN_POLL: Duration = Duration::from_secs(1);
 /// How often the consumers are compared with the built sources even without a wake-up.
 const RECHECK: Duration = Duration::from_secs(30);
 
@@ -114,7 +116,7 @@ pub async fn supervise(ctx: Arc<Ctx>) {
         }
         while tasks.try_join_next().is_some() {}
         tokio::select! {
-            _ = ctx.event_sources_changed.notified() => {}
+            _ = ctx.registry.changed() => {}
             _ = tokio::time::sleep(RECHECK) => {}
         }
     }
@@ -128,12 +130,18 @@ async fn consume(ctx: Arc<Ctx>, src: ObjKey, feed: Arc<EventFeed>) {
         while handling.len() >= IN_FLIGHT {
             handling.join_next().await;
         }
+        let polled = tokio::time::Instant::now();
         match feed.queue.receive().await {
             Ok(messages) => {
                 if failures > 0 {
                     tracing::info!(source = %src, "change queue readable again");
                 }
                 failures = 0;
+                // SQS holds an empty long poll for its whole wait; a queue (or emulator)
+                // that answers at once must not turn this into a busy loop.
+                if messages.is_empty() && polled.elapsed() < MIN_POLL {
+                    tokio::time::sleep_until(polled + MIN_POLL).await;
+                }
                 for m in messages {
                     handling.spawn(handle(ctx.clone(), src.clone(), feed.clone(), m));
                 }

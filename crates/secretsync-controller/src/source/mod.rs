@@ -88,7 +88,6 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjKey) -> Reconciled {
     let Some(src) = Held::find(ctx, key) else {
         if ctx.registry.remove(key) {
             enqueue_bindings_of(ctx, key);
-            ctx.event_sources_changed.notify_one();
         }
         return Reconciled::done(R::Deleted);
     };
@@ -115,9 +114,6 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjKey) -> Reconciled {
     };
     if rebuilt || before != Some(ok) {
         enqueue_bindings_of(ctx, key);
-    }
-    if rebuilt {
-        ctx.event_sources_changed.notify_one();
     }
     let delay = if ok {
         ctx.registry.reset_failures(key);

@@ -173,6 +173,8 @@ pub struct SourceRegistry {
     failures: Mutex<HashMap<ObjKey, u32>>,
     kube_secrets: Arc<KubeSecrets>,
     secret_changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<SecretChange>>>,
+    /// Woken by every build and removal (the change-queue consumers follow the builds).
+    changed: tokio::sync::Notify,
 }
 
 impl SourceRegistry {
@@ -194,7 +196,14 @@ impl SourceRegistry {
             slots: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             failures: Mutex::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Completes after the next build or removal of any source (or at once if one
+    /// happened since the last wait).
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// Changes of Secrets kubernetes sources read (taken once, by the term).
@@ -305,11 +314,16 @@ impl SourceRegistry {
     /// Drops a deleted source; returns whether one was known.
     pub fn remove(&self, key: &ObjKey) -> bool {
         self.reset_failures(key);
-        self.slots
+        let known = self
+            .slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key)
-            .is_some()
+            .is_some();
+        if known {
+            self.changed.notify_one();
+        }
+        known
     }
 
     async fn fingerprint(&self, src: AnySource<'_>) -> Fingerprint {
@@ -388,6 +402,7 @@ impl SourceRegistry {
                 tracing::warn!(source = %src.key(), reason = %e.reason, error = %e.message, "building backend failed")
             }
         }
+        self.changed.notify_one();
         Arc::new(SourceEntry {
             fingerprint,
             epoch,
