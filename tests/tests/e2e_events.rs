@@ -419,3 +419,76 @@ async fn an_sqs_change_event_syncs_and_restarts_without_polling() {
     );
     op.assert_calls_in_rbac_table(&env);
 }
+
+/// Only the leader reads the queues: with the lease held elsewhere, the operator (a
+/// standby) leaves a change event in the queue, visible and untouched.
+#[tokio::test]
+async fn a_standby_leaves_queue_messages_alone() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let env = env().await;
+    let endpoint = required_env("SECRETSYNC_TEST_MOTO_ENDPOINT");
+    let prefix = format!("{}/", unique("e2e-standby"));
+    let name = format!("{prefix}db/password");
+    moto_create_secret(&endpoint, &name, "one").await;
+    let queue = moto_create_queue(&endpoint, &unique("e2e-standby")).await;
+    let op_ns = env.operator_namespace();
+    apply(&env, &namespace_manifest(&op_ns, "")).await;
+    // Another process holds the lease for the whole test.
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "secretsync-leader"},
+        "spec": {
+            "holderIdentity": "elsewhere",
+            "leaseDurationSeconds": 3600,
+            "acquireTime": now.to_string(),
+            "renewTime": now.to_string(),
+        }
+    }))
+    .expect("Lease");
+    Api::<Lease>::namespaced(env.client.clone(), &op_ns)
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("creating the Lease");
+    let op = Operator::start(&env, &OperatorOpts::default()).await;
+    wait_for(WAIT, || async {
+        http_get(&format!("http://{}/readyz", op.health_addr))
+            .await
+            .is_some_and(|(status, _)| status == 200)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("standby never ready\n{}", op.output()));
+    let creds = format!(
+        "{{access-key-id: {}, secret-access-key: {}}}",
+        b64("AKIDSECRETSYNCE2E"),
+        b64("e2e-secret-access-key")
+    );
+    let aws = format!(
+        "prefix: \"{prefix}\", aws: {{region: us-east-1, endpoint: \"{endpoint}\", \
+         events: {{sqsQueueUrl: \"{queue}\"}}, auth: {{secretRef: \
+         {{name: aws-creds, accessKeyIdKey: access-key-id, secretAccessKeyKey: secret-access-key}}}}}}"
+    );
+    apply(
+        &env,
+        &stream(&[
+            secret("aws-creds", &creds),
+            source("aws", &aws),
+            binding("db", "aws")
+                .refresh("0")
+                .key("password", "db/password")
+                .yaml(),
+        ]),
+    )
+    .await;
+    moto_send_message(&endpoint, &queue, &put_secret_value_event(&name)).await;
+    holds_for(
+        Duration::from_secs(6),
+        "the message stays queued and visible",
+        async || moto_queue_counts(&endpoint, &queue).await == (1, 0),
+    )
+    .await;
+    let out = op.output();
+    assert!(
+        !out.contains("change queue: reading"),
+        "a standby read the queue:\n{out}"
+    );
+}
