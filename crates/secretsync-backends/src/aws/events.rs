@@ -208,6 +208,16 @@ impl EventQueue {
             attempt_timeout: wait + Duration::from_secs(10),
             ..AwsOptions::default()
         };
+        // An endpoint under an AWS domain is the service's VPC endpoint, not SQS's: the
+        // queue is reached through SQS's own endpoint for the region. Any other host (an
+        // emulator) serves SQS too.
+        let spec = match spec.endpoint.as_deref() {
+            Some(e) if super::client::is_aws_hosted(e) => &AwsSource {
+                endpoint: None,
+                ..spec.clone()
+            },
+            _ => spec,
+        };
         let config = super::client::load_config(spec, credentials, &options).await?;
         Ok(EventQueue {
             client: Client::new(&config),
