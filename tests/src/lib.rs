@@ -44,14 +44,26 @@ pub async fn moto_create_secret(endpoint: &str, name: &str, value: &str) {
         "secretsmanager",
         serde_json::json!({"Name": name, "SecretString": value}),
     )
-    .await
+    .await;
 }
 
-/// One call of moto's JSON protocol: `target` (`X-Amz-Target`) of `service`.
-async fn moto_call(endpoint: &str, target: &str, service: &str, body: serde_json::Value) {
+/// One call of moto's JSON protocol: `target` (`X-Amz-Target`) of `service`; returns the
+/// answer's JSON (`null` when empty).
+async fn moto_call(
+    endpoint: &str,
+    target: &str,
+    service: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    // SQS speaks JSON 1.0, Secrets Manager and SSM 1.1.
+    let content_type = if service == "sqs" {
+        "application/x-amz-json-1.0"
+    } else {
+        "application/x-amz-json-1.1"
+    };
     let resp = reqwest::Client::new()
         .post(format!("{}/", endpoint.trim_end_matches('/')))
-        .header("Content-Type", "application/x-amz-json-1.1")
+        .header("Content-Type", content_type)
         .header("X-Amz-Target", target)
         // moto takes the region and service from the credential scope; the signature is
         // not checked.
@@ -66,6 +78,65 @@ async fn moto_call(endpoint: &str, target: &str, service: &str, body: serde_json
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     assert!(status.is_success(), "moto {target}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+/// moto: a new version of secret `name` holding `value` (`PutSecretValue`).
+pub async fn moto_put_secret_value(endpoint: &str, name: &str, value: &str) {
+    moto_call(
+        endpoint,
+        "secretsmanager.PutSecretValue",
+        "secretsmanager",
+        serde_json::json!({"SecretId": name, "SecretString": value}),
+    )
+    .await;
+}
+
+/// moto: creates SQS queue `name`; returns its URL.
+pub async fn moto_create_queue(endpoint: &str, name: &str) -> String {
+    let out = moto_call(
+        endpoint,
+        "AmazonSQS.CreateQueue",
+        "sqs",
+        serde_json::json!({"QueueName": name}),
+    )
+    .await;
+    out["QueueUrl"]
+        .as_str()
+        .unwrap_or_else(|| panic!("CreateQueue answered {out}"))
+        .to_string()
+}
+
+/// moto: sends `body` to the queue at `url`.
+pub async fn moto_send_message(endpoint: &str, url: &str, body: &str) {
+    moto_call(
+        endpoint,
+        "AmazonSQS.SendMessage",
+        "sqs",
+        serde_json::json!({"QueueUrl": url, "MessageBody": body}),
+    )
+    .await;
+}
+
+/// moto: (visible, in flight) message counts of the queue at `url`.
+pub async fn moto_queue_counts(endpoint: &str, url: &str) -> (u64, u64) {
+    let out = moto_call(
+        endpoint,
+        "AmazonSQS.GetQueueAttributes",
+        "sqs",
+        serde_json::json!({"QueueUrl": url, "AttributeNames": ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]}),
+    )
+    .await;
+    let n = |k: &str| {
+        out["Attributes"][k]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("GetQueueAttributes answered {out}"))
+    };
+    (
+        n("ApproximateNumberOfMessages"),
+        n("ApproximateNumberOfMessagesNotVisible"),
+    )
 }
 
 /// moto: creates or overwrites (a new version) parameter `name` of `type_` (`String`,
@@ -77,7 +148,7 @@ pub async fn moto_put_parameter(endpoint: &str, name: &str, value: &str, type_: 
         "ssm",
         serde_json::json!({"Name": name, "Value": value, "Type": type_, "Overwrite": true}),
     )
-    .await
+    .await;
 }
 
 /// Standard base64 of a string (Secret `data` in test manifests).

@@ -49,3 +49,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "secretsync.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/*
+The refresh webhook's key Secret.
+*/}}
+{{- define "secretsync.webhookSecretName" -}}
+{{- default (printf "%s-webhook" (include "secretsync.fullname" .)) .Values.webhook.existingSecret }}
+{{- end }}

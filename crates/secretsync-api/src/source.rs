@@ -269,6 +269,26 @@ pub struct AwsSource {
     /// Credentials. Absent: the default chain (IRSA, pod identity, environment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AwsAuth>,
+    /// Change events: the operator (its leader) reads the service's change notices from an
+    /// SQS queue and re-reads the keys they name at once, so `refreshInterval` becomes a
+    /// safety net instead of the way rotations arrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<AwsEvents>,
+}
+
+/// Where an `aws` source hears about changes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsEvents {
+    /// URL of an SQS queue that an EventBridge rule feeds with Secrets Manager API calls
+    /// (`PutSecretValue`, `UpdateSecret`, `RotateSecret`, `UpdateSecretVersionStage`,
+    /// `DeleteSecret`, via CloudTrail) or `Parameter Store Change` events, e.g.
+    /// `https://sqs.eu-west-1.amazonaws.com/123456789012/secretsync-changes`. It is read
+    /// with the source's region, endpoint and credentials (which need
+    /// `sqs:ReceiveMessage` and `sqs:DeleteMessage`). A message is deleted once every
+    /// binding reading a key it names has synced it, or when no binding reads them;
+    /// malformed messages are counted and deleted.
+    pub sqs_queue_url: String,
 }
 
 /// The AWS service an `aws` source reads.

@@ -183,6 +183,7 @@ async fn aws_hundred_concurrent_reads_make_one_request() {
                 }),
                 role_arn: None,
             }),
+            events: None,
         }),
         ..Default::default()
     };

@@ -55,14 +55,14 @@ pub struct Args {
     #[arg(long, default_value = "25ms")]
     pub write_latency: String,
     /// Runs to do (comma-separated), in this order: idle, cold-small, main, unrelated,
-    /// nocache, heartbeat0, shared, cluster, latency, heartbeat1h.
+    /// nocache, heartbeat0, shared, cluster, latency, heartbeat1h, webhook.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_RUNS)]
     pub runs: Vec<String>,
 }
 
 /// Every run, in the order `make bench` does them.
 pub const DEFAULT_RUNS: &str =
-    "idle,cold-small,main,unrelated,nocache,heartbeat0,shared,cluster,latency,heartbeat1h";
+    "idle,cold-small,main,unrelated,nocache,heartbeat0,shared,cluster,latency,heartbeat1h,webhook";
 
 impl Args {
     /// Checks the durations and run names before anything starts, so a typo does not
@@ -120,6 +120,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(900);
 pub const ROTATION_BINDINGS: usize = 100;
 /// Opted-in Deployments of the rotation scenario.
 pub const ROTATION_DEPLOYMENTS: usize = 50;
+/// Rotations of the webhook run.
+pub const WEBHOOK_ROTATIONS: usize = 100;
 /// Bindings created in a burst by the new-bindings scenario.
 pub const NEW_BINDINGS: usize = 100;
 

@@ -68,6 +68,8 @@ pub struct AuditCounter {
     pub requests: u64,
     /// KV reads (`operation: read` on `<mount>/data/...`).
     pub kv_reads: u64,
+    /// KV reads by path.
+    pub reads_by_path: std::collections::HashMap<String, u64>,
 }
 
 impl AuditCounter {
@@ -79,6 +81,7 @@ impl AuditCounter {
             partial: String::new(),
             requests: 0,
             kv_reads: 0,
+            reads_by_path: Default::default(),
         }
     }
 
@@ -101,6 +104,9 @@ impl AuditCounter {
             let (req, read) = classify_audit_line(line);
             self.requests += u64::from(req);
             self.kv_reads += u64::from(read);
+            if read && let Some(path) = audit_path(line) {
+                *self.reads_by_path.entry(path).or_default() += 1;
+            }
         }
         Ok(())
     }
@@ -110,6 +116,20 @@ impl AuditCounter {
         self.poll()?;
         Ok((self.requests, self.kv_reads))
     }
+}
+
+impl AuditCounter {
+    /// KV reads of `path` (e.g. `secret/data/bench/k0001`) so far.
+    pub fn reads_of(&mut self, path: &str) -> Result<u64> {
+        self.poll()?;
+        Ok(self.reads_by_path.get(path).copied().unwrap_or(0))
+    }
+}
+
+/// The request path of one audit-log line.
+fn audit_path(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v["request"]["path"].as_str().map(str::to_owned)
 }
 
 /// `(is a request entry, is a KV v2 read)` for one audit-log line.

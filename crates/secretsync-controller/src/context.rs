@@ -14,6 +14,7 @@ use secretsync_backends::hash::HmacKey;
 use crate::Config;
 use crate::binding::templates::TemplateConfigMaps;
 use crate::binding::{BindingState, BindingStates};
+use crate::changes::ReadRequests;
 use crate::events::Events;
 use crate::managed::ManagedSecrets;
 use crate::metrics::Metrics;
@@ -65,9 +66,9 @@ pub struct Ctx {
     /// The ConfigMaps bindings load templates from (`templateFrom`), held while referenced.
     pub templates: TemplateConfigMaps,
     states: BindingStates,
-    /// Bindings whose inputs changed (a kubernetes source's Secret): their next reconcile
-    /// reads, whatever their refresh schedule says.
-    read_requests: std::sync::Mutex<std::collections::HashSet<ObjKey>>,
+    /// Bindings whose inputs changed (a kubernetes source's Secret, a change event): their
+    /// next reconcile reads, whatever their refresh schedule says.
+    pub reads: ReadRequests,
 }
 
 impl Ctx {
@@ -100,24 +101,38 @@ impl Ctx {
             managed: ManagedSecrets::default(),
             rollout: RolloutState::new(budget),
             states: BindingStates::default(),
-            read_requests: Default::default(),
+            reads: ReadRequests::default(),
         }
     }
 
     /// Asks the next reconcile of binding `key` to read its inputs again.
     pub fn request_read(&self, key: &ObjKey) {
-        self.read_requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone());
+        self.reads.request(key);
     }
 
-    /// Whether a read was requested for `key` since the last call (clears the request).
-    pub fn take_read_request(&self, key: &ObjKey) -> bool {
-        self.read_requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key)
+    /// The read request for `key` since the last call, if any (taking it).
+    pub fn take_read_request(&self, key: &ObjKey) -> Option<u64> {
+        self.reads.take(key)
+    }
+
+    /// Sources (of either kind) with an `aws.events` change queue.
+    pub fn event_source_keys(&self) -> Vec<ObjKey> {
+        let has = |spec: &secretsync_api::SecretSourceSpec| {
+            spec.aws.as_ref().is_some_and(|a| a.events.is_some())
+        };
+        let mut keys: Vec<ObjKey> = self
+            .sources
+            .filter(|_, s| has(&s.spec))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        keys.extend(
+            self.cluster_sources
+                .filter(|_, s| has(&s.spec.backend))
+                .into_iter()
+                .map(|(k, _)| k),
+        );
+        keys
     }
 
     /// Secrets of a namespace.
@@ -142,7 +157,7 @@ impl Ctx {
         self.update_gauge(counts);
         self.events.forget(key);
         self.binding_queue.forget(key);
-        self.take_read_request(key);
+        self.reads.forget(key);
         self.templates.forget(key);
     }
 

@@ -6,7 +6,8 @@
 //! - [`binding`], [`source`], [`rollout`], [`cluster_binding`]: one module per
 //!   reconciler, each a pure `plan` and its I/O;
 //! - [`context`]: what one leadership term shares; [`managed`]: the managed-Secret index;
-//! - [`outcome`]: what reconciles return; [`term`]: one leadership term.
+//! - [`outcome`]: what reconciles return; [`term`]: one leadership term;
+//! - [`changes`]: change events (webhook, SQS) that make bindings read now.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use runtime::{wait_false, wait_true};
 
 pub mod binding;
+pub mod changes;
 pub mod cluster_binding;
 pub mod context;
 pub mod events;
@@ -61,6 +63,17 @@ pub struct Config {
     pub max_restarts_per_minute: usize,
     /// Leader-election holder identity (pod name, or hostname + pid).
     pub identity: String,
+    /// `POST /v1/refresh` (off when `None`).
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Where the refresh webhook listens and where its key is.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Listen address (`--webhook-addr`).
+    pub addr: SocketAddr,
+    /// The Secret holding the signing key (`--webhook-secret`).
+    pub secret: changes::webhook::KeySecret,
 }
 
 /// Fatal errors of [`run`].
@@ -120,9 +133,36 @@ pub async fn run(
     let health_srv = http::serve(
         config.health_addr,
         http::health_router(health.clone()),
-        http_stop_rx,
+        http_stop_rx.clone(),
     )
     .await?;
+
+    let leadership = Arc::new(changes::Leadership::default());
+    let mut background = tokio::task::JoinSet::new();
+    let webhook_srv = match &config.webhook {
+        None => None,
+        Some(w) => {
+            let key = Arc::new(changes::webhook::SigningKey::default());
+            background.spawn(changes::webhook::watch_key(
+                client.clone(),
+                w.secret.clone(),
+                key.clone(),
+            ));
+            let state = Arc::new(changes::webhook::WebhookState {
+                key,
+                leadership: leadership.clone(),
+                metrics: metrics.clone(),
+            });
+            Some(
+                http::serve(
+                    w.addr,
+                    changes::webhook::router(state),
+                    http_stop_rx.clone(),
+                )
+                .await?,
+            )
+        }
+    };
 
     let hmac = hmac_key::ensure_hmac_key(client.clone(), &config.operator_namespace).await?;
 
@@ -140,6 +180,7 @@ pub async fn run(
         metrics,
         health: health.clone(),
         env_allow,
+        leadership,
     };
 
     if config.leader_elect {
@@ -150,8 +191,12 @@ pub async fn run(
     }
 
     http_stop_tx.send_replace(true);
+    background.abort_all();
     let _ = metrics_srv.await;
     let _ = health_srv.await;
+    if let Some(w) = webhook_srv {
+        let _ = w.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

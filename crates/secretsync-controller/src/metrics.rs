@@ -12,6 +12,8 @@ use prometheus_client::registry::Registry;
 use secretsync_api::BackendKind;
 use secretsync_backends::cache::{BackendCall, CacheObserver};
 
+use crate::changes::{EventOrigin, EventResult};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ControllerResult {
     controller: &'static str,
@@ -52,6 +54,12 @@ struct WatchLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    source: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabel {
     ready: &'static str,
 }
@@ -75,6 +83,7 @@ pub struct Metrics {
     bindings: Family<ReadyLabel, Gauge>,
     watch_retries: Family<WatchLabel, Counter>,
     restarts_queued: Gauge,
+    events: Family<EventLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +109,7 @@ impl Metrics {
             bindings: Family::default(),
             watch_retries: Family::default(),
             restarts_queued: Gauge::default(),
+            events: Family::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         macro_rules! register {
@@ -120,6 +130,8 @@ impl Metrics {
             bindings: "bindings", "SecretBindings by Ready status";
             restarts_queued: "rollout_restarts_queued",
                 "Workload restarts waiting for the --max-restarts-per-minute budget";
+            events: "events",
+                "Change events (webhook calls, queue messages) by origin and result";
             watch_retries: "watch_retries",
                 "Failed attempts of a watch (list or watch) by watched kind; they are retried within seconds";
         }
@@ -128,6 +140,16 @@ impl Metrics {
             m.bindings.get_or_create(&ReadyLabel { ready }).set(0);
         }
         Metrics { registry, ..m }
+    }
+
+    /// Counts one change event.
+    pub fn event(&self, origin: EventOrigin, result: EventResult) {
+        self.events
+            .get_or_create(&EventLabels {
+                source: origin.as_str(),
+                result: result.as_str(),
+            })
+            .inc();
     }
 
     /// Records one reconcile.
@@ -241,6 +263,7 @@ mod tests {
         m.rollout_restart("Deployment");
         m.set_bindings(3, 1, 0);
         m.watch_retry("Deployment");
+        m.event(EventOrigin::Webhook, EventResult::Unauthorized);
         let text = m.encode();
         for needle in [
             "secretsync_reconcile_total{controller=\"binding\",result=\"success\"} 1",
@@ -254,6 +277,7 @@ mod tests {
             "secretsync_bindings{ready=\"true\"} 3",
             "secretsync_bindings{ready=\"false\"} 1",
             "secretsync_watch_retries_total{watch=\"Deployment\"} 1",
+            "secretsync_events_total{source=\"webhook\",result=\"unauthorized\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

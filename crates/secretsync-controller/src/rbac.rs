@@ -13,6 +13,9 @@ pub enum Scope {
     Watched,
     /// Only in the operator's own namespace.
     Operator,
+    /// Only in the operator's own namespace, and only with the refresh webhook on (the
+    /// chart's `webhook.enabled`; its key Secret lives there).
+    OperatorWebhook,
     /// In watched namespaces, and only when Vault Kubernetes auth is used.
     WatchedVaultKubernetesAuth,
     /// Cluster-wide, and only in all-namespace installs: the cluster kinds
@@ -78,6 +81,13 @@ pub const API_ACCESS: &[Access] = &[
         verbs: &["get", "create"],
         scope: Scope::Operator,
         reason: "read the HMAC key Secret by name; create it (POST) at start-up when absent",
+    },
+    Access {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "list", "watch"],
+        scope: Scope::OperatorWebhook,
+        reason: "watch the refresh webhook's key Secret by name (--webhook-secret)",
     },
     Access {
         group: "",

@@ -45,6 +45,8 @@ pub struct Term {
     pub health: Arc<Health>,
     /// Env backend policy.
     pub env_allow: EnvPolicy,
+    /// Where event receivers that outlive terms (the webhook) find the leading one.
+    pub leadership: Arc<crate::changes::Leadership>,
 }
 
 fn scoped<K>(client: &Client, scope: Option<&str>) -> Api<K>
@@ -361,6 +363,9 @@ impl Term {
         );
         ctx.refresh_gauge();
         self.health.set_ready(true);
+        // Withdrawn when this future ends or is dropped (leadership lost).
+        let _published = self.leadership.publish(&ctx);
+        watchers.spawn(crate::changes::sqs::supervise(ctx.clone()));
         let c = ctx.clone();
         watchers.spawn(async move { c.events.summarise_every(SUMMARY_EVERY).await });
         if let Some(mut changes) = ctx.registry.take_secret_changes() {

@@ -42,6 +42,7 @@ fn config(root: &Path, identity: &str, leader_elect: bool) -> Config {
         status_heartbeat: Duration::from_secs(600),
         max_restarts_per_minute: 0,
         identity: identity.into(),
+        webhook: None,
     }
 }
 

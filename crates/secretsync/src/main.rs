@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (flags also read from SECRETSYNC_* environment variables).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Print both CRDs as YAML.
     Crds,
     /// Resolve bindings from manifests locally and print the Secret manifests.
@@ -55,7 +55,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(args) => {
             install_crypto_provider();
-            run::main(args)
+            run::main(*args)
         }
         Command::Crds => {
             print!("{}", secretsync_api::crd::crds_yaml()?);

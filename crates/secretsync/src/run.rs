@@ -53,6 +53,16 @@ pub struct RunArgs {
     /// budget wait in order (Event `RolloutDelayed`), none is dropped. `0`: no limit.
     #[arg(long, env = "SECRETSYNC_MAX_RESTARTS_PER_MINUTE", default_value_t = 0)]
     max_restarts_per_minute: usize,
+    /// Serve `POST /v1/refresh` on this address (e.g. `0.0.0.0:8443`): a call signed with
+    /// the `--webhook-secret` key makes the bindings reading the keys it names read them
+    /// now. Off when not set.
+    #[arg(long, env = "SECRETSYNC_WEBHOOK_ADDR")]
+    webhook_addr: Option<SocketAddr>,
+    /// The Secret holding the webhook's HMAC-SHA256 key under `key`, as `NAMESPACE/NAME`
+    /// (watched: a new key applies within seconds). Default: `secretsync-webhook` in the
+    /// operator namespace.
+    #[arg(long, env = "SECRETSYNC_WEBHOOK_SECRET")]
+    webhook_secret: Option<String>,
     /// Log format.
     #[arg(long, env = "SECRETSYNC_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -71,6 +81,30 @@ fn operator_namespace(flag: Option<String>) -> String {
             .filter(|s| !s.is_empty())
     })
     .unwrap_or_else(|| "default".to_string())
+}
+
+/// Where the webhook key is: `NAMESPACE/NAME`, or the default Secret of the operator
+/// namespace.
+fn webhook_secret(
+    flag: Option<&str>,
+    operator_namespace: &str,
+) -> Result<secretsync_controller::changes::webhook::KeySecret> {
+    use secretsync_controller::changes::webhook::KeySecret;
+    match flag.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(KeySecret {
+            namespace: operator_namespace.to_string(),
+            name: "secretsync-webhook".to_string(),
+        }),
+        Some(s) => match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(KeySecret {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            _ => anyhow::bail!("--webhook-secret: expected NAMESPACE/NAME, got {s:?}"),
+        },
+    }
 }
 
 fn identity() -> String {
@@ -126,8 +160,19 @@ pub fn main(args: RunArgs) -> Result<()> {
         secretsync_api::parse_duration(&args.restart_debounce).context("--restart-debounce")?;
     let status_heartbeat: Duration =
         secretsync_api::parse_duration(&args.status_heartbeat).context("--status-heartbeat")?;
+    let operator_namespace = operator_namespace(args.operator_namespace);
+    if args.webhook_addr.is_none() && args.webhook_secret.is_some() {
+        anyhow::bail!("--webhook-secret needs --webhook-addr (the webhook is off without it)");
+    }
+    let webhook = match args.webhook_addr {
+        None => None,
+        Some(addr) => Some(secretsync_controller::WebhookConfig {
+            addr,
+            secret: webhook_secret(args.webhook_secret.as_deref(), &operator_namespace)?,
+        }),
+    };
     let config = secretsync_controller::Config {
-        operator_namespace: operator_namespace(args.operator_namespace),
+        operator_namespace,
         namespaces: args.namespaces,
         concurrency: args.concurrency,
         metrics_addr: args.metrics_addr,
@@ -139,6 +184,7 @@ pub fn main(args: RunArgs) -> Result<()> {
         status_heartbeat,
         max_restarts_per_minute: args.max_restarts_per_minute,
         identity: identity(),
+        webhook,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // One worker by default: the work is I/O-bound, and at 10,000 bindings a second worker

@@ -96,6 +96,10 @@ fn key(a: &secretsync_controller::rbac::Access, v: &str) -> (String, String, Str
 /// RBAC grants exactly the table: every listed call in every scope it is needed, nothing
 /// else, and the operator-namespace permissions only there.
 fn check_rbac(r: &Rendered, watched: &[&str], vault_kubernetes_auth: bool) {
+    check_rbac_with(r, watched, vault_kubernetes_auth, false)
+}
+
+fn check_rbac_with(r: &Rendered, watched: &[&str], vault_kubernetes_auth: bool, webhook: bool) {
     let roles = bound_roles(r);
     let watch_scopes: Vec<&BTreeSet<Grant>> = if watched.is_empty() {
         assert!(
@@ -173,7 +177,13 @@ fn check_rbac(r: &Rendered, watched: &[&str], vault_kubernetes_auth: bool) {
                         );
                     }
                 }
-                Scope::Operator => {
+                Scope::OperatorWebhook if !webhook => {
+                    assert!(
+                        *v == "get" || !any(operator, &k),
+                        "{k:?} in the operator namespace without webhook.enabled"
+                    );
+                }
+                Scope::Operator | Scope::OperatorWebhook => {
                     let cluster_wide =
                         watched.is_empty() && watch_scopes.iter().any(|g| unnamed(g, &k));
                     assert!(
@@ -216,7 +226,7 @@ fn check_rbac(r: &Rendered, watched: &[&str], vault_kubernetes_auth: bool) {
     }
     for k in operator {
         assert!(
-            listed(k, &[Scope::Operator]),
+            listed(k, &[Scope::Operator, Scope::OperatorWebhook]),
             "granted in the operator namespace but not an operator-namespace call: {k:?}"
         );
     }
@@ -526,6 +536,66 @@ fn network_policy_admits_only_the_metrics_and_health_ports() {
 }
 
 #[test]
+fn the_webhook_gets_its_port_service_key_secret_and_rbac() {
+    let r = render(json!({}));
+    assert!(
+        r.get("Service", &format!("{FULLNAME}-webhook")).is_none(),
+        "off by default"
+    );
+    assert!(!args(&r).iter().any(|a| a.starts_with("--webhook")));
+    let values = json!({"webhook": {"enabled": true}, "networkPolicy": {"enabled": true}});
+    let r = render(values.clone());
+    check_rbac_with(&r, &[], false, true);
+    let secret_name = format!("{FULLNAME}-webhook");
+    let a = args(&r);
+    assert!(
+        a.contains(&"--webhook-addr=0.0.0.0:8443".to_string()),
+        "{a:?}"
+    );
+    assert!(
+        a.contains(&format!("--webhook-secret={NS}/{secret_name}")),
+        "{a:?}"
+    );
+    let accepted = run_flags();
+    for flag in a.iter().filter(|f| f.starts_with("--webhook")) {
+        let name = flag.trim_start_matches("--").split('=').next().unwrap();
+        assert!(accepted.contains(name), "secretsync run lacks --{name}");
+    }
+    let secret = r.get("Secret", &secret_name).expect("key Secret");
+    let key = secret["data"]["key"].as_str().expect("data.key");
+    assert!(key.len() >= 64, "a 48-character key, base64: {key}");
+    let svc = r.get("Service", &secret_name).expect("webhook Service");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "webhook");
+    let ports = container(&r)["ports"].as_array().unwrap().clone();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "webhook" && p["containerPort"] == 8443)
+    );
+    let np = r.get("NetworkPolicy", FULLNAME).expect("NetworkPolicy");
+    assert_eq!(np["spec"]["ingress"][1]["ports"][0]["port"], 8443);
+    // The operator-namespace Role names the key Secret for list and watch.
+    let role = r
+        .of_kind("Role")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == format!("{FULLNAME}-operator"))
+        .expect("operator Role");
+    assert!(
+        role["rules"].as_array().unwrap().iter().any(|rule| {
+            rule["resourceNames"] == json!([secret_name])
+                && rule["verbs"] == json!(["get", "list", "watch"])
+        }),
+        "{role}"
+    );
+    lint_clean(values);
+    // A Secret of the user's: none is created, the flags and the Role name it.
+    let r = render(json!({"webhook": {"enabled": true, "existingSecret": "hook-key"}}));
+    assert!(r.get("Secret", &secret_name).is_none());
+    assert!(args(&r).contains(&format!("--webhook-secret={NS}/hook-key")));
+    check_rbac_with(&r, &[], false, true);
+}
+
+#[test]
 fn chart_crds_match_crds_dir() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let committed = std::fs::read_to_string(root.join("crds/secretsync-crds.yaml")).unwrap();
@@ -571,6 +641,11 @@ fn values_have_the_documented_keys() {
         "crds.install",
         "rbac.vaultKubernetesAuth",
         "networkPolicy.enabled",
+        "networkPolicy.webhookFrom",
+        "webhook.enabled",
+        "webhook.port",
+        "webhook.existingSecret",
+        "webhook.service",
     ] {
         let mut v = &values;
         for part in path.split('.') {
@@ -584,6 +659,9 @@ fn values_have_the_documented_keys() {
         "rbac.vaultKubernetesAuth",
         "crds.install",
         "file.root",
+        "webhook.enabled",
+        "webhook.existingSecret",
+        "networkPolicy.webhookFrom",
     ] {
         assert!(
             readme.contains(key),

@@ -176,7 +176,7 @@ fn parse_role_arn(arn: &str) -> Result<&str, BackendError> {
 }
 
 /// Whether an endpoint URL points at an AWS-operated host (as VPC endpoints do).
-fn is_aws_hosted(endpoint: &str) -> bool {
+pub(super) fn is_aws_hosted(endpoint: &str) -> bool {
     let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = authority

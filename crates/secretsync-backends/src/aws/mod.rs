@@ -15,12 +15,14 @@
 //! reads and the paging of listings.
 //!
 //! Layout, shared: `client` (SDK configuration and credentials), `error` (error mapping),
+//! `events` (the SQS change queue and its messages),
 //! `batch` (batched reads with single-read fallback), `paging` (listing for `find`).
 //! Secrets Manager: `read`, `list`. `ssm`: the Parameter Store backend.
 
 mod batch;
 mod client;
 mod error;
+pub mod events;
 mod list;
 mod paging;
 mod read;

@@ -119,6 +119,7 @@ pub fn static_keys_source(service: AwsService, endpoint: &str) -> AwsSource {
             secret_ref: Some(secret_ref()),
             role_arn: None,
         }),
+        events: None,
     }
 }
 

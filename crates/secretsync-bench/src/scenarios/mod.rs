@@ -5,10 +5,12 @@
 //! configured, keys shared across namespaces, API write latency).
 
 mod cold;
+mod events;
 mod frugal;
 mod rotation;
 mod steady;
 
+pub use events::run_webhook;
 pub use frugal::{
     comparison_tables, run_cluster, run_heartbeat0, run_heartbeat1h, run_latency, run_nocache,
     run_shared,

@@ -25,6 +25,7 @@ use super::plan::{
 };
 use super::state::{BindingState, Verified};
 use super::{finalizer, status};
+use crate::changes::Finish;
 use crate::context::Ctx;
 use crate::events::reasons as event_reasons;
 use crate::outcome::{ReconcileResult as R, Reconciled, Requeue};
@@ -70,7 +71,20 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjKey) -> Reconciled {
             }
         };
     }
-    match sync(ctx, key, &binding, &mut state).await {
+    let mut ticket = None;
+    let result = sync(ctx, key, &binding, &mut state, &mut ticket).await;
+    // A failure before the read took the request still answers it: a binding that
+    // cannot use values settles it, a transient failure asks for the event again.
+    let ticket = ticket.or_else(|| {
+        result
+            .is_err()
+            .then(|| ctx.take_read_request(key))
+            .flatten()
+    });
+    if let Some(n) = ticket {
+        ctx.reads.finish(key, n, finish_of(&result));
+    }
+    match result {
         Ok(done) => {
             ctx.set_binding_state(key, state);
             done
@@ -88,6 +102,21 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjKey) -> Reconciled {
             }
             api_retry(ctx, key, state)
         }
+    }
+}
+
+/// How a read a change event asked for ended.
+fn finish_of(result: &Result<Reconciled, Stop>) -> Finish {
+    match result {
+        Ok(_) => Finish::Synced,
+        Err(Stop::Read(e, _)) if e.reason.is_transient() => Finish::Retry,
+        // A source still building or unreachable, or a Secret write that failed: the
+        // value has not arrived, and it will once they recover.
+        Err(Stop::Failed(ConditionReason::SourceNotReady | ConditionReason::WriteFailed, _)) => {
+            Finish::Retry
+        }
+        Err(Stop::Api(_)) => Finish::Retry,
+        Err(Stop::Read(..) | Stop::Failed(..)) => Finish::Settled,
     }
 }
 
@@ -157,6 +186,7 @@ async fn sync(
     key: &ObjKey,
     b: &SecretBinding,
     state: &mut BindingState,
+    ticket: &mut Option<u64>,
 ) -> Result<Reconciled, Stop> {
     let started = Instant::now();
     finalizer::ensure(ctx, b).await?;
@@ -173,9 +203,10 @@ async fn sync(
     let target = look_at_target(ctx, b, state, force).await?;
     let prev_status = state.status.clone().or_else(|| b.status.clone());
     let now = Instant::now();
-    // An input changed (a kubernetes source's Secret): read now, through the cache, which
-    // has already forgotten the changed key.
-    let inputs_changed = ctx.take_read_request(key);
+    // An input changed (a kubernetes source's Secret, a change event): read now, through
+    // the cache, which has already forgotten the changed key.
+    *ticket = ctx.take_read_request(key);
+    let inputs_changed = ticket.is_some();
     let due = data_due(
         state.memo.as_ref(),
         b.metadata.generation,

@@ -15,15 +15,14 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use secretsync_api::{SecretBinding, SecretSourceSpec};
+use secretsync_api::SecretSourceSpec;
 use secretsync_backends::kubernetes::{ClusterSecrets, SecretDataMap, source_namespace};
-use secretsync_backends::resolve::reads_key;
 use secretsync_backends::{BackendError, SecretValue};
 use tokio::sync::mpsc;
 
 use crate::context::Ctx;
+use crate::runtime::ObjKey;
 use crate::runtime::held::{Change, Held, HeldKind};
-use crate::runtime::{ObjKey, Priority};
 
 /// A Secret read by a kubernetes source changed (or appeared, or went away).
 pub type SecretChange = Change;
@@ -156,15 +155,6 @@ fn sources_reading(ctx: &Ctx, ns: &str) -> Vec<(ObjKey, SecretSourceSpec)> {
     out
 }
 
-/// The bindings of `src` that read remote key `key`.
-fn readers(ctx: &Ctx, src: &ObjKey, key: &str) -> Vec<ObjKey> {
-    ctx.bindings_of_source(src)
-        .into_iter()
-        .filter(|(_, b): &(ObjKey, Arc<SecretBinding>)| reads_key(&b.spec, key))
-        .map(|(k, _)| k)
-        .collect()
-}
-
 /// Routes one change: the key is dropped from each reading source's cache and its readers
 /// read again now.
 pub async fn route_change(ctx: &Ctx, change: &SecretChange) {
@@ -176,17 +166,7 @@ pub async fn route_change(ctx: &Ctx, change: &SecretChange) {
         else {
             continue;
         };
-        if let Some(entry) = ctx.registry.current(&src).await
-            && let Ok(cache) = &entry.cache
-        {
-            cache.invalidate_key(key);
-        }
-        let readers = readers(ctx, &src, key);
-        tracing::debug!(source = %src, key, bindings = readers.len(), "source Secret changed; reading again");
-        for b in readers {
-            ctx.request_read(&b);
-            ctx.binding_queue.add(b, Priority::Urgent);
-        }
+        crate::changes::refresh_keys(ctx, &src, &[key.to_string()]).await;
     }
 }
 

@@ -18,8 +18,11 @@ use secretsync_backends::cache::CacheObserver;
 use secretsync_backends::env::EnvPolicy;
 use secretsync_backends::{BackendError, BuildContext, CachePolicy, SourceCache, build_backend};
 
+use secretsync_backends::aws::events::{EventQueue, LONG_POLL};
+
 use super::credentials::{ApiCredentials, credential_secrets};
 use super::kubernetes::{KubeSecrets, SecretChange};
+use crate::changes::sqs::{EventFeed, VISIBILITY};
 use crate::runtime::{ObjKey, key_of};
 
 /// A source of either kind, as the registry builds it.
@@ -96,6 +99,8 @@ pub struct SourceEntry {
     pub kind: Option<BackendKind>,
     /// The shared cache, or why it could not be built.
     pub cache: Result<Arc<SourceCache>, BackendError>,
+    /// The change queue of an `aws` source with `events` (read by the leader).
+    pub events: Option<Arc<EventFeed>>,
     /// Result of the last validation call (`None` = not validated yet).
     validation: Mutex<Option<Result<(), BackendError>>>,
 }
@@ -131,6 +136,7 @@ impl SourceEntry {
             epoch: self.epoch,
             kind: self.kind,
             cache: self.cache.clone(),
+            events: self.events.clone(),
             validation: Mutex::new(validation),
         })
     }
@@ -167,6 +173,8 @@ pub struct SourceRegistry {
     failures: Mutex<HashMap<ObjKey, u32>>,
     kube_secrets: Arc<KubeSecrets>,
     secret_changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<SecretChange>>>,
+    /// Woken by every build and removal (the change-queue consumers follow the builds).
+    changed: tokio::sync::Notify,
 }
 
 impl SourceRegistry {
@@ -188,7 +196,14 @@ impl SourceRegistry {
             slots: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             failures: Mutex::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Completes after the next build or removal of any source (or at once if one
+    /// happened since the last wait).
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// Changes of Secrets kubernetes sources read (taken once, by the term).
@@ -299,11 +314,16 @@ impl SourceRegistry {
     /// Drops a deleted source; returns whether one was known.
     pub fn remove(&self, key: &ObjKey) -> bool {
         self.reset_failures(key);
-        self.slots
+        let known = self
+            .slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key)
-            .is_some()
+            .is_some();
+        if known {
+            self.changed.notify_one();
+        }
+        known
     }
 
     async fn fingerprint(&self, src: AnySource<'_>) -> Fingerprint {
@@ -330,13 +350,14 @@ impl SourceRegistry {
     }
 
     async fn build(&self, src: AnySource<'_>, fingerprint: Fingerprint) -> Arc<SourceEntry> {
+        let credentials = Arc::new(ApiCredentials::new(
+            self.client.clone(),
+            src.own_namespace(),
+        ));
         let ctx = BuildContext {
             env_allow: self.env_allow.clone(),
             file_root: self.file_root.clone(),
-            credentials: Arc::new(ApiCredentials::new(
-                self.client.clone(),
-                src.own_namespace(),
-            )),
+            credentials: credentials.clone(),
             namespace: src.own_namespace().map(str::to_string),
             cluster_secrets: self.kube_secrets.clone(),
         };
@@ -356,6 +377,24 @@ impl SourceRegistry {
                 Arc::new(SourceCache::with_policy(b, policy, self.observer.clone()))
             }),
         };
+        // A change queue that cannot be set up fails the build: the source is not Ready
+        // and says why, instead of silently polling only.
+        let (cache, events) = match (cache, spec.aws.as_ref()) {
+            (Ok(c), Some(aws)) if aws.events.is_some() => {
+                match EventQueue::connect(aws, credentials.as_ref(), LONG_POLL, VISIBILITY).await {
+                    Ok(q) => (
+                        Ok(c),
+                        Some(Arc::new(EventFeed {
+                            queue: Arc::new(q),
+                            service: aws.service,
+                            prefix: spec.prefix().to_string(),
+                        })),
+                    ),
+                    Err(e) => (Err(e), None),
+                }
+            }
+            (c, _) => (c, None),
+        };
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         match &cache {
             Ok(_) => tracing::info!(source = %src.key(), epoch, "built backend"),
@@ -363,11 +402,13 @@ impl SourceRegistry {
                 tracing::warn!(source = %src.key(), reason = %e.reason, error = %e.message, "building backend failed")
             }
         }
+        self.changed.notify_one();
         Arc::new(SourceEntry {
             fingerprint,
             epoch,
             kind: spec.backend_kind(),
             cache,
+            events,
             validation: Mutex::new(None),
         })
     }

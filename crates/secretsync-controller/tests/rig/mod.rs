@@ -70,6 +70,7 @@ impl Rig {
             status_heartbeat: heartbeat,
             max_restarts_per_minute: 0,
             identity: "rig".into(),
+            webhook: None,
         });
         let metrics = Arc::new(Metrics::new());
         let registry = SourceRegistry::new(
