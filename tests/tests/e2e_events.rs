@@ -249,6 +249,31 @@ async fn a_signed_webhook_call_refreshes_every_reader_of_the_key_with_one_read()
         },
     )
     .await;
+    // A new key in the Secret: within seconds it signs, and the old one no longer does.
+    let new_key = b"e2e-webhook-key-rotated-fedcba9876543210";
+    let keys: Api<Secret> = Api::namespaced(env.client.clone(), &env.operator_namespace());
+    let patch = json!({"data": {"key": b64(std::str::from_utf8(new_key).unwrap())}});
+    keys.patch(
+        KEY_SECRET,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .expect("rotating the webhook key");
+    let rotated = wait_for(WAIT, || async {
+        post(&addr, &probe, Some(&sign(new_key, &probe))).await.0 == 202
+    })
+    .await;
+    assert!(
+        rotated.is_ok(),
+        "the new key was not taken up\n{}",
+        op.output()
+    );
+    assert_eq!(
+        post(&addr, &probe, Some(&sign(KEY, &probe))).await.0,
+        401,
+        "the old key still signs"
+    );
     for out in [op.output(), standby.output()] {
         assert!(
             !out.contains("canary-e2e-hunter2"),
@@ -385,6 +410,34 @@ async fn an_sqs_change_event_syncs_and_restarts_without_polling() {
         op.metric("secretsync_events_total{source=\"sqs\",result=\"applied\"}")
             .await
             >= 1.0
+    );
+
+    // An event about a secret no binding reads: counted as ignored and deleted.
+    moto_send_message(
+        &endpoint,
+        &queue,
+        &put_secret_value_event(&format!("{prefix}unused")),
+    )
+    .await;
+    let ignored = wait_for(WAIT, || async {
+        op.metric("secretsync_events_total{source=\"sqs\",result=\"ignored\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert!(
+        ignored.is_ok(),
+        "the unrelated event was not counted\n{}",
+        op.output()
+    );
+    let gone = wait_for(WAIT, || async {
+        moto_queue_counts(&endpoint, &queue).await == (0, 0)
+    })
+    .await;
+    assert!(
+        gone.is_ok(),
+        "the unrelated event is still queued\n{}",
+        op.output()
     );
 
     // A poison message: counted, deleted, and the consumer keeps going.

@@ -15,7 +15,6 @@ use sha2::Sha256;
 use super::Bench;
 use crate::config::{Layout, WEBHOOK_ROTATIONS};
 use crate::probe::percentile;
-use crate::report::secs;
 use crate::world::{self, KEYS_PER_NAMESPACE};
 
 const SCENARIO: &str = "9. Change events: webhook to Secret";
@@ -28,6 +27,11 @@ fn sign(body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap_or_else(|_| unreachable!());
     mac.update(body.as_bytes());
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Seconds as milliseconds.
+fn ms(s: f64) -> String {
+    format!("{:.0} ms", s * 1000.0)
 }
 
 /// One signed call: the HTTP status.
@@ -166,9 +170,9 @@ pub async fn run_webhook(b: &mut Bench, layout: Layout) -> Result<()> {
         &format!("call → all {} Secrets of the key updated: p50 / p99 / max ({WEBHOOK_ROTATIONS} rotations)", layout.per_namespace),
         format!(
             "{} / {} / {}",
-            secs(percentile(&all, 50.0)),
-            secs(percentile(&all, 99.0)),
-            secs(all.last().copied().unwrap_or(0.0))
+            ms(percentile(&all, 50.0)),
+            ms(percentile(&all, 99.0)),
+            ms(all.last().copied().unwrap_or(0.0))
         ),
         "",
     );
@@ -177,8 +181,8 @@ pub async fn run_webhook(b: &mut Bench, layout: Layout) -> Result<()> {
         "call → first Secret updated: p50 / p99",
         format!(
             "{} / {}",
-            secs(percentile(&first, 50.0)),
-            secs(percentile(&first, 99.0))
+            ms(percentile(&first, 50.0)),
+            ms(percentile(&first, 99.0))
         ),
         "",
     );
