@@ -102,7 +102,12 @@ async fn a_signed_webhook_call_refreshes_every_reader_of_the_key_with_one_read()
     );
     let port = free_port().expect("port");
     let addr = format!("127.0.0.1:{port}");
-    let op = Operator::start(&env, &webhook_opts(&env, "op-1", &addr)).await;
+    // Pods named like the two operators (POD_NAME), for the leader label.
+    apply(&env, &namespace_manifest(&env.operator_namespace(), "")).await;
+    for pod in ["op-1", "op-2"] {
+        create_pod(&env, pod).await;
+    }
+    let mut op = Operator::start(&env, &webhook_opts(&env, "op-1", &addr)).await;
     create_key_secret(&env).await;
     apply(&env, &stream(&docs)).await;
     let mut all = names.clone();
@@ -284,7 +289,67 @@ async fn a_signed_webhook_call_refreshes_every_reader_of_the_key_with_one_read()
             "a value reached the log:\n{out}"
         );
     }
+    // The leader's pod carries the label the webhook Service selects; the standby's not.
+    let labelled = wait_for(WAIT, || async {
+        leader_label(&env, "op-1").await.as_deref() == Some("true")
+    })
+    .await;
+    assert!(
+        labelled.is_ok(),
+        "the leader did not label its pod\n{}",
+        op.output()
+    );
+    assert_eq!(
+        leader_label(&env, "op-2").await,
+        None,
+        "the standby's pod is labelled"
+    );
     op.assert_calls_in_rbac_table(&env);
+    // A leader that shuts down takes the label with it; the new leader puts it on its pod.
+    op.sigterm();
+    let _ = op.wait_exit().await;
+    assert_eq!(
+        leader_label(&env, "op-1").await,
+        None,
+        "the old leader's pod is still labelled"
+    );
+    let moved = wait_for(Duration::from_secs(60), || async {
+        leader_label(&env, "op-2").await.as_deref() == Some("true")
+    })
+    .await;
+    assert!(
+        moved.is_ok(),
+        "the new leader did not label its pod\n{}",
+        standby.output()
+    );
+}
+
+/// A pod standing in for an operator replica (never run by the fake; a real cluster runs a
+/// pause container).
+async fn create_pod(env: &TestEnv, name: &str) {
+    use k8s_openapi::api::core::v1::Pod;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]},
+    }))
+    .expect("Pod");
+    Api::<Pod>::namespaced(env.client.clone(), &env.operator_namespace())
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("creating a Pod");
+}
+
+/// The leader label on pod `name` of the operator namespace.
+async fn leader_label(env: &TestEnv, name: &str) -> Option<String> {
+    use k8s_openapi::api::core::v1::Pod;
+    Api::<Pod>::namespaced(env.client.clone(), &env.operator_namespace())
+        .get(name)
+        .await
+        .ok()?
+        .metadata
+        .labels?
+        .get(secretsync_api::LABEL_LEADER)
+        .cloned()
 }
 
 fn put_secret_value_event(name: &str) -> String {

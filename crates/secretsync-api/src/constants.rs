@@ -9,6 +9,9 @@ pub const FIELD_MANAGER: &str = "secretsync";
 
 /// Label set on every Secret the operator manages.
 pub const LABEL_MANAGED: &str = "secretsync.dev/managed";
+/// Label the leading replica puts on its own pod (with the refresh webhook on), so the
+/// webhook Service reaches the leader only.
+pub const LABEL_LEADER: &str = "secretsync.dev/leader";
 /// Annotation on a managed Secret naming the binding that writes it.
 pub const ANNOTATION_BINDING: &str = "secretsync.dev/binding";
 /// Annotation on a managed Secret holding the HMAC of its synced data.

@@ -74,6 +74,9 @@ pub struct WebhookConfig {
     pub addr: SocketAddr,
     /// The Secret holding the signing key (`--webhook-secret`).
     pub secret: changes::webhook::KeySecret,
+    /// The operator's own pod (`POD_NAME` in the operator namespace), labelled while it
+    /// leads so the webhook Service routes to the leader.
+    pub pod: Option<changes::webhook::OwnPod>,
 }
 
 /// Fatal errors of [`run`].
@@ -188,6 +191,7 @@ pub async fn run(
     } else {
         health.set_ready(false);
         term.run(stop_rx).await;
+        term_ended(&client, &config).await;
     }
 
     http_stop_tx.send_replace(true);
@@ -199,6 +203,19 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// After a term (and before the first): the pod no longer leads, so the webhook Service
+/// stops sending it calls.
+async fn term_ended(client: &kube::Client, config: &Config) {
+    if let Some(pod) = config.webhook.as_ref().and_then(|w| w.pod.as_ref()) {
+        // A dead API server must not hold up shutdown or the next election.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            changes::webhook::mark_leader(client, pod, false),
+        )
+        .await;
+    }
 }
 
 /// Runs reconcilers only while holding the lease. Losing it aborts them at once; shutdown
@@ -213,6 +230,8 @@ async fn leading(term: term::Term, mut stop: watch::Receiver<bool>) {
     );
     let elector_task = tokio::spawn(async move { elector.run(leader_tx, elector_stop_rx).await });
 
+    // A container restarted in the same pod may still carry the label of its last term.
+    term_ended(&term.client, &term.config).await;
     loop {
         // Standby: ready (nothing to sync), waiting for the lease or shutdown.
         term.health.set_ready(true);
@@ -232,10 +251,12 @@ async fn leading(term: term::Term, mut stop: watch::Receiver<bool>) {
                 let _ = task.await;
                 // The elector has said why (deadline missed, or another holder).
                 tracing::info!("lost leadership: reconcilers stopped");
+                term_ended(&term.client, &term.config).await;
             }
             _ = wait_true(&mut stop) => {
                 term_stop_tx.send_replace(true);
                 let _ = task.await;
+                term_ended(&term.client, &term.config).await;
                 break;
             }
             _ = &mut task => {

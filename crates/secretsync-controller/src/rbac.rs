@@ -91,6 +91,13 @@ pub const API_ACCESS: &[Access] = &[
     },
     Access {
         group: "",
+        resource: "pods",
+        verbs: &["patch"],
+        scope: Scope::OperatorWebhook,
+        reason: "label the operator's own pod while it leads, so the webhook Service routes to the leader",
+    },
+    Access {
+        group: "",
         resource: "serviceaccounts/token",
         verbs: &["create"],
         scope: Scope::WatchedVaultKubernetesAuth,

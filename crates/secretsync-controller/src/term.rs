@@ -365,6 +365,12 @@ impl Term {
         self.health.set_ready(true);
         // Withdrawn when this future ends or is dropped (leadership lost).
         let _published = self.leadership.publish(&ctx);
+        if let Some(pod) = self.config.webhook.as_ref().and_then(|w| w.pod.clone()) {
+            let client = ctx.client.clone();
+            watchers.spawn(async move {
+                crate::changes::webhook::mark_leader(&client, &pod, true).await;
+            });
+        }
         watchers.spawn(crate::changes::sqs::supervise(ctx.clone()));
         let c = ctx.clone();
         watchers.spawn(async move { c.events.summarise_every(SUMMARY_EVERY).await });

@@ -231,6 +231,7 @@ pub(crate) fn builtins() -> Vec<ResourceDef> {
     #[rustfmt::skip]
     let table = [
         Builtin { group: "", version: "v1", plural: "secrets", kind: "Secret", short: &[], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },
+        Builtin { group: "", version: "v1", plural: "pods", kind: "Pod", short: &["po"], scope: Ns, status: true, generation: false, special: Special::None, list_schema: None },
         Builtin { group: "", version: "v1", plural: "configmaps", kind: "ConfigMap", short: &["cm"], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },
         Builtin { group: "", version: "v1", plural: "serviceaccounts", kind: "ServiceAccount", short: &["sa"], scope: Ns, status: false, generation: false, special: Special::ServiceAccount, list_schema: None },
         Builtin { group: "", version: "v1", plural: "events", kind: "Event", short: &["ev"], scope: Ns, status: false, generation: false, special: Special::None, list_schema: None },

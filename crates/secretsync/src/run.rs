@@ -169,6 +169,13 @@ pub fn main(args: RunArgs) -> Result<()> {
         Some(addr) => Some(secretsync_controller::WebhookConfig {
             addr,
             secret: webhook_secret(args.webhook_secret.as_deref(), &operator_namespace)?,
+            pod: std::env::var("POD_NAME")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(|name| secretsync_controller::changes::webhook::OwnPod {
+                    namespace: operator_namespace.clone(),
+                    name,
+                }),
         }),
     };
     let config = secretsync_controller::Config {

@@ -566,6 +566,11 @@ fn the_webhook_gets_its_port_service_key_secret_and_rbac() {
     assert!(key.len() >= 64, "a 48-character key, base64: {key}");
     let svc = r.get("Service", &secret_name).expect("webhook Service");
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "webhook");
+    assert_eq!(
+        svc["spec"]["selector"][secretsync_api::LABEL_LEADER],
+        "true",
+        "the webhook Service selects the leader only"
+    );
     let ports = container(&r)["ports"].as_array().unwrap().clone();
     assert!(
         ports

@@ -269,6 +269,43 @@ pub fn router(state: Arc<WebhookState>) -> Router {
         .with_state(state)
 }
 
+/// Where the operator's own pod is, so the leader can label it for the webhook Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnPod {
+    /// Its namespace (the operator namespace).
+    pub namespace: String,
+    /// Its name (`POD_NAME`).
+    pub name: String,
+}
+
+/// Puts (`leading`) or removes the leader label on the operator's own pod, so the webhook
+/// Service selects the leader only. Best effort: without it, calls that reach a standby
+/// get 503 and are retried.
+pub async fn mark_leader(client: &Client, pod: &OwnPod, leading: bool) {
+    use k8s_openapi::api::core::v1::Pod;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+    let value = if leading {
+        serde_json::Value::from("true")
+    } else {
+        serde_json::Value::Null
+    };
+    let patch = serde_json::json!({"metadata": {"labels": {secretsync_api::LABEL_LEADER: value}}});
+    let pp = kube::api::PatchParams::default();
+    match api
+        .patch(&pod.name, &pp, &kube::api::Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => tracing::debug!(pod = %pod.name, leading, "webhook: leader label updated"),
+        // Not running in that pod (a local run): nothing to route.
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::debug!(pod = %pod.name, "webhook: own pod not found; not labelling it")
+        }
+        Err(e) => {
+            tracing::warn!(pod = %pod.name, leading, error = %e, "webhook: labelling the own pod failed; calls reaching a standby get 503 until it works")
+        }
+    }
+}
+
 /// Keeps `key` equal to the Secret's entry, watching that one Secret until the task is
 /// dropped. Problems are logged once each time they change, without the key.
 pub async fn watch_key(client: Client, at: KeySecret, key: Arc<SigningKey>) {
