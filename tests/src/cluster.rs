@@ -296,3 +296,21 @@ pub async fn reads_since(
     .await;
     audit_reads(audit, paths) - before
 }
+
+/// Waits until Deployment `name` has its revision recorded (the operator saw it first).
+pub async fn wait_revision_recorded(
+    deployments: &kube::Api<kube::api::DynamicObject>,
+    op: &Operator,
+    name: &str,
+) {
+    wait_for(WAIT, || async {
+        deployments.get(name).await.is_ok_and(|d| {
+            d.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(secretsync_api::ANNOTATION_SECRET_REVISION))
+        })
+    })
+    .await
+    .unwrap_or_else(|_| panic!("revision of {name} never recorded\n{}", op.output()));
+}

@@ -198,3 +198,25 @@ spec:
         token = b64(token),
     )
 }
+
+/// The `aws-creds` Secret of moto's static test keys (moto checks no signature).
+pub fn moto_creds_secret() -> String {
+    manifests::secret(
+        "aws-creds",
+        &format!(
+            "{{access-key-id: {}, secret-access-key: {}}}",
+            b64("AKIDSECRETSYNCE2E"),
+            b64("e2e-secret-access-key")
+        ),
+    )
+}
+
+/// The spec of an `aws` source on moto with prefix `prefix`, the keys of
+/// [`moto_creds_secret`], and `extra` (e.g. `"service: ParameterStore, "`) inside the `aws`
+/// block.
+pub fn moto_source_spec(prefix: &str, endpoint: &str, extra: &str) -> String {
+    format!(
+        "prefix: \"{prefix}\", aws: {{region: us-east-1, endpoint: \"{endpoint}\", {extra}auth: {{secretRef: \
+         {{name: aws-creds, accessKeyIdKey: access-key-id, secretAccessKeyKey: secret-access-key}}}}}}"
+    )
+}

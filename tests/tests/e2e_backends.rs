@@ -389,17 +389,9 @@ async fn aws_with_static_credentials_from_a_secret() {
     let creds_json = r#"{"username":"aws-user","host":"db.internal"}"#;
     moto_create_secret(&endpoint, &format!("{prefix}db/creds"), creds_json).await;
     let op = Operator::start(&env, &OperatorOpts::default()).await;
-    let creds = format!(
-        "{{access-key-id: {}, secret-access-key: {}}}",
-        b64("AKIDSECRETSYNCE2E"),
-        b64("e2e-secret-access-key")
-    );
-    let aws = format!(
-        "prefix: \"{prefix}\", aws: {{region: us-east-1, endpoint: \"{endpoint}\", auth: {{secretRef: \
-         {{name: aws-creds, accessKeyIdKey: access-key-id, secretAccessKeyKey: secret-access-key}}}}}}"
-    );
+    let aws = moto_source_spec(&prefix, &endpoint, "");
     let yaml = stream(&[
-        secret("aws-creds", &creds),
+        moto_creds_secret(),
         source("aws", &aws),
         binding("aws", "aws")
             .key("password", "db/password")
@@ -426,15 +418,7 @@ async fn aws_parameter_store_rotation_restarts_a_deployment_once() {
     let prefix = format!("/{}/", unique("e2e-ssm"));
     let name = format!("{prefix}db/password");
     moto_put_parameter(&endpoint, &name, "before", "SecureString").await;
-    let creds = format!(
-        "{{access-key-id: {}, secret-access-key: {}}}",
-        b64("AKIDSECRETSYNCE2E"),
-        b64("e2e-secret-access-key")
-    );
-    let aws = format!(
-        "prefix: \"{prefix}\", aws: {{service: ParameterStore, region: us-east-1, endpoint: \"{endpoint}\", \
-         auth: {{secretRef: {{name: aws-creds, accessKeyIdKey: access-key-id, secretAccessKeyKey: secret-access-key}}}}}}"
-    );
+    let aws = moto_source_spec(&prefix, &endpoint, "service: ParameterStore, ");
     let op = Operator::start(
         &env,
         &OperatorOpts {
@@ -446,7 +430,7 @@ async fn aws_parameter_store_rotation_restarts_a_deployment_once() {
     apply(
         &env,
         &stream(&[
-            secret("aws-creds", &creds),
+            moto_creds_secret(),
             source("ssm", &aws),
             deployment_reading("api", "db", "password"),
             binding("db", "ssm")
@@ -467,16 +451,7 @@ async fn aws_parameter_store_rotation_restarts_a_deployment_once() {
             .map(str::to_owned)
     };
     // The first sync records the revision without restarting anything.
-    wait_for(WAIT, || async {
-        deployments.get("api").await.is_ok_and(|d| {
-            d.metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key("secretsync.dev/secret-revision"))
-        })
-    })
-    .await
-    .unwrap_or_else(|_| panic!("revision never recorded\n{}", op.output()));
+    wait_revision_recorded(&deployments, &op, "api").await;
     let d = deployments.get("api").await.unwrap();
     assert_eq!(template_annotation(&d, "secretsync.dev/restartedAt"), None);
     let generation = d.metadata.generation;

@@ -381,15 +381,10 @@ async fn an_sqs_change_event_syncs_and_restarts_without_polling() {
     let name = format!("{prefix}db/password");
     moto_create_secret(&endpoint, &name, "one").await;
     let queue = moto_create_queue(&endpoint, &unique("e2e-changes")).await;
-    let creds = format!(
-        "{{access-key-id: {}, secret-access-key: {}}}",
-        b64("AKIDSECRETSYNCE2E"),
-        b64("e2e-secret-access-key")
-    );
-    let aws = format!(
-        "prefix: \"{prefix}\", aws: {{region: us-east-1, endpoint: \"{endpoint}\", \
-         events: {{sqsQueueUrl: \"{queue}\"}}, auth: {{secretRef: \
-         {{name: aws-creds, accessKeyIdKey: access-key-id, secretAccessKeyKey: secret-access-key}}}}}}"
+    let aws = moto_source_spec(
+        &prefix,
+        &endpoint,
+        &format!("events: {{sqsQueueUrl: \"{queue}\"}}, "),
     );
     let op = Operator::start(
         &env,
@@ -402,7 +397,7 @@ async fn an_sqs_change_event_syncs_and_restarts_without_polling() {
     apply(
         &env,
         &stream(&[
-            secret("aws-creds", &creds),
+            moto_creds_secret(),
             source("aws", &aws),
             deployment_reading("api", "db", "password"),
             binding("db", "aws")
@@ -422,16 +417,7 @@ async fn an_sqs_change_event_syncs_and_restarts_without_polling() {
             .as_str()
             .map(str::to_owned)
     };
-    wait_for(WAIT, || async {
-        deployments.get("api").await.is_ok_and(|d| {
-            d.metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key("secretsync.dev/secret-revision"))
-        })
-    })
-    .await
-    .unwrap_or_else(|_| panic!("revision never recorded\n{}", op.output()));
+    wait_revision_recorded(&deployments, &op, "api").await;
     let generation = deployments.get("api").await.unwrap().metadata.generation;
 
     moto_put_secret_value(&endpoint, &name, "two").await;
@@ -575,20 +561,15 @@ async fn a_standby_leaves_queue_messages_alone() {
     })
     .await
     .unwrap_or_else(|_| panic!("standby never ready\n{}", op.output()));
-    let creds = format!(
-        "{{access-key-id: {}, secret-access-key: {}}}",
-        b64("AKIDSECRETSYNCE2E"),
-        b64("e2e-secret-access-key")
-    );
-    let aws = format!(
-        "prefix: \"{prefix}\", aws: {{region: us-east-1, endpoint: \"{endpoint}\", \
-         events: {{sqsQueueUrl: \"{queue}\"}}, auth: {{secretRef: \
-         {{name: aws-creds, accessKeyIdKey: access-key-id, secretAccessKeyKey: secret-access-key}}}}}}"
+    let aws = moto_source_spec(
+        &prefix,
+        &endpoint,
+        &format!("events: {{sqsQueueUrl: \"{queue}\"}}, "),
     );
     apply(
         &env,
         &stream(&[
-            secret("aws-creds", &creds),
+            moto_creds_secret(),
             source("aws", &aws),
             binding("db", "aws")
                 .refresh("0")
