@@ -352,6 +352,23 @@ async fn leader_label(env: &TestEnv, name: &str) -> Option<String> {
         .cloned()
 }
 
+/// Waits until `secretsync_events_total{source="sqs",result}` counts `what` and the queue
+/// is empty.
+async fn counted_and_deleted(op: &Operator, endpoint: &str, queue: &str, result: &str, what: &str) {
+    let series = format!("secretsync_events_total{{source=\"sqs\",result=\"{result}\"}}");
+    let counted = wait_for(WAIT, || async { op.metric(&series).await >= 1.0 }).await;
+    assert!(
+        counted.is_ok(),
+        "{what} was not counted as {result}\n{}",
+        op.output()
+    );
+    let gone = wait_for(WAIT, || async {
+        moto_queue_counts(endpoint, queue).await == (0, 0)
+    })
+    .await;
+    assert!(gone.is_ok(), "{what} is still queued\n{}", op.output());
+}
+
 fn put_secret_value_event(name: &str) -> String {
     json!({
         "version": "0",
@@ -470,49 +487,11 @@ async fn an_sqs_change_event_syncs_and_restarts_without_polling() {
         &put_secret_value_event(&format!("{prefix}unused")),
     )
     .await;
-    let ignored = wait_for(WAIT, || async {
-        op.metric("secretsync_events_total{source=\"sqs\",result=\"ignored\"}")
-            .await
-            >= 1.0
-    })
-    .await;
-    assert!(
-        ignored.is_ok(),
-        "the unrelated event was not counted\n{}",
-        op.output()
-    );
-    let gone = wait_for(WAIT, || async {
-        moto_queue_counts(&endpoint, &queue).await == (0, 0)
-    })
-    .await;
-    assert!(
-        gone.is_ok(),
-        "the unrelated event is still queued\n{}",
-        op.output()
-    );
+    counted_and_deleted(&op, &endpoint, &queue, "ignored", "the unrelated event").await;
 
     // A poison message: counted, deleted, and the consumer keeps going.
     moto_send_message(&endpoint, &queue, "canary-e2e-poison {not json").await;
-    let counted = wait_for(WAIT, || async {
-        op.metric("secretsync_events_total{source=\"sqs\",result=\"malformed\"}")
-            .await
-            >= 1.0
-    })
-    .await;
-    assert!(
-        counted.is_ok(),
-        "the poison message was not counted\n{}",
-        op.output()
-    );
-    let gone = wait_for(WAIT, || async {
-        moto_queue_counts(&endpoint, &queue).await == (0, 0)
-    })
-    .await;
-    assert!(
-        gone.is_ok(),
-        "the poison message is still queued\n{}",
-        op.output()
-    );
+    counted_and_deleted(&op, &endpoint, &queue, "malformed", "the poison message").await;
     moto_put_secret_value(&endpoint, &name, "three").await;
     moto_send_message(&endpoint, &queue, &put_secret_value_event(&name)).await;
     wait_synced_own(&env, &op, "db", &[("password", "three")]).await;
