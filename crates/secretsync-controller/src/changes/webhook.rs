@@ -338,8 +338,11 @@ pub async fn watch_key(client: Client, at: KeySecret, key: Arc<SigningKey>) {
             }
             Err(e) => {
                 failures += 1;
+                // Until it works the webhook answers 503: say why once, at warn.
                 if failures == 1 {
-                    tracing::debug!(secret = %at.name, error = %e, "watching the webhook key failed; retrying");
+                    tracing::warn!(secret = %at.name, namespace = %at.namespace, error = %e, "watching the webhook key failed; retrying (POST /v1/refresh answers 503 until the key is read)");
+                } else {
+                    tracing::debug!(secret = %at.name, error = %e, "watching the webhook key failed again");
                 }
                 tokio::time::sleep(crate::runtime::backoff::watch_retry(failures, 0.5)).await;
                 continue;
