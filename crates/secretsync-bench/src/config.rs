@@ -15,8 +15,9 @@ use crate::world::{self, Keys};
 #[command(name = "secretsync-bench")]
 pub struct Args {
     /// Scale of every object count: 1.0 = 100 namespaces, 10,000 bindings, 50,000
-    /// unrelated Secrets; 0.1 = a quick run. Rotation always uses 100 bindings and 50
-    /// Deployments.
+    /// unrelated Secrets (and, in the triggers run, 50,000 unlabelled ConfigMaps and 1,000
+    /// labelled ConfigMaps with their Deployments); 0.1 = a quick run. Rotation always uses
+    /// 100 bindings and 50 Deployments.
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
     /// Length of the steady-state window.
@@ -55,14 +56,13 @@ pub struct Args {
     #[arg(long, default_value = "25ms")]
     pub write_latency: String,
     /// Runs to do (comma-separated), in this order: idle, cold-small, main, unrelated,
-    /// nocache, heartbeat0, shared, cluster, latency, heartbeat1h, webhook.
+    /// nocache, heartbeat0, shared, cluster, latency, heartbeat1h, webhook, triggers.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_RUNS)]
     pub runs: Vec<String>,
 }
 
 /// Every run, in the order `make bench` does them.
-pub const DEFAULT_RUNS: &str =
-    "idle,cold-small,main,unrelated,nocache,heartbeat0,shared,cluster,latency,heartbeat1h,webhook";
+pub const DEFAULT_RUNS: &str = "idle,cold-small,main,unrelated,nocache,heartbeat0,shared,cluster,latency,heartbeat1h,webhook,triggers";
 
 impl Args {
     /// Checks the durations and run names before anything starts, so a typo does not
@@ -124,6 +124,11 @@ pub const ROTATION_DEPLOYMENTS: usize = 50;
 pub const WEBHOOK_ROTATIONS: usize = 100;
 /// Bindings created in a burst by the new-bindings scenario.
 pub const NEW_BINDINGS: usize = 100;
+/// Labelled ConfigMaps the triggers run changes, one after the other.
+pub const TRIGGER_CHANGES: usize = 5;
+/// How long the triggers run samples RSS (every 250 ms) for each of its memory readings,
+/// after the settle time: the reading is the median of those samples.
+pub const RSS_WINDOW: Duration = Duration::from_secs(10);
 
 /// Object counts at a scale, which keys the bindings read, and whether the sources
 /// cache.
@@ -133,6 +138,11 @@ pub struct Layout {
     pub per_namespace: usize,
     pub unrelated_secrets: usize,
     pub unrelated_deployments: usize,
+    /// ConfigMaps without the watch label (the triggers run; it also creates
+    /// `unrelated_secrets` Secrets without it).
+    pub unlabelled_configmaps: usize,
+    /// Labelled ConfigMaps, each read by one opted-in Deployment (the triggers run).
+    pub trigger_pairs: usize,
     pub keys: Keys,
     /// Whether every SecretSource has `spec.cache.ttl` (= `--cache-ttl`).
     pub cached: bool,
@@ -151,6 +161,8 @@ impl Layout {
             per_namespace: 100,
             unrelated_secrets: scaled(50_000.0),
             unrelated_deployments: scaled(5_000.0),
+            unlabelled_configmaps: scaled(50_000.0),
+            trigger_pairs: scaled(1_000.0),
             keys: Keys::PerNamespace,
             cached: true,
             cluster_source: false,
@@ -244,6 +256,8 @@ impl Layout {
             "sources_have_cache": self.cached,
             "unrelated_secrets": self.unrelated_secrets,
             "unrelated_deployments": self.unrelated_deployments,
+            "unlabelled_configmaps": self.unlabelled_configmaps,
+            "trigger_pairs": self.trigger_pairs,
         })
     }
 }

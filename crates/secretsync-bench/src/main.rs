@@ -33,7 +33,8 @@ use crate::probe::AuditCounter;
 use crate::report::{Report, mib};
 use crate::scenarios::{
     Bench, comparison_tables, run_cluster, run_cold_small, run_heartbeat0, run_heartbeat1h,
-    run_idle, run_latency, run_main, run_nocache, run_shared, run_unrelated, run_webhook,
+    run_idle, run_latency, run_main, run_nocache, run_shared, run_triggers, run_unrelated,
+    run_webhook,
 };
 
 fn main() -> Result<()> {
@@ -103,6 +104,7 @@ async fn bench(args: Args) -> Result<()> {
             "latency" => run_latency(&mut b, large).await,
             "heartbeat1h" => run_heartbeat1h(&mut b, large).await,
             "webhook" => run_webhook(&mut b, large).await,
+            "triggers" => run_triggers(&mut b, large).await,
             other => Err(anyhow::anyhow!("unknown run {other:?}")),
         };
         if let Err(e) = done {

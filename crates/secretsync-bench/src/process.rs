@@ -150,6 +150,18 @@ impl Operator {
         (max, mean)
     }
 
+    /// VmRSS samples (KiB, sorted) taken between `from` and `to` seconds after start.
+    pub fn rss_samples(&self, from: f64, to: f64) -> Vec<u64> {
+        let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let mut window: Vec<u64> = s
+            .iter()
+            .filter(|(t, _)| *t >= from && *t <= to)
+            .map(|(_, p)| p.rss_kib)
+            .collect();
+        window.sort_unstable();
+        window
+    }
+
     /// Stops the operator (SIGTERM, then kill after 25 s); its stderr, the log.
     pub fn stop(mut self) -> String {
         self.sampler.abort();

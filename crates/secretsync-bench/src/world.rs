@@ -1,5 +1,5 @@
 //! The benchmark's objects: namespaces of bindings over one OpenBao, opted-in Deployments,
-//! unrelated Secrets and Deployments. Written in-process into the fake (no HTTP, not
+//! unrelated Secrets, ConfigMaps and Deployments, labelled (trigger) ConfigMaps. Written in-process into the fake (no HTTP, not
 //! counted as API requests); the remote keys are written to OpenBao.
 
 use anyhow::{Context, Result, bail};
@@ -210,6 +210,70 @@ pub fn unrelated_secret(ns: &str, n: usize) -> Value {
     })
 }
 
+/// Label that makes a Secret or ConfigMap a restart trigger (the design's "Restarts
+/// beyond managed Secrets"; the operator's constant lives in the controller crate, which
+/// the bench does not depend on).
+pub const LABEL_WATCH: &str = "secretsync.dev/watch";
+
+/// A ConfigMap without the watch label, about 300 bytes of data: what the operator must
+/// never see.
+pub fn unlabelled_configmap(ns: &str, n: usize) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": format!("plain-{n:05}"), "namespace": ns, "labels": {"app": "unrelated"}},
+        "data": {
+            "app.properties": format!("# unrelated settings {n}\nlog.level=info\nfeature.flags={n:0>200}\n"),
+            "mode": "production",
+        },
+    })
+}
+
+/// Labelled ConfigMap `n` (a restart trigger) with about 300 bytes of data; `revision`
+/// changes its data.
+pub fn watched_configmap(ns: &str, n: usize, revision: u32) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": watched_configmap_name(n), "namespace": ns, "labels": {LABEL_WATCH: "true"}},
+        "data": {
+            "settings.json": format!("{{\"instance\": {n}, \"revision\": {revision}, \"pool\": \"{n:0>200}\"}}"),
+            "mode": "production",
+        },
+    })
+}
+
+/// Name of labelled ConfigMap `n`.
+pub fn watched_configmap_name(n: usize) -> String {
+    format!("watched-{n:04}")
+}
+
+/// Name of the opted-in Deployment reading labelled ConfigMap `n`.
+pub fn configmap_deployment_name(n: usize) -> String {
+    format!("cm-app-{n:04}")
+}
+
+/// Opted-in Deployment `n` (restart-on-rotation `"true"`) reading labelled ConfigMap `n`
+/// through `envFrom`.
+pub fn configmap_deployment(ns: &str, n: usize) -> Value {
+    let name = configmap_deployment_name(n);
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns,
+            "annotations": {ANNOTATION_RESTART_ON_ROTATION: "true"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{
+                    "name": "app",
+                    "image": "example.invalid/app:1",
+                    "envFrom": [{"configMapRef": {"name": watched_configmap_name(n)}}],
+                }]},
+            },
+        },
+    })
+}
+
 /// The merge patch that forces a re-read of a binding.
 pub fn force_sync_patch(value: &str) -> Value {
     json!({"metadata": {"annotations": {ANNOTATION_FORCE_SYNC: value}}})
@@ -260,6 +324,31 @@ mod tests {
         let plain = source_objects("n", "http://bao", None);
         assert!(plain[1]["spec"].get("cache").is_none());
         assert_eq!(plain[1]["spec"]["vault"]["kvVersion"], 2);
+    }
+
+    #[test]
+    fn trigger_objects() {
+        let plain = unlabelled_configmap("bench-001", 7);
+        assert!(plain["metadata"]["labels"].get(LABEL_WATCH).is_none());
+        let size: usize = plain["data"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_str().unwrap().len())
+            .sum();
+        assert!((250..400).contains(&size), "{size} bytes");
+        let cm = watched_configmap("bench-001", 7, 1);
+        assert_eq!(cm["metadata"]["labels"][LABEL_WATCH], "true");
+        assert_ne!(cm["data"], watched_configmap("bench-001", 7, 2)["data"]);
+        let d = configmap_deployment("bench-001", 7);
+        assert_eq!(
+            d["metadata"]["annotations"][ANNOTATION_RESTART_ON_ROTATION],
+            "true"
+        );
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"],
+            cm["metadata"]["name"]
+        );
     }
 
     #[test]

@@ -2,19 +2,22 @@
 //! API server and operator: idle, a small cold start, the main run (large cold start,
 //! steady state, new bindings, rotation) and the run with unrelated objects, all with
 //! cached sources; then the runs with the defaults users get ([`frugal`]: no cache
-//! configured, keys shared across namespaces, API write latency).
+//! configured, keys shared across namespaces, API write latency); then restart triggers
+//! beyond managed Secrets ([`triggers`]).
 
 mod cold;
 mod events;
 mod frugal;
 mod rotation;
 mod steady;
+mod triggers;
 
 pub use events::run_webhook;
 pub use frugal::{
     comparison_tables, run_cluster, run_heartbeat0, run_heartbeat1h, run_latency, run_nocache,
     run_shared,
 };
+pub use triggers::run_triggers;
 
 use std::time::{Duration, Instant};
 
