@@ -338,6 +338,8 @@ pub async fn watch_key(client: Client, at: KeySecret, key: Arc<SigningKey>) {
             }
             Err(e) => {
                 failures += 1;
+                // The watch carries the key Secret's data: a parse error is not quoted.
+                let e = crate::runtime::watch::shown(&e);
                 // Until it works the webhook answers 503: say why once, at warn.
                 if failures == 1 {
                     tracing::warn!(secret = %at.name, namespace = %at.namespace, error = %e, "watching the webhook key failed; retrying (POST /v1/refresh answers 503 until the key is read)");
