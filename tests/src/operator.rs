@@ -155,6 +155,16 @@ impl Operator {
             .unwrap_or(0.0)
     }
 
+    /// Whether the kernel may give the operator process transparent huge pages
+    /// (`THP_enabled` in `/proc/<pid>/status`); `None` where the kernel does not say.
+    pub fn thp_enabled(&self) -> Option<bool> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim() != "0")
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         let _ = std::process::Command::new("kill")

@@ -91,6 +91,14 @@ async fn without_cache_config_bindings_sharing_keys_read_each_once_per_interval(
             );
         }
     }
+    // Huge pages would hold whole 2 MiB pages of a sparse heap resident.
+    match op.thp_enabled() {
+        Some(on) => assert!(
+            !on,
+            "the operator process still gets transparent huge pages"
+        ),
+        None => eprintln!("not checked: this kernel does not report THP_enabled"),
+    }
     // The audit file is written asynchronously to answering: let it catch up.
     let cold = reads_since(&audit, &paths, before, 20, Duration::from_secs(5)).await;
     eprintln!("cold start: {cold} reads of 20 distinct (source, key) pairs by 40 bindings");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod huge_pages;
 mod render;
 mod run;
 
@@ -51,11 +52,13 @@ struct RenderArgs {
 }
 
 fn main() -> Result<()> {
+    // Before the heap grows: pages faulted in as huge ones stay so.
+    let huge_pages = huge_pages::limit();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
             install_crypto_provider();
-            run::main(*args)
+            run::main(*args, huge_pages)
         }
         Command::Crds => {
             print!("{}", secretsync_api::crd::crds_yaml()?);

@@ -154,8 +154,15 @@ async fn shutdown_signal() {
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
-pub fn main(args: RunArgs) -> Result<()> {
+pub fn main(args: RunArgs, huge_pages: crate::huge_pages::HugePages) -> Result<()> {
     init_logging(&args.log_format);
+    match huge_pages {
+        crate::huge_pages::HugePages::Failed(e) => tracing::warn!(
+            error = %e,
+            "could not turn transparent huge pages off; resident memory may be higher"
+        ),
+        other => tracing::debug!(huge_pages = ?other, "transparent huge pages"),
+    }
     let restart_debounce: Duration =
         secretsync_api::parse_duration(&args.restart_debounce).context("--restart-debounce")?;
     let status_heartbeat: Duration =
