@@ -20,6 +20,10 @@
 //! so fifty bindings on one missing key cost one read per backoff step, not fifty. A
 //! "not found" is also an answer (an optional key is left out on it), so it is not reused
 //! longer than a value would be either. A bypass (force-sync) always reads.
+//!
+//! Each value carries a content serial ([`Read::serial`]): a refetch that returns the same
+//! bytes keeps it, so a reader that saw the same serials last time knows its inputs are
+//! unchanged without looking at (or parsing) the values again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,6 +135,9 @@ pub struct Read {
     pub value: SecretValue,
     /// When the backend returned it.
     pub fetched_at: Instant,
+    /// Identifies the content: unique in the process, kept by a refetch that returns the
+    /// same bytes, new whenever they differ (or the key was forgotten in between).
+    pub serial: u64,
 }
 
 /// A failed read through the cache.
@@ -148,6 +155,28 @@ pub struct Failed {
 struct Fetched {
     value: Arc<SecretValue>,
     at: Instant,
+    serial: u64,
+}
+
+/// The next content serial (process-wide, so no two caches or keys share one).
+fn next_serial() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Fetched {
+    /// This fetch, under `previous`'s serial (and sharing its bytes) if the content is the
+    /// same.
+    fn continuing(self, previous: Option<&Fetched>) -> Fetched {
+        match previous {
+            Some(p) if p.value.as_bytes() == self.value.as_bytes() => Fetched {
+                value: p.value.clone(),
+                at: self.at,
+                serial: p.serial,
+            },
+            _ => self,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -379,14 +408,21 @@ impl SourceCache {
                 let batch = self.batch_fetch(missing.clone());
                 for (i, req) in missing.iter().enumerate() {
                     let b = batch.clone();
+                    let previous = entries
+                        .get(req)
+                        .and_then(|s| s.fetch.peek())
+                        .and_then(|r| r.as_ref().ok())
+                        .cloned();
                     let one: Fetch = async move {
                         let results = b.await;
-                        results.get(i).cloned().unwrap_or_else(|| {
-                            Err(FetchError {
+                        match results.get(i).cloned() {
+                            Some(Ok(f)) => Ok(f.continuing(previous.as_ref())),
+                            Some(Err(e)) => Err(e),
+                            None => Err(FetchError {
                                 error: BackendError::unavailable("backend returned a short batch"),
                                 at: Instant::now(),
-                            })
-                        })
+                            }),
+                        }
                     }
                     .boxed()
                     .shared();
@@ -435,6 +471,7 @@ impl SourceCache {
                 Ok(f) => Ok(Read {
                     value: (*f.value).clone(),
                     fetched_at: f.at,
+                    serial: f.serial,
                 }),
                 Err(e) => Err(Failed {
                     retry_at: slot.retry_at(e.at),
@@ -507,6 +544,7 @@ impl SourceCache {
                     Ok(v) => Ok(Fetched {
                         value: Arc::new(v),
                         at,
+                        serial: next_serial(),
                     }),
                     Err(error) => Err(FetchError { error, at }),
                 })
@@ -541,6 +579,17 @@ mod tests {
         reads: AtomicUsize,
         batches: AtomicUsize,
         fail: AtomicBool,
+        /// Appended to values once non-zero (a rotation).
+        version: AtomicUsize,
+    }
+
+    impl Counting {
+        fn value(&self, key: &str) -> SecretValue {
+            match self.version.load(Ordering::SeqCst) {
+                0 => SecretValue::from(format!("v-{key}").as_str()),
+                n => SecretValue::from(format!("v-{key}-{n}").as_str()),
+            }
+        }
     }
 
     #[async_trait]
@@ -554,13 +603,13 @@ mod tests {
             if self.fail.load(Ordering::SeqCst) {
                 return Err(BackendError::not_found(&req.key));
             }
-            Ok(SecretValue::from(format!("v-{}", req.key).as_str()))
+            Ok(self.value(&req.key))
         }
         async fn read_batch(&self, reqs: &[ReadRequest]) -> Vec<Result<SecretValue, BackendError>> {
             self.batches.fetch_add(1, Ordering::SeqCst);
             let mut out = Vec::new();
             for r in reqs {
-                out.push(Ok(SecretValue::from(format!("v-{}", r.key).as_str())));
+                out.push(Ok(self.value(&r.key)));
             }
             out
         }
@@ -577,7 +626,39 @@ mod tests {
             reads: AtomicUsize::new(0),
             batches: AtomicUsize::new(0),
             fail: AtomicBool::new(false),
+            version: AtomicUsize::new(0),
         })
+    }
+
+    #[tokio::test]
+    async fn serial_follows_the_content() {
+        let b = counting();
+        // ttl zero: every read below goes to the backend.
+        let cache = SourceCache::new(b.clone(), Duration::ZERO, Arc::new(NoopObserver));
+        let get = |k: &'static str| {
+            let cache = &cache;
+            async move {
+                cache
+                    .get(&ReadRequest::latest(k), ReadOptions::bypass())
+                    .await
+            }
+        };
+        let first = get("k").await.unwrap();
+        let same = get("k").await.unwrap();
+        assert_eq!(b.reads.load(Ordering::SeqCst), 2);
+        assert!(same.fetched_at > first.fetched_at);
+        assert_eq!(same.serial, first.serial, "same bytes, same serial");
+        assert_ne!(get("other").await.unwrap().serial, first.serial);
+        b.version.store(1, Ordering::SeqCst);
+        let rotated = get("k").await.unwrap();
+        assert_ne!(rotated.serial, first.serial);
+        // A failure in between forgets the content: the value after it is new to readers.
+        b.fail.store(true, Ordering::SeqCst);
+        assert!(get("k").await.is_err());
+        b.fail.store(false, Ordering::SeqCst);
+        let back = get("k").await.unwrap();
+        assert_eq!(back.value.as_bytes(), rotated.value.as_bytes());
+        assert_ne!(back.serial, rotated.serial);
     }
 
     const MINUTE: Duration = Duration::from_secs(60);

@@ -93,12 +93,47 @@ pub async fn resolve_with(
     opts: ReadOptions,
     own: Option<OwnSecret<'_>>,
 ) -> Resolution {
-    let plan = match plan_reads(spec, cache, own).await {
-        Ok(p) => p,
-        Err(e) => {
-            return Resolution::failed(e);
-        }
-    };
+    match read_inputs(spec, cache, opts, own).await {
+        Ok(inputs) => inputs.build(spec, templates),
+        Err(e) => Resolution::failed(e),
+    }
+}
+
+/// The values a binding's reads returned, before anything is built from them.
+pub struct Inputs {
+    plan: Vec<Planned>,
+    values: Values,
+    /// When the oldest value used was fetched from the backend (`None` if none was read).
+    pub oldest_read: Option<Instant>,
+    /// When the failed keys are retried: the latest retry time among them (`None` if no
+    /// key read failed).
+    pub retry_at: Option<Instant>,
+    stamp: Option<InputStamp>,
+}
+
+/// Which values, with what content, a binding's reads returned (the cache's content
+/// serials, [`crate::cache::Read::serial`]). Under the same binding generation and
+/// templates, equal stamps build the same Secret data, so a refresh that finds the stamp of
+/// its last build need not build again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputStamp(Box<[u64]>);
+
+impl InputStamp {
+    /// A stamp of these content serials, in the order of the binding's sorted requests.
+    pub fn new(serials: Vec<u64>) -> Self {
+        InputStamp(serials.into_boxed_slice())
+    }
+}
+
+/// Plans and performs the binding's reads; fails only when the spec cannot be planned
+/// (an invalid `find` glob, a listing error, a binding reading its own Secret).
+pub async fn read_inputs(
+    spec: &SecretBindingSpec,
+    cache: &SourceCache,
+    opts: ReadOptions,
+    own: Option<OwnSecret<'_>>,
+) -> Result<Inputs, BackendError> {
+    let plan = plan_reads(spec, cache, own).await?;
     let unique: Vec<ReadRequest> = plan
         .iter()
         .map(|p| p.req().clone())
@@ -107,6 +142,10 @@ pub async fn resolve_with(
         .collect();
     let mut oldest_read: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
+    // A `find` listing can change without any value changing, so only plans without one
+    // are identified by their values alone.
+    let mut serials = (!plan.iter().any(|p| matches!(p, Planned::Found { .. })))
+        .then(|| Vec::with_capacity(unique.len()));
     let values: Values = unique
         .iter()
         .cloned()
@@ -114,9 +153,13 @@ pub async fn resolve_with(
         .map(|(req, r)| match r {
             Ok(read) => {
                 oldest_read = Some(oldest_read.map_or(read.fetched_at, |o| o.min(read.fetched_at)));
+                if let Some(s) = serials.as_mut() {
+                    s.push(read.serial);
+                }
                 (req, Ok(read.value))
             }
             Err(failed) => {
+                serials = None;
                 retry_at = Some(retry_at.map_or(failed.retry_at, |t| t.max(failed.retry_at)));
                 // "Not found" is an answer like a value (an optional key is left out on
                 // it): the next refresh must come no later than its age allows, so the
@@ -129,19 +172,38 @@ pub async fn resolve_with(
             }
         })
         .collect();
-    match build(spec, templates, &plan, &values) {
-        Ok(built) => Resolution {
-            data: Ok(built.data),
-            metadata: built.metadata,
-            missing_keys: built.missing,
-            oldest_read,
-            retry_at,
-        },
-        Err(e) => Resolution {
-            oldest_read,
-            retry_at,
-            ..Resolution::failed(e)
-        },
+    Ok(Inputs {
+        plan,
+        values,
+        oldest_read,
+        retry_at,
+        stamp: serials.map(InputStamp::new),
+    })
+}
+
+impl Inputs {
+    /// The stamp of these inputs; `None` when a read failed or a `find` was listed (such
+    /// inputs are always built).
+    pub fn stamp(&self) -> Option<&InputStamp> {
+        self.stamp.as_ref()
+    }
+
+    /// The Secret data built from these inputs with `templates`.
+    pub fn build(&self, spec: &SecretBindingSpec, templates: &TemplateSet) -> Resolution {
+        match build(spec, templates, &self.plan, &self.values) {
+            Ok(built) => Resolution {
+                data: Ok(built.data),
+                metadata: built.metadata,
+                missing_keys: built.missing,
+                oldest_read: self.oldest_read,
+                retry_at: self.retry_at,
+            },
+            Err(e) => Resolution {
+                oldest_read: self.oldest_read,
+                retry_at: self.retry_at,
+                ..Resolution::failed(e)
+            },
+        }
     }
 }
 
@@ -220,11 +282,12 @@ fn build(
 fn decoded(
     value: &SecretValue,
     strategy: DecodingStrategy,
-    ctx: &str,
+    ctx: impl FnOnce() -> String,
 ) -> Result<SecretValue, BackendError> {
     decode(strategy, value).map_err(|e| {
         BackendError::invalid_config(format!(
-            "{ctx}: decodingStrategy {}: {e}",
+            "{}: decodingStrategy {}: {e}",
+            ctx(),
             strategy.as_str()
         ))
     })
@@ -325,7 +388,7 @@ fn data_from(
                     .map_or(DecodingStrategy::None, |e| e.decoding_strategy);
                 let v = value_of(values, req).map_err(|e| e.context(&ctx))?;
                 for (field, fv) in extract_all(v, &req.key).map_err(|e| e.context(&ctx))? {
-                    let fv = decoded(&fv, strategy, &format!("{ctx}, field {field:?}"))?;
+                    let fv = decoded(&fv, strategy, || format!("{ctx}, field {field:?}"))?;
                     let origin = format!("{}:{field}", req.key);
                     insert_sanitized(&mut from, &field, &origin, fv)
                         .map_err(|e| e.context(&ctx))?;
@@ -338,7 +401,7 @@ fn data_from(
                     .as_ref()
                     .map_or(DecodingStrategy::None, |f| f.decoding_strategy);
                 let v = value_of(values, req).map_err(|e| e.context(&ctx))?;
-                let v = decoded(v, strategy, &ctx)?;
+                let v = decoded(v, strategy, || ctx.clone())?;
                 insert_sanitized(&mut from, &req.key, &req.key, v).map_err(|e| e.context(&ctx))?;
             }
             Planned::Data { .. } => {}
@@ -362,19 +425,26 @@ fn explicit_data(
             continue;
         };
         let item = &spec.data[*index];
-        let ctx = format!(
-            "spec.data[{index}] (secretKey {:?}, remote key {:?})",
-            item.secret_key, req.key
-        );
+        // Only an error needs it, and this runs for every entry on every refresh.
+        let ctx = || {
+            format!(
+                "spec.data[{index}] (secretKey {:?}, remote key {:?})",
+                item.secret_key, req.key
+            )
+        };
         if !is_valid_secret_key(&item.secret_key) {
             return Err(BackendError::invalid_config(format!(
-                "{ctx}: secretKey must consist of alphanumerics, '-', '_' or '.'"
+                "{}: secretKey must consist of alphanumerics, '-', '_' or '.'",
+                ctx()
             )));
         }
         if !explicit.insert(item.secret_key.clone()) {
             return Err(BackendError::new(
                 Reason::KeyCollision,
-                format!("{ctx}: secretKey is used by more than one spec.data entry"),
+                format!(
+                    "{}: secretKey is used by more than one spec.data entry",
+                    ctx()
+                ),
             ));
         }
         let not_found = |e: &BackendError| item.optional && e.reason == Reason::SecretNotFound;
@@ -384,7 +454,7 @@ fn explicit_data(
                 missing.insert(req.key.clone());
                 continue;
             }
-            Err(e) => return Err(e.context(&ctx)),
+            Err(e) => return Err(e.context(ctx())),
         };
         let v = match &item.remote_ref.property {
             Some(prop) => match extract_property(v, &req.key, prop) {
@@ -393,11 +463,11 @@ fn explicit_data(
                     missing.insert(format!("{}#{prop}", req.key));
                     continue;
                 }
-                Err(e) => return Err(e.context(&ctx)),
+                Err(e) => return Err(e.context(ctx())),
             },
             None => v.clone(),
         };
-        let v = decoded(&v, item.remote_ref.decoding_strategy, &ctx)?;
+        let v = decoded(&v, item.remote_ref.decoding_strategy, ctx)?;
         data.insert(item.secret_key.clone(), v);
     }
     Ok(missing.into_iter().collect())
@@ -452,6 +522,49 @@ mod tests {
             },
             optional: false,
         }
+    }
+
+    #[tokio::test]
+    async fn the_stamp_identifies_the_values_read() {
+        let (root, dir) = fixture();
+        // ttl zero: every read below goes to the files again.
+        let cache = cache_over(&dir, root.path());
+        let spec = SecretBindingSpec {
+            data: vec![
+                item("user", "db/creds", Some("username")),
+                item("pass", "db/creds", Some("password")),
+                item("host", "db/host", None),
+            ],
+            ..Default::default()
+        };
+        let opts = ReadOptions::within(Duration::from_secs(60));
+        let stamp = || async {
+            read_inputs(&spec, &cache, opts, None)
+                .await
+                .unwrap()
+                .stamp()
+                .cloned()
+        };
+        let first = stamp().await.expect("identifiable");
+        assert_eq!(stamp().await.as_ref(), Some(&first), "re-read, same bytes");
+        std::fs::write(dir.join("db/host"), "db2.internal").unwrap();
+        let moved = stamp().await.expect("identifiable");
+        assert_ne!(moved, first, "one value changed");
+        // A failed read or a `find` listing: not identifiable, always built.
+        std::fs::remove_file(dir.join("db/host")).unwrap();
+        assert_eq!(stamp().await, None);
+        let find = SecretBindingSpec {
+            data_from: vec![DataFromItem {
+                extract: None,
+                find: Some(FindSpec {
+                    name: "db/*".into(),
+                    ..Default::default()
+                }),
+            }],
+            ..Default::default()
+        };
+        let inputs = read_inputs(&find, &cache, opts, None).await.unwrap();
+        assert_eq!(inputs.stamp(), None);
     }
 
     fn fixture() -> (tempfile::TempDir, std::path::PathBuf) {

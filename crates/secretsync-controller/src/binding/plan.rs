@@ -16,7 +16,7 @@ use secretsync_api::{
 };
 use secretsync_backends::SecretValue;
 use secretsync_backends::hash::HmacKey;
-use secretsync_backends::resolve::SecretData;
+use secretsync_backends::resolve::{InputStamp, SecretData};
 use secretsync_backends::template::TemplatedMetadata;
 use tokio::time::Instant;
 
@@ -265,6 +265,30 @@ pub struct ReadMemo {
     /// Digest of the templates rendered (`TemplateSet::digest`): an edit of a
     /// `templateFrom` ConfigMap changes it.
     pub templates: u64,
+    /// The inputs the last build used (`None`: not identifiable, always build again).
+    pub inputs: Option<InputStamp>,
+}
+
+/// Whether a read found exactly the inputs of the last successful build under the same
+/// generation, source and templates: the build would give the same data and metadata, so
+/// it can be skipped (the Secret is still checked against them).
+pub fn inputs_unchanged(
+    memo: Option<&ReadMemo>,
+    generation: Option<i64>,
+    source_epoch: u64,
+    templates: u64,
+    read: Option<&InputStamp>,
+) -> bool {
+    match (memo, read) {
+        (Some(m), Some(r)) => {
+            !m.failed
+                && m.generation == generation
+                && m.source_epoch == source_epoch
+                && m.templates == templates
+                && m.inputs.as_ref() == Some(r)
+        }
+        _ => false,
+    }
 }
 
 /// Whether this reconcile must read the backend. A Secret event or a resync with nothing
@@ -483,6 +507,54 @@ pub fn hold_heartbeat(
     let mut held = next.clone();
     held.last_sync_time = prev.last_sync_time.clone();
     if &held == prev { held } else { next }
+}
+
+/// Whether writing `outcome` would leave `prev` as it is: what comparing
+/// `hold_heartbeat(next_status(..))` with `prev` decides, without building the next status
+/// (most refreshes find nothing to write). `false` whenever in doubt.
+pub fn status_settled(
+    prev: &SecretBindingStatus,
+    generation: Option<i64>,
+    outcome: &Outcome,
+    now: &Time,
+    heartbeat: Duration,
+    uid: &str,
+) -> bool {
+    let Outcome::Synced {
+        keys,
+        hash,
+        missing,
+        read,
+    } = outcome
+    else {
+        return false;
+    };
+    // next_status keeps the other conditions in order and puts the one Ready last.
+    let ready_last = prev.conditions.last().is_some_and(|c| {
+        c.type_ == CONDITION_READY
+            && c.status == "True"
+            && c.reason == ConditionReason::Synced.as_str()
+            && c.observed_generation == generation
+            && c.message == keys_message(keys.len())
+    });
+    let one_ready = prev
+        .conditions
+        .iter()
+        .filter(|c| c.type_ == CONDITION_READY)
+        .count()
+        == 1;
+    let sync_time_held = !read
+        || prev
+            .last_sync_time
+            .as_ref()
+            .is_some_and(|last| !heartbeat_due(last, now, heartbeat, uid));
+    ready_last
+        && one_ready
+        && sync_time_held
+        && prev.observed_generation == generation
+        && prev.data_hash.as_deref() == Some(hash.as_str())
+        && prev.synced_keys == *keys
+        && prev.missing_keys == *missing
 }
 
 /// How much longer than `--status-heartbeat` a binding's heartbeat period is: like the

@@ -12,7 +12,7 @@ use secretsync_api::{
     ANNOTATION_FORCE_SYNC, ClusterSecretSource, ConditionReason, FIELD_MANAGER, SecretBinding,
     SecretBindingStatus, SourceKind, parse_duration,
 };
-use secretsync_backends::resolve::{OwnSecret, SecretData, resolve_with};
+use secretsync_backends::resolve::{OwnSecret, SecretData, read_inputs};
 use secretsync_backends::template::TemplatedMetadata;
 use secretsync_backends::template_from::{TemplateSet, config_map_names};
 use secretsync_backends::{BackendError, ReadOptions, SourceCache};
@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use super::plan::{
     DataDue, Outcome, ReadMemo, TargetCheck, apply_object, check_target, conforms, data_due,
-    desired_secret, force_sync_requested, is_rotation, keys_message, next_refresh,
-    rerender_max_age,
+    desired_secret, force_sync_requested, inputs_unchanged, is_rotation, keys_message,
+    next_refresh, rerender_max_age,
 };
 use super::state::{BindingState, Verified};
 use super::{finalizer, status};
@@ -217,10 +217,18 @@ async fn sync(
     );
     match due {
         DataDue::Nothing => {
-            if let Some(done) =
-                still_intact(ctx, b, state, &target, prev_status.as_ref(), now).await?
-            {
-                return Ok(done);
+            if still_intact(ctx, b, state, &target, prev_status.as_ref(), false).await? {
+                let requeue = state
+                    .memo
+                    .as_ref()
+                    .and_then(|m| m.next_refresh)
+                    .map_or(Requeue::Never, |at| {
+                        Requeue::After(at.saturating_duration_since(now))
+                    });
+                return Ok(Reconciled {
+                    result: R::Unchanged,
+                    requeue,
+                });
             }
             tracing::info!(binding = %key, secret = %target.name, "Secret drifted or missing; restoring");
         }
@@ -245,7 +253,44 @@ async fn sync(
         namespace: &ns,
         name: &target.name,
     };
-    let resolved = resolve_with(&b.spec, &templates, &cache, opts, Some(own)).await;
+    let inputs = match read_inputs(&b.spec, &cache, opts, Some(own)).await {
+        Ok(i) => i,
+        Err(e) => {
+            state.force_seen = force_value;
+            return Err(Stop::Read(e, None));
+        }
+    };
+    // The values read are the ones the last build used: the data would come out the
+    // same, so only the Secret is checked (most refreshes end here).
+    let same_inputs = !force
+        && inputs_unchanged(
+            state.memo.as_ref(),
+            b.metadata.generation,
+            entry.epoch,
+            templates.digest(),
+            inputs.stamp(),
+        );
+    if same_inputs && still_intact(ctx, b, state, &target, prev_status.as_ref(), true).await? {
+        let next = next_refresh(
+            refresh,
+            cache.policy().refresh_follows_fetch(),
+            inputs.oldest_read.map(Instant::from_std),
+            now,
+            random_unit(),
+        );
+        if let Some(m) = state.memo.as_mut() {
+            m.next_refresh = next;
+        }
+        state.failures = 0;
+        state.force_seen = force_value;
+        return Ok(Reconciled {
+            result: R::Unchanged,
+            requeue: next.map_or(Requeue::Never, |at| {
+                Requeue::After(at.saturating_duration_since(Instant::now()))
+            }),
+        });
+    }
+    let resolved = inputs.build(&b.spec, &templates);
     let data = match resolved.data {
         Ok(d) => d,
         Err(e) => {
@@ -289,6 +334,7 @@ async fn sync(
         next_refresh: next,
         failed: false,
         templates: templates.digest(),
+        inputs: inputs.stamp().cloned(),
     });
     state.metadata = resolved.metadata;
     state.failures = 0;
@@ -444,16 +490,17 @@ async fn look_at_target(
     }
 }
 
-/// Nothing is due: if the Secret still holds the last synced data, the reconcile is done
-/// (`Some`); otherwise it drifted and must be restored (`None`).
+/// Whether the Secret still holds the last synced data; if so, the status says so (`read`:
+/// the values were just read and found unchanged, which counts as a sync). Otherwise it
+/// drifted and must be restored.
 async fn still_intact(
     ctx: &Ctx,
     b: &SecretBinding,
     state: &mut BindingState,
     target: &Target,
     prev_status: Option<&SecretBindingStatus>,
-    now: Instant,
-) -> Result<Option<Reconciled>, Stop> {
+    read: bool,
+) -> Result<bool, Stop> {
     let (keys, hash, missing) = prev_status
         .map(|s| {
             (
@@ -463,10 +510,10 @@ async fn still_intact(
             )
         })
         .unwrap_or_default();
-    // The metadata of the last read: nothing was read since (a read is due otherwise).
+    // The metadata of the last build: the inputs are the same as then.
     let metadata = state.metadata.clone();
     let Some(hash) = hash else {
-        return Ok(None);
+        return Ok(false);
     };
     let wanted = Wanted {
         hash: &hash,
@@ -474,27 +521,17 @@ async fn still_intact(
         metadata: &metadata,
     };
     if !target.holds(ctx, b, &wanted) {
-        return Ok(None);
+        return Ok(false);
     }
     state.verified = target.verified(b, &wanted, state.verified.take());
     let outcome = Outcome::Synced {
         keys,
         hash,
         missing,
-        read: false,
+        read,
     };
     status::write(ctx, b, state, &outcome, false).await?;
-    let requeue = state
-        .memo
-        .as_ref()
-        .and_then(|m| m.next_refresh)
-        .map_or(Requeue::Never, |at| {
-            Requeue::After(at.saturating_duration_since(now))
-        });
-    Ok(Some(Reconciled {
-        result: R::Unchanged,
-        requeue,
-    }))
+    Ok(true)
 }
 
 /// Applies the Secret unless it already holds what is wanted; returns whether it wrote.
@@ -608,6 +645,7 @@ async fn fail(
         next_refresh: None,
         failed: true,
         templates: 0,
+        inputs: None,
     });
     memo.failed = true;
     let delay: Duration = match retry_at {

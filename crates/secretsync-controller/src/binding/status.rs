@@ -11,7 +11,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use secretsync_api::{FIELD_MANAGER, SecretBinding};
 
-use super::plan::{Outcome, hold_heartbeat, next_status, ready_of};
+use super::plan::{Outcome, hold_heartbeat, next_status, ready_of, status_settled};
 use super::state::BindingState;
 use crate::context::Ctx;
 
@@ -25,22 +25,31 @@ pub async fn write(
     outcome: &Outcome,
     forced: bool,
 ) -> Result<(), kube::Error> {
+    let now = Time(Timestamp::now());
+    let heartbeat = if forced {
+        Duration::ZERO
+    } else {
+        ctx.config.status_heartbeat
+    };
+    let uid = b.uid().unwrap_or_default();
+    // `restarted` plays no part in this decision (it is carried over unchanged below).
+    if let Some(p) = state.status.as_ref().or(b.status.as_ref())
+        && status_settled(p, b.metadata.generation, outcome, &now, heartbeat, &uid)
+    {
+        state.ready = ready_of(Some(p));
+        return Ok(());
+    }
     let mut prev = state.status.clone().or_else(|| b.status.clone());
     // `restarted` is the rollout reconciler's: always take the latest from the cluster.
     if let (Some(p), Some(cur)) = (prev.as_mut(), b.status.as_ref()) {
         p.restarted = cur.restarted.clone();
     }
-    let now = Time(Timestamp::now());
     let next = hold_heartbeat(
         prev.as_ref(),
         next_status(prev.as_ref(), b.metadata.generation, outcome, &now),
         &now,
-        if forced {
-            Duration::ZERO
-        } else {
-            ctx.config.status_heartbeat
-        },
-        &b.uid().unwrap_or_default(),
+        heartbeat,
+        &uid,
     );
     state.ready = ready_of(Some(&next));
     if prev.as_ref() == Some(&next) {

@@ -253,6 +253,7 @@ fn read_decisions() {
         next_refresh: Some(now + std::time::Duration::from_secs(60)),
         failed: false,
         templates: 7,
+        inputs: None,
     };
     assert!(read_due(None, Some(2), 1, false, now));
     assert!(!read_due(Some(&memo), Some(2), 1, false, now));
@@ -285,6 +286,58 @@ fn read_decisions() {
 }
 
 #[test]
+fn a_build_is_skipped_only_for_the_same_inputs_under_the_same_spec() {
+    let stamp = |s: &[u64]| InputStamp::new(s.to_vec());
+    let memo = ReadMemo {
+        generation: Some(2),
+        source_epoch: 1,
+        next_refresh: None,
+        failed: false,
+        templates: 7,
+        inputs: Some(stamp(&[4, 9])),
+    };
+    let same = stamp(&[4, 9]);
+    assert!(inputs_unchanged(Some(&memo), Some(2), 1, 7, Some(&same)));
+    // A value changed, a key was added, or the read was not identifiable.
+    assert!(!inputs_unchanged(
+        Some(&memo),
+        Some(2),
+        1,
+        7,
+        Some(&stamp(&[4, 10]))
+    ));
+    assert!(!inputs_unchanged(
+        Some(&memo),
+        Some(2),
+        1,
+        7,
+        Some(&stamp(&[4, 9, 11]))
+    ));
+    assert!(!inputs_unchanged(Some(&memo), Some(2), 1, 7, None));
+    // The spec, the source or the templates changed; no build yet; the last sync failed.
+    assert!(!inputs_unchanged(Some(&memo), Some(3), 1, 7, Some(&same)));
+    assert!(!inputs_unchanged(Some(&memo), Some(2), 2, 7, Some(&same)));
+    assert!(!inputs_unchanged(Some(&memo), Some(2), 1, 8, Some(&same)));
+    assert!(!inputs_unchanged(None, Some(2), 1, 7, Some(&same)));
+    let failed = ReadMemo {
+        failed: true,
+        ..memo.clone()
+    };
+    assert!(!inputs_unchanged(Some(&failed), Some(2), 1, 7, Some(&same)));
+    let unidentified = ReadMemo {
+        inputs: None,
+        ..memo
+    };
+    assert!(!inputs_unchanged(
+        Some(&unidentified),
+        Some(2),
+        1,
+        7,
+        Some(&same)
+    ));
+}
+
+#[test]
 fn a_template_change_alone_renders_again_without_reading() {
     let now = Instant::now();
     let memo = ReadMemo {
@@ -293,6 +346,7 @@ fn a_template_change_alone_renders_again_without_reading() {
         next_refresh: Some(now + std::time::Duration::from_secs(60)),
         failed: false,
         templates: 7,
+        inputs: None,
     };
     let due = |m: Option<&ReadMemo>, generation, templates, force| {
         data_due(m, generation, 1, templates, force, now)
@@ -400,6 +454,94 @@ fn status_transitions() {
     );
     assert_eq!(ready_of(Some(&s6)), Some(false));
     assert_eq!(keys_message(1), "1 key");
+}
+
+#[test]
+fn settled_status_agrees_with_building_the_next_one() {
+    let synced = |hash: &str, keys: &[&str], missing: &[&str], read| Outcome::Synced {
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        hash: hash.into(),
+        missing: missing.iter().map(|k| k.to_string()).collect(),
+        read,
+    };
+    let failed = Outcome::Failed {
+        reason: ConditionReason::BackendUnavailable,
+        message: "down".into(),
+    };
+    let base = next_status(
+        None,
+        Some(1),
+        &synced("h1", &["a", "b"], &[], true),
+        &t(100),
+    );
+    let broken = next_status(Some(&base), Some(1), &failed, &t(150));
+    let mut other_condition = base.clone();
+    other_condition.conditions.insert(
+        0,
+        Condition {
+            type_: "Other".into(),
+            ..base.conditions[0].clone()
+        },
+    );
+    let mut ready_not_last = other_condition.clone();
+    ready_not_last.conditions.reverse();
+    let mut two_ready = base.clone();
+    two_ready.conditions.push(base.conditions[0].clone());
+    let mut never_synced = base.clone();
+    never_synced.last_sync_time = None;
+    let prevs = [
+        base.clone(),
+        broken,
+        other_condition,
+        ready_not_last,
+        two_ready,
+        never_synced,
+    ];
+    let outcomes = [
+        synced("h1", &["a", "b"], &[], false),
+        synced("h1", &["a", "b"], &[], true),
+        synced("h2", &["a", "b"], &[], true),
+        synced("h1", &["a"], &[], false),
+        synced("h1", &["a", "b"], &["c"], false),
+        failed,
+    ];
+    let hour = std::time::Duration::from_secs(3600);
+    let mut settled = 0;
+    for prev in &prevs {
+        for outcome in &outcomes {
+            for generation in [Some(1), Some(2)] {
+                // Within the heartbeat, after it, and with none (write every refresh).
+                for (now, heartbeat) in [
+                    (t(160), hour),
+                    (t(100_000), hour),
+                    (t(160), std::time::Duration::ZERO),
+                ] {
+                    let next = hold_heartbeat(
+                        Some(prev),
+                        next_status(Some(prev), generation, outcome, &now),
+                        &now,
+                        heartbeat,
+                        "uid-1",
+                    );
+                    let fast = status_settled(prev, generation, outcome, &now, heartbeat, "uid-1");
+                    // Never settled when something would change; for a sync, exactly when
+                    // nothing would (a failure always takes the full path).
+                    let exact = matches!(outcome, Outcome::Synced { .. });
+                    assert!(
+                        if exact {
+                            fast == (next == *prev)
+                        } else {
+                            !fast
+                        },
+                        "prev {prev:?}, outcome {outcome:?}, generation {generation:?}, now {now:?}, heartbeat {heartbeat:?}"
+                    );
+                    settled += usize::from(fast);
+                }
+            }
+        }
+    }
+    // Both answers occur: the table is not all one case.
+    assert!(settled >= 3, "{settled}");
 }
 
 #[test]
