@@ -218,16 +218,9 @@ async fn sync(
     match due {
         DataDue::Nothing => {
             if still_intact(ctx, b, state, &target, prev_status.as_ref(), false).await? {
-                let requeue = state
-                    .memo
-                    .as_ref()
-                    .and_then(|m| m.next_refresh)
-                    .map_or(Requeue::Never, |at| {
-                        Requeue::After(at.saturating_duration_since(now))
-                    });
                 return Ok(Reconciled {
                     result: R::Unchanged,
-                    requeue,
+                    requeue: until(state.memo.as_ref().and_then(|m| m.next_refresh)),
                 });
             }
             tracing::info!(binding = %key, secret = %target.name, "Secret drifted or missing; restoring");
@@ -285,9 +278,7 @@ async fn sync(
         state.force_seen = force_value;
         return Ok(Reconciled {
             result: R::Unchanged,
-            requeue: next.map_or(Requeue::Never, |at| {
-                Requeue::After(at.saturating_duration_since(Instant::now()))
-            }),
+            requeue: until(next),
         });
     }
     let resolved = inputs.build(&b.spec, &templates);
@@ -343,9 +334,15 @@ async fn sync(
     let result = if written { R::Written } else { R::Unchanged };
     Ok(Reconciled {
         result,
-        requeue: next.map_or(Requeue::Never, |at| {
-            Requeue::After(at.saturating_duration_since(Instant::now()))
-        }),
+        requeue: until(next),
+    })
+}
+
+/// The requeue of a binding whose next refresh is due at `next` (`None`: never, for
+/// `refreshInterval: 0`).
+fn until(next: Option<Instant>) -> Requeue {
+    next.map_or(Requeue::Never, |at| {
+        Requeue::After(at.saturating_duration_since(Instant::now()))
     })
 }
 
