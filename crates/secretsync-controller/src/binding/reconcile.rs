@@ -133,7 +133,7 @@ fn api_retry(ctx: &Ctx, key: &ObjKey, mut state: BindingState) -> Reconciled {
 struct Target {
     name: String,
     /// What it is known to hold without reading it (see [`Verified`]).
-    verified: Option<Verified>,
+    verified: Option<Arc<Verified>>,
     /// The Secret as just read, when it had to be read (`None` also when absent).
     secret: Option<Secret>,
 }
@@ -167,8 +167,8 @@ impl Target {
         &self,
         b: &SecretBinding,
         w: &Wanted<'_>,
-        current: Option<Verified>,
-    ) -> Option<Verified> {
+        current: Option<Arc<Verified>>,
+    ) -> Option<Arc<Verified>> {
         match self.verified {
             Some(_) => current,
             None => Verified::at(
@@ -201,7 +201,10 @@ async fn sync(
     let (entry, cache) = source_of(ctx, b).await?;
     let templates = templates_of(ctx, key, b).await?;
     let target = look_at_target(ctx, b, state, force).await?;
-    let prev_status = state.status.clone().or_else(|| b.status.clone());
+    let prev_status = state
+        .status
+        .clone()
+        .or_else(|| b.status.clone().map(Arc::new));
     let now = Instant::now();
     // An input changed (a kubernetes source's Secret, a change event): read now, through
     // the cache, which has already forgotten the changed key.
@@ -217,7 +220,7 @@ async fn sync(
     );
     match due {
         DataDue::Nothing => {
-            if still_intact(ctx, b, state, &target, prev_status.as_ref(), false).await? {
+            if still_intact(ctx, b, state, &target, prev_status.as_deref(), false).await? {
                 return Ok(Reconciled {
                     result: R::Unchanged,
                     requeue: until(state.memo.as_ref().and_then(|m| m.next_refresh)),
@@ -263,7 +266,7 @@ async fn sync(
             templates.digest(),
             inputs.stamp(),
         );
-    if same_inputs && still_intact(ctx, b, state, &target, prev_status.as_ref(), true).await? {
+    if same_inputs && still_intact(ctx, b, state, &target, prev_status.as_deref(), true).await? {
         let next = next_refresh(
             refresh,
             cache.policy().refresh_follows_fetch(),
@@ -298,7 +301,7 @@ async fn sync(
     };
     let written = write_secret(ctx, key, b, state, &target, data, &wanted).await?;
     let rotated = is_rotation(
-        prev_status.as_ref().and_then(|s| s.data_hash.as_deref()),
+        prev_status.as_deref().and_then(|s| s.data_hash.as_deref()),
         &hash,
     );
     announce(ctx, key, b, &target.name, &keys, rotated, written).await;
@@ -327,7 +330,7 @@ async fn sync(
         templates: templates.digest(),
         inputs: inputs.stamp().cloned(),
     });
-    state.metadata = resolved.metadata;
+    state.metadata = Arc::new(resolved.metadata);
     state.failures = 0;
     state.force_seen = force_value;
     tracing::debug!(binding = %key, elapsed_ms = started.elapsed().as_millis() as u64, written, rotated, "synced");

@@ -2,7 +2,7 @@
 //! Ready counts behind the `secretsync_bindings{ready}` gauge.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use secretsync_api::SecretBindingStatus;
 use secretsync_backends::template::TemplatedMetadata;
@@ -10,25 +10,26 @@ use secretsync_backends::template::TemplatedMetadata;
 use super::plan::ReadMemo;
 use crate::runtime::ObjKey;
 
-/// What this process remembers about a binding between reconciles.
+/// What this process remembers about a binding between reconciles. Each reconcile starts
+/// from a copy, so the parts that rarely change are shared (`Arc`), not copied.
 #[derive(Debug, Default, Clone)]
 pub struct BindingState {
     /// Last backend read.
     pub memo: Option<ReadMemo>,
     /// The labels and annotations the template rendered at the last read: what the Secret
     /// must carry until the next read (set together with `memo`).
-    pub metadata: TemplatedMetadata,
+    pub metadata: Arc<TemplatedMetadata>,
     /// Last force-sync annotation value acted on.
     pub force_seen: Option<String>,
     /// Consecutive failures (backoff exponent).
     pub failures: u32,
     /// The status we last wrote (fresher than the watch cache right after a write).
-    pub status: Option<SecretBindingStatus>,
+    pub status: Option<Arc<SecretBindingStatus>>,
     /// Ready as last computed.
     pub ready: Option<bool>,
     /// The Secret as this process last wrote or checked it; a watch event showing that
     /// resourceVersion is our own write (or one already checked), not drift.
-    pub verified: Option<Verified>,
+    pub verified: Option<Arc<Verified>>,
 }
 
 /// A target Secret known to hold what a binding wants: while the Secret watch still shows
@@ -55,23 +56,25 @@ impl Verified {
         generation: Option<i64>,
         hash: &str,
         metadata: &TemplatedMetadata,
-    ) -> Option<Self> {
-        secret_rv.map(|secret_rv| Verified {
-            secret_rv,
-            generation,
-            hash: hash.to_string(),
-            metadata: metadata.clone(),
+    ) -> Option<Arc<Self>> {
+        secret_rv.map(|secret_rv| {
+            Arc::new(Verified {
+                secret_rv,
+                generation,
+                hash: hash.to_string(),
+                metadata: metadata.clone(),
+            })
         })
     }
 
     /// The record, if the Secret is still as verified: same binding generation, the watch
     /// shows the same resourceVersion, and no forced sync asks for a full check.
     pub fn still_valid(
-        this: Option<&Verified>,
+        this: Option<&Arc<Verified>>,
         generation: Option<i64>,
         watched_rv: Option<&str>,
         force: bool,
-    ) -> Option<Verified> {
+    ) -> Option<Arc<Verified>> {
         let v = this?;
         (!force && v.generation == generation && watched_rv == Some(v.secret_rv.as_str()))
             .then(|| v.clone())
@@ -158,13 +161,13 @@ impl BindingStates {
 mod tests {
     use super::*;
 
-    fn v() -> Verified {
-        Verified {
+    fn v() -> Arc<Verified> {
+        Arc::new(Verified {
             secret_rv: "41".into(),
             generation: Some(2),
             hash: "h1".into(),
             metadata: TemplatedMetadata::default(),
-        }
+        })
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! [`super::plan::heartbeat_due`]). `restarted` belongs to the rollout reconciler and is
 //! never part of this apply.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -33,13 +34,13 @@ pub async fn write(
     };
     let uid = b.uid().unwrap_or_default();
     // `restarted` plays no part in this decision (it is carried over unchanged below).
-    if let Some(p) = state.status.as_ref().or(b.status.as_ref())
+    if let Some(p) = state.status.as_deref().or(b.status.as_ref())
         && status_settled(p, b.metadata.generation, outcome, &now, heartbeat, &uid)
     {
         state.ready = ready_of(Some(p));
         return Ok(());
     }
-    let mut prev = state.status.clone().or_else(|| b.status.clone());
+    let mut prev = state.status.as_deref().or(b.status.as_ref()).cloned();
     // `restarted` is the rollout reconciler's: always take the latest from the cluster.
     if let (Some(p), Some(cur)) = (prev.as_mut(), b.status.as_ref()) {
         p.restarted = cur.restarted.clone();
@@ -72,6 +73,6 @@ pub async fn write(
         .patch_subresource("status", &b.name_any(), &pp, &Patch::Apply(&body))
         .map_err(kube::Error::BuildRequest)?;
     ctx.client.request_text(req).await?;
-    state.status = Some(next);
+    state.status = Some(Arc::new(next));
     Ok(())
 }

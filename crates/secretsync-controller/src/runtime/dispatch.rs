@@ -59,7 +59,8 @@ where
             let Some(key) = self.queue.next().await else {
                 break;
             };
-            let fut = reconcile(key.clone());
+            // Boxed: the reconcile future is large, and spawning moves it (twice) otherwise.
+            let fut = Box::pin(reconcile(key.clone()));
             let queue = self.queue.clone();
             let metrics = self.metrics.clone();
             let parked = parked.clone();

@@ -258,12 +258,12 @@ impl SourceRegistry {
     }
 
     fn slot(&self, key: &ObjKey) -> Slot {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone()
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked up first: every binding refresh comes here, and `entry` needs an owned key.
+        if let Some(s) = slots.get(key) {
+            return s.clone();
+        }
+        slots.entry(key.clone()).or_default().clone()
     }
 
     /// The built source for the binding path: reuses any build of the same generation
