@@ -59,7 +59,7 @@ where
             let Some(key) = self.queue.next().await else {
                 break;
             };
-            // Boxed: the reconcile future is large, and spawning moves it (twice) otherwise.
+            // Boxed: the reconcile future is large, and spawning would copy it whole into the task.
             let fut = Box::pin(reconcile(key.clone()));
             let queue = self.queue.clone();
             let metrics = self.metrics.clone();
